@@ -1,0 +1,46 @@
+# Evalsite: `make run` (installs, migrates, loads the demo, starts worker + web) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+HTMX := static/vendor/htmx.min.js
+PYTEST_ARGS ?=
+
+.PHONY: run test install static chromium bench clean
+
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py load_demo
+	$(BIN)/python manage.py runall
+
+install: $(STAMP) $(HTMX)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[ml,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+static: $(HTMX)
+
+$(HTMX): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p static/vendor
+	cp node_modules/htmx.org/dist/htmx.min.js $(HTMX)
+
+# Browser tests drive Debian's chromium through Playwright; never `playwright install`.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "Install Debian's chromium (sudo apt-get install chromium) for the browser tests" >&2; exit 1; fi; }
+
+test: install chromium
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 EVALSITE_VAR_DIR=$(CURDIR)/var/test CELERY_QUEUE=evalsite-test \
+	  $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/ratings_bench.py
+
+clean:
+	rm -rf var/test .pytest_cache

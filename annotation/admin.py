@@ -1,0 +1,61 @@
+from django.contrib import admin
+
+from .models import Assignment, Candidate, Judgment, Output, Prompt, Study, StudyMember, Unit
+
+
+class MemberInline(admin.TabularInline):
+    model = StudyMember
+    extra = 0
+    raw_id_fields = ["user"]
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    list_display = ["name", "created_by", "created_at", "overlap"]
+    search_fields = ["name"]
+    inlines = [MemberInline]
+
+
+@admin.register(StudyMember)
+class StudyMemberAdmin(admin.ModelAdmin):
+    list_display = ["study", "user", "role", "group", "excluded"]
+    list_filter = ["role", "excluded"]
+
+
+@admin.register(Prompt)
+class PromptAdmin(admin.ModelAdmin):
+    list_display = ["external_id", "study", "is_gold", "position"]
+    list_filter = ["study"]
+    search_fields = ["external_id", "text"]
+
+
+@admin.register(Candidate)
+class CandidateAdmin(admin.ModelAdmin):
+    list_display = ["name", "study", "backend", "created_at"]
+    list_filter = ["backend"]
+
+
+@admin.register(Output)
+class OutputAdmin(admin.ModelAdmin):
+    list_display = ["id", "candidate", "prompt", "sample_index", "status", "latency_ms", "cost"]
+    list_filter = ["status", "candidate__backend"]
+    raw_id_fields = ["prompt", "candidate", "study"]
+
+
+@admin.register(Unit)
+class UnitAdmin(admin.ModelAdmin):
+    list_display = ["id", "study", "kind", "prompt", "needed", "is_gold"]
+    raw_id_fields = ["prompt", "output_a", "output_b", "study"]
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(admin.ModelAdmin):
+    list_display = ["id", "unit", "annotator", "leased_at", "expires_at", "submitted_at"]
+    raw_id_fields = ["unit", "annotator"]
+
+
+@admin.register(Judgment)
+class JudgmentAdmin(admin.ModelAdmin):
+    list_display = ["id", "study", "annotator", "outcome", "left_is_a", "submitted_at"]
+    list_filter = ["outcome"]
+    raw_id_fields = ["assignment", "unit", "annotator", "study"]

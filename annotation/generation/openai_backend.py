@@ -1,0 +1,312 @@
+"""Generation through any OpenAI-compatible chat-completions endpoint (vLLM, Ollama, OpenAI).
+
+Spec fields
+-----------
+``base_url`` (required)
+    The API root, e.g. ``http://127.0.0.1:8001/v1``; requests go to ``{base_url}/chat/completions``.
+``model`` (required)
+    The model name sent in each request.
+``api_key_env``
+    The *name* of the environment variable holding the API key (the key itself is never
+    stored). Omitted: no ``Authorization`` header is sent. Named but unset on the machine
+    that generates: ``get_backend`` raises ``BackendError`` naming the variable.
+``max_concurrency`` (4), ``timeout_s`` (60), ``max_retries`` (3), ``backoff_s`` (1.0)
+    At most ``max_concurrency`` requests are in flight at once. ``timeout_s`` bounds each
+    network operation of one attempt (connect, write, wait for the reply). A failed attempt
+    is retried up to ``max_retries`` times when it is worth retrying: connection errors,
+    timeouts, 408, 429 and 5xx. Other 4xx are not retried. Between attempts the backend
+    waits ``backoff_s * 2**attempt`` times a random factor in [0.5, 1.5), or the server's
+    ``Retry-After`` if that is longer, never more than ``MAX_RETRY_WAIT_S``.
+``extra_body``
+    An object merged into every request body (``{"top_k": 20}``, vLLM's
+    ``{"repetition_penalty": 1.1}``...). A key set to ``null`` removes that key from the
+    request, e.g. ``{"max_tokens": null, "max_completion_tokens": 256}`` for endpoints that
+    reject ``max_tokens``. ``model`` and ``messages`` cannot be overridden.
+``price_per_1k_input``, ``price_per_1k_output``
+    USD per 1000 tokens, used with the ``usage`` the server reports.
+
+Every request carries ``max_tokens``, ``temperature``, ``top_p`` and the request's
+``seed``; a non-empty system prompt is sent as a ``system`` message before the user's.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+
+from .base import (
+    PRICE_FIELDS,
+    REQUIRED,
+    BackendError,
+    GenerationRequest,
+    GenerationResult,
+    GenerationSettings,
+    SpecField,
+    check_prices,
+    check_spec,
+    compute_cost,
+    spec_int,
+    spec_number,
+    spec_str,
+)
+
+MAX_RETRY_WAIT_S = 60.0
+RETRY_STATUSES = frozenset({408, 429})  # and every 5xx
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ERROR_TEXT_LIMIT = 500
+
+
+def _check_base_url(name: str, value: Any) -> str:
+    url = spec_str(name, value).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise BackendError(name, f"must start with http:// or https://, got {url!r}")
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise BackendError(name, f"is not a valid URL: {exc}") from None
+    return url
+
+
+def _check_env_name(name: str, value: Any) -> str:
+    # Never echo the value: a pasted key is the likely mistake here.
+    if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+        raise BackendError(
+            name, "must be the name of an environment variable (letters, digits, _), not the key itself"
+        )
+    return value
+
+
+def _check_extra_body(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise BackendError(name, f"must be an object, got {type(value).__name__}")
+    for reserved in ("model", "messages"):
+        if reserved in value:
+            raise BackendError(f"{name}.{reserved}", "cannot be overridden")
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise BackendError(name, f"must be JSON-serialisable: {exc}") from None
+    return dict(value)
+
+
+SPEC_FIELDS: dict[str, SpecField] = {
+    "base_url": SpecField(_check_base_url, REQUIRED),
+    "model": SpecField(spec_str, REQUIRED),
+    "api_key_env": SpecField(_check_env_name, None),
+    "max_concurrency": SpecField(spec_int(1, 256), 4),
+    "timeout_s": SpecField(spec_number(0.0, strict=True), 60.0),
+    "max_retries": SpecField(spec_int(0, 20), 3),
+    "backoff_s": SpecField(spec_number(0.0), 1.0),
+    "extra_body": SpecField(_check_extra_body, {}),
+    **PRICE_FIELDS,
+}
+
+
+def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Normalise an OpenAI-compatible spec; ``BackendError`` names the bad field.
+
+    Does not read the environment: the web process need not hold the key.
+    """
+    normalised = check_spec(spec, SPEC_FIELDS)
+    check_prices(normalised)
+    return normalised
+
+
+def make_backend(spec: dict[str, Any]) -> OpenAIBackend:
+    return OpenAIBackend(spec)
+
+
+class OpenAIBackend:
+    """Sends one chat-completions request per ``GenerationRequest``, concurrently.
+
+    ``latency_ms`` is the wall time of the final, successful attempt (request sent to
+    reply read), not including earlier failed attempts or waits between them. Token counts
+    come from the reply's ``usage`` and are ``None`` if the server does not report them.
+    Failures are reported per request in ``GenerationResult.error``, prefixed with the HTTP
+    status where there is one (``"HTTP 400: ..."``).
+    """
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.url = f"{spec['base_url']}/chat/completions"
+        self._api_key = self._read_api_key()
+        self._rng = random.Random()
+        self._rng_lock = threading.Lock()
+
+    def _read_api_key(self) -> str | None:
+        name = self.spec["api_key_env"]
+        if name is None:
+            return None
+        key = os.environ.get(name)
+        if not key:
+            raise BackendError("api_key_env", f"environment variable {name} is not set")
+        return key
+
+    def generate(
+        self, requests: list[GenerationRequest], settings: GenerationSettings
+    ) -> list[GenerationResult]:
+        if not requests:
+            return []
+        workers = min(self.spec["max_concurrency"], len(requests))
+        headers = {"User-Agent": "evalsite"}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
+        with (
+            httpx.Client(timeout=self.spec["timeout_s"], limits=limits, headers=headers) as client,
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-gen") as pool,
+        ):
+            return list(pool.map(lambda request: self._one(client, request, settings), requests))
+
+    def request_body(self, request: GenerationRequest, settings: GenerationSettings) -> dict[str, Any]:
+        """The JSON body sent for ``request`` (public so callers can show or log it)."""
+        messages = []
+        if settings.system_prompt:
+            messages.append({"role": "system", "content": settings.system_prompt})
+        messages.append({"role": "user", "content": request.prompt})
+        body: dict[str, Any] = {
+            "model": self.spec["model"],
+            "messages": messages,
+            "max_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "seed": request.seed,
+        }
+        for key, value in self.spec["extra_body"].items():
+            if value is None:
+                body.pop(key, None)
+            else:
+                body[key] = value
+        return body
+
+    def _one(
+        self, client: httpx.Client, request: GenerationRequest, settings: GenerationSettings
+    ) -> GenerationResult:
+        try:
+            return self._with_retries(client, request, settings)
+        except Exception as exc:  # one request's surprise must not lose the others' results
+            return GenerationResult.failure(request.key, self._scrub(f"{type(exc).__name__}: {exc}"))
+
+    def _with_retries(
+        self, client: httpx.Client, request: GenerationRequest, settings: GenerationSettings
+    ) -> GenerationResult:
+        body = self.request_body(request, settings)
+        attempts = self.spec["max_retries"] + 1
+        error = ""
+        for attempt in range(attempts):
+            retry_after = None
+            started = time.perf_counter()
+            try:
+                response = client.post(self.url, json=body)
+            except httpx.TimeoutException as exc:
+                error = f"timed out after {self.spec['timeout_s']:g} s ({type(exc).__name__})"
+            except httpx.TransportError as exc:
+                error = f"connection error: {type(exc).__name__}: {exc}"
+            else:
+                latency_ms = (time.perf_counter() - started) * 1000
+                status = response.status_code
+                if status == 200:
+                    return self._parse(request, response, latency_ms)
+                error = f"HTTP {status}: {_error_message(response)}"
+                if status not in RETRY_STATUSES and status < 500:
+                    return GenerationResult.failure(request.key, self._scrub(error))
+                retry_after = _retry_after_s(response.headers.get("Retry-After"))
+            if attempt + 1 < attempts:
+                time.sleep(self._wait_s(attempt, retry_after))
+        plural = "s" if attempts > 1 else ""
+        return GenerationResult.failure(
+            request.key, self._scrub(f"{error} (gave up after {attempts} attempt{plural})")
+        )
+
+    def _parse(
+        self, request: GenerationRequest, response: httpx.Response, latency_ms: float
+    ) -> GenerationResult:
+        try:
+            data = response.json()
+            choice = data["choices"][0]
+            text = choice["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            snippet = response.text[:_ERROR_TEXT_LIMIT]
+            return GenerationResult.failure(
+                request.key, f"malformed response ({type(exc).__name__}: {exc}): {snippet}"
+            )
+        if not isinstance(text, str):
+            reason = choice.get("finish_reason") if isinstance(choice, Mapping) else None
+            return GenerationResult.failure(
+                request.key, f"response has no text content (finish_reason={reason!r})"
+            )
+        usage = data.get("usage") if isinstance(data.get("usage"), Mapping) else {}
+        prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
+        completion_tokens = _int_or_none(usage.get("completion_tokens"))
+        return GenerationResult(
+            key=request.key,
+            text=text,
+            error=None,
+            latency_ms=latency_ms,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost=compute_cost(self.spec, prompt_tokens, completion_tokens),
+        )
+
+    def _wait_s(self, attempt: int, retry_after: float | None) -> float:
+        with self._rng_lock:
+            jitter = 0.5 + self._rng.random()
+        wait = self.spec["backoff_s"] * (2**attempt) * jitter
+        if retry_after is not None:
+            wait = max(wait, retry_after)
+        return min(wait, MAX_RETRY_WAIT_S)
+
+    def _scrub(self, text: str) -> str:
+        """Remove the API key from error text, in case a server or library echoes it."""
+        if self._api_key:
+            text = text.replace(self._api_key, "***")
+        return text
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The server's own error message: OpenAI's ``{"error": {"message"}}`` and variants."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, Mapping):
+        error = data.get("error")
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+            return error["message"][:_ERROR_TEXT_LIMIT]
+        for candidate in (error, data.get("message"), data.get("detail")):
+            if isinstance(candidate, str):
+                return candidate[:_ERROR_TEXT_LIMIT]
+    text = response.text.strip()
+    return text[:_ERROR_TEXT_LIMIT] if text else response.reason_phrase
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

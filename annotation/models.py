@@ -1,0 +1,228 @@
+"""Studies, prompts, candidates, outputs, rating units, assignments and judgments.
+
+Each table's identity is a database constraint, so a re-run task or a repeated POST
+cannot create a second row (see shared/ARCHITECTURE.md, "Invariants").
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+
+class Study(models.Model):
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    overlap = models.PositiveSmallIntegerField(
+        default=1, help_text="How many different annotators judge each unit."
+    )
+    samples_per_prompt = models.PositiveSmallIntegerField(default=1)
+    generation_settings = models.JSONField(default=dict, blank=True)
+    adaptive_sampling = models.BooleanField(default=False)
+
+    class Meta:
+        verbose_name_plural = "studies"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StudyMember(models.Model):
+    class Role(models.TextChoices):
+        EVALUATOR = "evaluator", "Evaluator"
+        ANNOTATOR = "annotator", "Annotator"
+        MANAGER = "manager", "Manager"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="members")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="study_memberships"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices)
+    group = models.CharField(max_length=100, blank=True)
+    excluded = models.BooleanField(
+        default=False, help_text="Excluded annotators keep their judgments; aggregates skip them."
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["study", "user"], name="member_unique_per_study")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.role}) in {self.study}"
+
+
+class Prompt(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="prompts")
+    external_id = models.CharField(max_length=200)
+    text = models.TextField()
+    reference = models.TextField(blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    image = models.CharField(max_length=500, blank=True)
+    is_gold = models.BooleanField(default=False)
+    gold_answer = models.TextField(blank=True)
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["study", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "external_id"], name="prompt_unique_external_id"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.external_id
+
+
+class Candidate(models.Model):
+    class Backend(models.TextChoices):
+        TRANSFORMERS = "transformers", "Hugging Face transformers"
+        OPENAI = "openai", "OpenAI-compatible endpoint"
+        IMPORTED = "imported", "Imported outputs"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="candidates")
+    name = models.CharField(max_length=200)
+    backend = models.CharField(max_length=20, choices=Backend.choices)
+    spec = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["study", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "name"], name="candidate_unique_name")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Output(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="outputs")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="outputs")
+    candidate = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="outputs")
+    sample_index = models.PositiveSmallIntegerField(default=0)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    text = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cost = models.FloatField(null=True, blank=True)
+    seed = models.BigIntegerField(null=True, blank=True)
+    settings = models.JSONField(default=dict, blank=True)
+    claim = models.CharField(
+        max_length=64, blank=True, help_text="Id of the task run that holds this output."
+    )
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "prompt", "candidate", "sample_index"],
+                name="output_unique_per_sample",
+            )
+        ]
+        indexes = [models.Index(fields=["study", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.candidate} on {self.prompt} #{self.sample_index}"
+
+
+class Unit(models.Model):
+    """One thing to judge: a pair of outputs for one prompt (``output_a.id < output_b.id``)."""
+
+    class Kind(models.TextChoices):
+        PAIRWISE = "pairwise", "Blind pairwise"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="units")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.PAIRWISE)
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="units")
+    output_a = models.ForeignKey(Output, on_delete=models.CASCADE, related_name="+")
+    output_b = models.ForeignKey(Output, on_delete=models.CASCADE, related_name="+")
+    needed = models.PositiveSmallIntegerField(default=1)
+    is_gold = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "kind", "output_a", "output_b"], name="unit_unique_pair"
+            ),
+            models.CheckConstraint(
+                condition=Q(output_a__lt=F("output_b")), name="unit_pair_ordered"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"unit {self.pk} ({self.kind})"
+
+
+class Assignment(models.Model):
+    """An annotator's lease on a unit; the browser only ever sees ``token``."""
+
+    unit = models.ForeignKey(Unit, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments"
+    )
+    token = models.CharField(max_length=43, unique=True)
+    left_is_a = models.BooleanField(help_text="Whether unit.output_a is shown on the left.")
+    leased_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    submitted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["unit", "annotator"], name="assignment_unique_per_annotator"
+            )
+        ]
+        indexes = [models.Index(fields=["annotator", "submitted_at"])]
+
+    def __str__(self) -> str:
+        return f"assignment {self.pk}"
+
+
+class Judgment(models.Model):
+    """A submitted pairwise verdict, stored in terms of outputs, not screen sides."""
+
+    class Outcome(models.TextChoices):
+        A = "a", "output_a better"
+        B = "b", "output_b better"
+        TIE = "tie", "Tie"
+        BOTH_BAD = "both_bad", "Both bad"
+
+    assignment = models.OneToOneField(
+        Assignment, on_delete=models.CASCADE, related_name="judgment"
+    )
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="judgments")
+    unit = models.ForeignKey(Unit, on_delete=models.CASCADE, related_name="judgments")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="judgments"
+    )
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    left_is_a = models.BooleanField()
+    rationale = models.TextField(blank=True)
+    served_at = models.DateTimeField()
+    submitted_at = models.DateTimeField(auto_now_add=True)
+    active_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["study", "submitted_at"])]
+
+    def __str__(self) -> str:
+        return f"judgment {self.pk}: {self.outcome}"

@@ -1,0 +1,204 @@
+"""Evaluator and annotator pages.  Thin: validate, fetch through access, call a service."""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+from django_htmx.http import HttpResponseStopPolling
+
+from . import access, selectors, services
+from .forms import CandidateForm, JudgmentForm, MemberForm, StudyCreateForm
+from .models import Output
+from .uploads import UploadError
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    studies = access.studies_for_user(request.user)
+    return render(request, "annotation/home.html", {"studies": studies, "can_create": _can_create(request.user)})
+
+
+def _can_create(user) -> bool:
+    return user.is_staff or user.has_perm("annotation.add_study")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def study_create(request: HttpRequest) -> HttpResponse:
+    if not _can_create(request.user):
+        raise PermissionDenied("Only evaluators can create studies.")
+    form = StudyCreateForm(request.POST or None, request.FILES or None)
+    upload_errors = None
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["prompts"]
+        try:
+            study = services.study_create(
+                name=form.cleaned_data["name"],
+                description=form.cleaned_data["description"],
+                created_by=request.user,
+                prompts_data=upload.read(),
+                prompts_filename=upload.name,
+                overlap=form.cleaned_data["overlap"],
+                generation_settings=form.generation_settings(),
+                annotators=form.cleaned_data["annotators"],
+                managers=form.cleaned_data["managers"],
+            )
+        except UploadError as exc:
+            upload_errors = exc.errors
+        except services.ServiceError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Study created with {study.prompts.count()} prompts.")
+            return redirect("annotation:study", study_id=study.pk)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "annotation/study_create.html", {"form": form, "upload_errors": upload_errors}, status=status)
+
+
+def _study_context(study, **extra) -> dict:
+    progress = selectors.generation_progress(study)
+    return {
+        "study": study,
+        "progress": progress,
+        "finished": selectors.generation_finished(progress),
+        "failed": selectors.failed_outputs(study),
+        "n_prompts": study.prompts.count(),
+        "n_units": study.units.count(),
+        "n_judgments": study.judgments.count(),
+        "members": study.members.select_related("user").order_by("role", "user__username"),
+        **extra,
+    }
+
+
+@login_required
+def study_detail(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = access.get_study_for_evaluator(request.user, study_id)
+    ctx = _study_context(study, candidate_form=CandidateForm(), member_form=MemberForm())
+    return render(request, "annotation/study_detail.html", ctx)
+
+
+@login_required
+def study_progress(request: HttpRequest, study_id: int) -> HttpResponse:
+    """The progress fragment; htmx polls it and stops once nothing is queued or running."""
+    study = access.get_study_for_evaluator(request.user, study_id)
+    ctx = _study_context(study)
+    response = render(request, "annotation/partials/_progress.html", ctx)
+    if request.htmx and ctx["finished"] and request.GET.get("poll"):
+        stop = HttpResponseStopPolling(response.content)
+        return stop
+    return response
+
+
+@login_required
+@require_POST
+def candidate_add(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = access.get_study_for_evaluator(request.user, study_id)
+    form = CandidateForm(request.POST, request.FILES)
+    upload_errors = None
+    if form.is_valid():
+        d = form.cleaned_data
+        try:
+            candidate = services.candidate_create(study=study, name=d["name"], backend=d["backend"], spec=d["spec"])
+            if d.get("outputs"):
+                try:
+                    services.outputs_import(candidate=candidate, data=d["outputs"].read(), filename=d["outputs"].name)
+                except (UploadError, services.ServiceError):
+                    candidate.delete()
+                    raise
+        except UploadError as exc:
+            upload_errors = exc.errors
+        except services.ServiceError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Candidate {candidate.name!r} added.")
+            return redirect("annotation:study", study_id=study.pk)
+    ctx = _study_context(study, candidate_form=form, member_form=MemberForm(), upload_errors=upload_errors)
+    return render(request, "annotation/study_detail.html", ctx, status=400)
+
+
+@login_required
+@require_POST
+def member_add(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = access.get_study_for_evaluator(request.user, study_id)
+    form = MemberForm(request.POST)
+    if form.is_valid():
+        services.member_set(study=study, user=form.cleaned_data["username"], role=form.cleaned_data["role"],
+                            group=form.cleaned_data["group"])
+        messages.success(request, f"{form.cleaned_data['username']} is now {form.cleaned_data['role']}.")
+        return redirect("annotation:study", study_id=study.pk)
+    ctx = _study_context(study, candidate_form=CandidateForm(), member_form=form)
+    return render(request, "annotation/study_detail.html", ctx, status=400)
+
+
+@login_required
+@require_POST
+def generation_start(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = access.get_study_for_evaluator(request.user, study_id)
+    try:
+        queued = services.generation_start(study=study)
+    except services.ServiceError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"{queued} outputs queued for generation.")
+    return redirect("annotation:study", study_id=study.pk)
+
+
+@login_required
+@require_POST
+def output_retry(request: HttpRequest, study_id: int, output_id: int) -> HttpResponse:
+    study = access.get_study_for_evaluator(request.user, study_id)
+    output = get_object_or_404(Output, pk=output_id, study=study)
+    try:
+        services.output_retry(output=output)
+    except services.ServiceError as exc:
+        messages.error(request, str(exc))
+    if request.htmx:
+        return render(request, "annotation/partials/_progress.html", _study_context(study))
+    return redirect("annotation:study", study_id=study.pk)
+
+
+# --- annotators ---------------------------------------------------------------------
+
+
+def _task_response(request: HttpRequest, study, assignment, *, error: str = "", status: int = 200) -> HttpResponse:
+    task = services.task_view(assignment=assignment) if assignment else None
+    ctx = {"study_id": study.pk, "study_name": study.name, "task": task, "error": error}
+    if request.htmx:
+        return render(request, "annotation/partials/_task.html", ctx, status=status)
+    return render(request, "annotation/annotate.html", ctx, status=status)
+
+
+@login_required
+def annotate(request: HttpRequest, study_id: int) -> HttpResponse:
+    """The annotator's page: the task they hold, or the next one."""
+    study = access.get_study_for_annotator(request.user, study_id)
+    assignment = services.assignment_next(study=study, annotator=request.user)
+    return _task_response(request, study, assignment)
+
+
+@login_required
+@require_POST
+def judgment_submit(request: HttpRequest, token: str) -> HttpResponse:
+    """Record a verdict and answer with the next task in the same round trip."""
+    assignment = access.get_assignment_for_annotator(request.user, token)
+    study = access.get_study_for_annotator(request.user, assignment.unit.study_id)
+    form = JudgmentForm(request.POST)
+    if not form.is_valid():
+        errors = "; ".join(f"{field}: {' '.join(errs)}" for field, errs in form.errors.items())
+        return _task_response(request, study, assignment, error=f"Not recorded: {errors}", status=400)
+    try:
+        services.judgment_submit(
+            assignment=assignment,
+            choice=form.cleaned_data["choice"],
+            rationale=form.cleaned_data["rationale"] or "",
+            active_ms=form.cleaned_data["active_ms"],
+        )
+    except services.ServiceError as exc:
+        nxt = services.assignment_next(study=study, annotator=request.user)
+        return _task_response(request, study, nxt, error=str(exc), status=409)
+    nxt = services.assignment_next(study=study, annotator=request.user)
+    return _task_response(request, study, nxt)
+
+

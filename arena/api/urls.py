@@ -1,0 +1,8 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("studies/<int:study_id>/leaderboard", views.leaderboard, name="api-leaderboard"),
+    path("studies/<int:study_id>/progress", views.progress, name="api-progress"),
+]

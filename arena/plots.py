@@ -1,0 +1,132 @@
+"""Small, dependency-free SVG plots for leaderboards (no Django import).
+
+Rendered on the server so the page needs no charting library and the plot is in the
+HTML a test or a screen reader can inspect.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from html import escape
+
+
+def interval_plot(
+    names: Sequence[str],
+    ratings: Sequence[float],
+    lower: Sequence[float],
+    upper: Sequence[float],
+    *,
+    width: int = 720,
+    row_height: int = 26,
+    label_width: int = 190,
+    title: str = "Rating with 95% bootstrap interval",
+) -> str:
+    """Horizontal dot-and-whisker plot, one row per model, best first as given."""
+    n = len(names)
+    if n == 0:
+        return ""
+    lo = min(lower)
+    hi = max(upper)
+    pad = max((hi - lo) * 0.08, 5.0)
+    lo, hi = lo - pad, hi + pad
+    top, bottom = 28, 34
+    height = top + bottom + n * row_height
+    plot_w = width - label_width - 20
+
+    def x(v: float) -> float:
+        return label_width + (v - lo) / (hi - lo) * plot_w
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{escape(title)}" class="interval-plot">',
+        f'<text x="{label_width}" y="16" font-size="13" fill="#667085">{escape(title)}</text>',
+    ]
+    for tick in _ticks(lo, hi):
+        tx = x(tick)
+        parts.append(
+            f'<line x1="{tx:.1f}" y1="{top - 4}" x2="{tx:.1f}" y2="{height - bottom + 4}" stroke="#eceef2"/>'
+            f'<text x="{tx:.1f}" y="{height - bottom + 20}" font-size="11" text-anchor="middle" fill="#667085">{tick:g}</text>'
+        )
+    for i, (name, r, l, u) in enumerate(zip(names, ratings, lower, upper)):
+        cy = top + i * row_height + row_height / 2
+        parts.append(
+            f'<text x="{label_width - 10}" y="{cy + 4:.1f}" font-size="12" text-anchor="end" fill="#1d2330">{escape(name)}</text>'
+            f'<line x1="{x(l):.1f}" y1="{cy:.1f}" x2="{x(u):.1f}" y2="{cy:.1f}" stroke="#2f5bd3" stroke-width="2.5"/>'
+            f'<line x1="{x(l):.1f}" y1="{cy - 6:.1f}" x2="{x(l):.1f}" y2="{cy + 6:.1f}" stroke="#2f5bd3" stroke-width="1.5"/>'
+            f'<line x1="{x(u):.1f}" y1="{cy - 6:.1f}" x2="{x(u):.1f}" y2="{cy + 6:.1f}" stroke="#2f5bd3" stroke-width="1.5"/>'
+            f'<circle cx="{x(r):.1f}" cy="{cy:.1f}" r="4.5" fill="#1d2330"><title>{escape(name)}: {r:.1f} '
+            f'[{l:.1f}, {u:.1f}]</title></circle>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def heatmap(
+    names: Sequence[str],
+    matrix: Sequence[Sequence[float | None]],
+    *,
+    title: str,
+    cell: int = 54,
+    label_width: int = 170,
+) -> str:
+    """Win-rate heatmap: row model's win rate against column model (blank where unknown)."""
+    n = len(names)
+    if n == 0:
+        return ""
+    top = 40 + 10
+    width = label_width + n * cell + 10
+    height = top + n * cell + 110
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{escape(title)}" class="heatmap">',
+        f'<text x="{label_width}" y="16" font-size="13" fill="#667085">{escape(title)}</text>',
+    ]
+    for i, row in enumerate(matrix):
+        y = top + i * cell
+        parts.append(
+            f'<text x="{label_width - 8}" y="{y + cell / 2 + 4:.1f}" font-size="12" text-anchor="end">{escape(names[i])}</text>'
+        )
+        for j, value in enumerate(row):
+            xx = label_width + j * cell
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                fill, label = "#f2f4f7", ""
+            else:
+                fill, label = _diverging(value), f"{value:.2f}"
+            parts.append(
+                f'<rect x="{xx}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{fill}"/>'
+                f'<text x="{xx + cell / 2 - 1:.1f}" y="{y + cell / 2 + 4:.1f}" font-size="11" text-anchor="middle">{label}</text>'
+            )
+    for j, name in enumerate(names):
+        xx = label_width + j * cell + cell / 2
+        yy = top + n * cell + 8
+        parts.append(
+            f'<text x="{xx:.1f}" y="{yy}" font-size="11" text-anchor="end" '
+            f'transform="rotate(-40 {xx:.1f} {yy})">{escape(name)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _diverging(p: float) -> str:
+    """White at 0.5, blue towards 1, red towards 0."""
+    p = min(max(p, 0.0), 1.0)
+    t = abs(p - 0.5) * 2
+    base = (47, 91, 211) if p >= 0.5 else (217, 45, 32)
+    r, g, b = (round(255 + (c - 255) * t * 0.8) for c in base)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def _ticks(lo: float, hi: float, target: int = 6) -> list[float]:
+    span = hi - lo
+    if span <= 0:
+        return [lo]
+    raw = span / target
+    mag = 10 ** math.floor(math.log10(raw))
+    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=mag * 10)
+    first = math.ceil(lo / step) * step
+    ticks = []
+    v = first
+    while v <= hi + 1e-9:
+        ticks.append(round(v, 6))
+        v += step
+    return ticks

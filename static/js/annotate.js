@@ -1,0 +1,48 @@
+// Keyboard-first judging: 1 = A better, 2 = B better, 3 = tie, 4 = both bad.
+// Also measures time the task was visible, so judgments carry active time.
+(function () {
+  "use strict";
+  var shownAt = performance.now();
+  var hiddenSince = null;
+  var hiddenTotal = 0;
+
+  function resetTimer() {
+    shownAt = performance.now();
+    hiddenTotal = 0;
+    hiddenSince = document.hidden ? performance.now() : null;
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) {
+      hiddenSince = performance.now();
+    } else if (hiddenSince !== null) {
+      hiddenTotal += performance.now() - hiddenSince;
+      hiddenSince = null;
+    }
+  });
+
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (form.id !== "task-form") return;
+    var field = form.querySelector("input[name=active_ms]");
+    if (field) field.value = String(Math.round(performance.now() - shownAt - hiddenTotal));
+  }, true);
+
+  document.addEventListener("htmx:afterSwap", resetTimer);
+
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    var target = event.target;
+    if (target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT")) {
+      if (event.key === "Escape") target.blur();
+      return;
+    }
+    var form = document.getElementById("task-form");
+    if (!form) return;
+    var button = form.querySelector('button[data-key="' + event.key + '"]');
+    if (button && !button.disabled) {
+      event.preventDefault();
+      button.click();
+    }
+  });
+})();

@@ -1,0 +1,150 @@
+"""Shared fixtures: people, a ready-to-annotate study, and a real Celery worker process."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from annotation import services
+from annotation.models import StudyMember
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    # Password hashing is deliberately slow; tests create many users and test no hashing.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def make_user(django_user_model):
+    def make(username: str, *, staff: bool = False):
+        user = django_user_model.objects.create_user(username=username, password=f"{username}-pw", is_staff=staff)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def evaluator(make_user):
+    return make_user("eve", staff=True)
+
+
+@pytest.fixture
+def annotators(make_user):
+    return [make_user(f"ann{i}") for i in range(1, 4)]
+
+
+@pytest.fixture
+def manager(make_user):
+    return make_user("manny")
+
+
+PROMPTS_CSV = (
+    "id,prompt,reference,tags\n"
+    "p1,How do I reset my password?,Use the reset link.,account;easy\n"
+    "p2,Where is my order?,Check the tracking page.,shipping\n"
+    "p3,Can I get a refund?,Yes within 30 days.,billing;hard\n"
+    "p4,How do I cancel?,Settings then cancel.,account\n"
+).encode()
+
+
+def imported_jsonl(texts: dict[str, str]) -> bytes:
+    import json
+
+    return "\n".join(json.dumps({"prompt_id": k, "output": v, "latency_ms": 12.5, "cost": 0.001})
+                     for k, v in texts.items()).encode()
+
+
+@pytest.fixture
+def study_factory(evaluator, annotators, manager):
+    """A study whose candidates are imported, so its pairs exist without generation."""
+
+    def make(*, candidates=("alpha-model", "beta-model", "gamma-model"), overlap: int = 1, prompts=PROMPTS_CSV):
+        study = services.study_create(
+            name="Support study", created_by=evaluator, prompts_data=prompts, prompts_filename="p.csv",
+            overlap=overlap, annotators=annotators, managers=[manager],
+        )
+        ids = list(study.prompts.values_list("external_id", flat=True))
+        for n, name in enumerate(candidates):
+            cand = services.candidate_create(study=study, name=name, backend="imported", spec={})
+            services.outputs_import(
+                candidate=cand, data=imported_jsonl({pid: f"Variant {n} answer to {pid}" for pid in ids}),
+                filename="out.jsonl",
+            )
+        return study
+
+    return make
+
+
+def _database_url() -> str:
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    user = s.get("USER") or "postgres"
+    auth = f"{user}:{s['PASSWORD']}@" if s.get("PASSWORD") else f"{user}@"
+    return f"postgres://{auth}{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
+
+
+def _purge_queue() -> None:
+    from evalsite.celery import app
+
+    if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        queue_dir = Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"])
+        shutil.rmtree(queue_dir, ignore_errors=True)
+        queue_dir.mkdir(parents=True, exist_ok=True)
+        return
+    with app.connection_for_write() as conn:
+        try:
+            conn.default_channel.queue_purge(settings.CELERY_TASK_DEFAULT_QUEUE)
+        except Exception:  # the queue does not exist yet
+            pass
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
+    """A real ``celery worker`` process on the configured broker and the test database."""
+    with django_db_blocker.unblock():
+        url = _database_url()
+    _purge_queue()
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = {**os.environ, "DATABASE_URL": url, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "celery", "-A", "evalsite", "worker", "--loglevel", "INFO",
+           "--concurrency", "1", "--without-mingle", "--without-gossip",
+           "--queues", settings.CELERY_TASK_DEFAULT_QUEUE, "--hostname", f"test-{os.getpid()}@%h"]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while b"ready." not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"celery worker did not start:\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    proc.log_path = log
+    yield proc
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_for(predicate, *, timeout: float = 120.0, interval: float = 0.25, what: str = "condition", worker=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    tail = worker.log_path.read_text()[-3000:] if worker is not None else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")
+
+
+__all__ = ["StudyMember", "wait_for", "imported_jsonl", "PROMPTS_CSV"]

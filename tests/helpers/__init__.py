@@ -1,0 +1,1 @@
+"""Reusable test helpers (fake servers, builders); no Django import here."""
