@@ -17,6 +17,7 @@ from annotation import services
 from annotation.models import StudyMember
 
 ROOT = Path(__file__).resolve().parent.parent
+WORKER_API_KEY = "sk-test-worker-key"
 
 
 def pytest_configure(config):
@@ -116,7 +117,8 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
         url = _database_url()
     _purge_queue()
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    env = {**os.environ, "DATABASE_URL": url, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "DATABASE_URL": url, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "EVALSITE_TEST_LLM_KEY": WORKER_API_KEY}
     cmd = [sys.executable, "-m", "celery", "-A", "evalsite", "worker", "--loglevel", "INFO",
            "--concurrency", "1", "--without-mingle", "--without-gossip",
            "--queues", settings.CELERY_TASK_DEFAULT_QUEUE, "--hostname", f"test-{os.getpid()}@%h"]
