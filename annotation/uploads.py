@@ -56,7 +56,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -102,10 +102,9 @@ _BATTLE_FIELDS = ("model_a", "model_b", "winner")
 _CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 _JSON_SUFFIXES = {".json", ".jsonl", ".ndjson", ".jsonlines"}
 # Formats people try to upload that would otherwise fail with a puzzling UTF-8 error.
-_REFUSED_SUFFIXES = {
-    ".xlsx", ".xlsm", ".xls", ".ods", ".numbers", ".parquet", ".arrow", ".feather",
-    ".zip", ".gz", ".bz2", ".xz", ".pdf", ".doc", ".docx",
-}  # fmt: skip
+_REFUSED_SUFFIXES = frozenset(
+    ".xlsx .xlsm .xls .ods .numbers .parquet .arrow .feather .zip .gz .bz2 .xz .pdf .doc .docx".split()
+)
 _LEADING_WHITESPACE = re.compile(r"\s*")
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 _JSON_LIST_SEPARATOR = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")
@@ -199,8 +198,8 @@ class ParsedOutputs:
 class Battles:
     """Battles as parallel columns: battle ``i`` is ``model_a[i]`` against ``model_b[i]``,
     with ``winner[i]`` one of :data:`BATTLE_WINNERS`, read from ``line[i]`` of the file
-    (the line an element starts on, for a JSON list). Model names are interned, so
-    repeated names share one string."""
+    (the line an element starts on, for a JSON list). Model names are stripped, and
+    repeated names share one string object."""
 
     model_a: list[str]
     model_b: list[str]
@@ -218,8 +217,9 @@ def parse_prompts(
 
     Raises :class:`UploadError` naming every bad line and field.
     """
-    source = _Source(data, filename, required=("id", "prompt"), known=_PROMPT_FIELDS,
-                     max_bytes=max_bytes)  # fmt: skip
+    source = _Source(
+        data, filename, required=("id", "prompt"), known=_PROMPT_FIELDS, max_bytes=max_bytes
+    )
     errors = _Errors()
     rows: list[PromptRow] = []
     seen: dict[str, tuple[int, int | None]] = {}
@@ -248,7 +248,7 @@ def parse_prompts(
 def parse_imported_outputs(
     data: bytes,
     filename: str,
-    known_prompt_ids: set[str] | None = None,
+    known_prompt_ids: Container[str] | None = None,
     *,
     max_bytes: int | None = MAX_UPLOAD_BYTES,
 ) -> ParsedOutputs:
@@ -257,8 +257,9 @@ def parse_imported_outputs(
     When ``known_prompt_ids`` is given, a ``prompt_id`` outside it is an error. Raises
     :class:`UploadError` naming every bad line and field.
     """
-    source = _Source(data, filename, required=("prompt_id", "output"), known=_OUTPUT_FIELDS,
-                     max_bytes=max_bytes)  # fmt: skip
+    source = _Source(
+        data, filename, required=("prompt_id", "output"), known=_OUTPUT_FIELDS, max_bytes=max_bytes
+    )
     errors = _Errors()
     rows: list[ImportedOutputRow] = []
     seen: dict[tuple[str, int], tuple[int, int | None]] = {}
@@ -266,8 +267,7 @@ def parse_imported_outputs(
         row = source.row(obj, line, index, errors)
         if row is None:
             continue
-        prompt_id = row.string("prompt_id", required=True, max_length=MAX_ID_LENGTH,
-                               allow_int=True)  # fmt: skip
+        prompt_id = row.string("prompt_id", required=True, max_length=MAX_ID_LENGTH, allow_int=True)
         if prompt_id and known_prompt_ids is not None and prompt_id not in known_prompt_ids:
             row.error("prompt_id", f"unknown prompt id {prompt_id!r}")
         text = row.string("output", required=True, strip=False)
@@ -280,11 +280,24 @@ def parse_imported_outputs(
             key = (prompt_id, sample_index or 0)
             first = seen.setdefault(key, (line, index))
             if first != (line, index):
-                row.error("prompt_id", f"duplicate output for prompt {prompt_id!r}, sample "
-                          f"{key[1]} (first on {_where(*first)})")  # fmt: skip
+                row.error(
+                    "prompt_id",
+                    f"duplicate output for prompt {prompt_id!r}, sample "
+                    f"{key[1]} (first on {_where(*first)})",
+                )
         if row.ok:
-            rows.append(ImportedOutputRow(prompt_id, text, sample_index or 0, latency_ms,
-                                          cost, prompt_tokens, completion_tokens, line))  # fmt: skip
+            rows.append(
+                ImportedOutputRow(
+                    prompt_id,
+                    text,
+                    sample_index or 0,
+                    latency_ms,
+                    cost,
+                    prompt_tokens,
+                    completion_tokens,
+                    line,
+                )
+            )
     errors.raise_if_any()
     if not rows:
         raise UploadError("the file has no outputs")
@@ -426,8 +439,9 @@ class _Source:
             )
 
     def _csv_records(self) -> Iterator[tuple[int, int | None, Any]]:
-        reader = csv.reader(io.StringIO(self.text, newline=""), delimiter=self.delimiter,
-                            strict=True)  # fmt: skip
+        reader = csv.reader(
+            io.StringIO(self.text, newline=""), delimiter=self.delimiter, strict=True
+        )
         after = 0  # physical lines consumed so far; a record starts on the next one
         header: list[str] | None = None
         header_line = 1
@@ -458,13 +472,19 @@ class _Source:
             if not any(cell.strip() for cell in cells):
                 continue
             if len(cells) > width and any(cell.strip() for cell in cells[width:]):
-                yield start, None, RowError(
-                    start, None, f"has {len(cells)} values but the header has {width} columns"
+                yield (
+                    start,
+                    None,
+                    RowError(
+                        start, None, f"has {len(cells)} values but the header has {width} columns"
+                    ),
                 )
                 continue
-            yield start, None, {
-                name: cells[i] if i < len(cells) else "" for i, name in enumerate(names) if name
-            }
+            yield (
+                start,
+                None,
+                {name: cells[i] if i < len(cells) else "" for i, name in enumerate(names) if name},
+            )
 
     def _check_header(self, names: list[str], line: int) -> None:
         problems = []
@@ -489,7 +509,7 @@ class _Source:
 
 def _decode(data: bytes) -> str:
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise UploadError("the file is UTF-16; save it as UTF-8 (\"CSV UTF-8\" in Excel)")
+        raise UploadError('the file is UTF-16; save it as UTF-8 ("CSV UTF-8" in Excel)')
     start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
         text = str(memoryview(data)[start:], "utf-8")
@@ -497,9 +517,15 @@ def _decode(data: bytes) -> str:
         offset = start + exc.start
         line = data.count(b"\n", 0, offset) + 1
         raise UploadError(
-            [RowError(line, None, f"the file is not UTF-8: byte 0x{data[offset]:02x} at byte "
-                      f"offset {offset} cannot be decoded; save the file as UTF-8")]
-        ) from None  # fmt: skip
+            [
+                RowError(
+                    line,
+                    None,
+                    f"the file is not UTF-8: byte 0x{data[offset]:02x} at byte "
+                    f"offset {offset} cannot be decoded; save the file as UTF-8",
+                )
+            ]
+        ) from None
     if not text or text.isspace():
         raise UploadError("the file is empty")
     return text
@@ -546,10 +572,16 @@ def _json_lines_records(text: str) -> Iterator[tuple[int, int | None, Any]]:
             value = loads(raw)
         except (ValueError, RecursionError) as exc:
             if first and _is_one_spread_object(text):
-                yield line, None, RowError(
-                    None, None, "the file holds one JSON object spread over several lines; "
-                    "expected JSON Lines (one object per line) or a JSON list of objects"
-                )  # fmt: skip
+                yield (
+                    line,
+                    None,
+                    RowError(
+                        None,
+                        None,
+                        "the file holds one JSON object spread over several lines; "
+                        "expected JSON Lines (one object per line) or a JSON list of objects",
+                    ),
+                )
                 return
             yield line, None, RowError(line, None, f"is not valid JSON: {_json_reason(exc)}")
         else:
@@ -580,15 +612,25 @@ def _json_list_records(text: str) -> Iterator[tuple[int, int | None, Any]]:
                 value, end = decode(text, pos)
             except (ValueError, RecursionError) as exc:
                 at = getattr(exc, "lineno", line)
-                yield at, index, RowError(at, None, f"is not valid JSON: {_json_reason(exc)}", index)
+                yield (
+                    at,
+                    index,
+                    RowError(at, None, f"is not valid JSON: {_json_reason(exc)}", index),
+                )
                 return
             yield line, index, value
             index += 1
             match = separator(text, end)
             if match is None:
                 at = 1 + text.count("\n", 0, end)
-                yield at, None, RowError(
-                    at, None, f"is not valid JSON: expected ',' or ']' after element {index - 1}"
+                yield (
+                    at,
+                    None,
+                    RowError(
+                        at,
+                        None,
+                        f"is not valid JSON: expected ',' or ']' after element {index - 1}",
+                    ),
                 )
                 return
             line += text.count("\n", pos, match.end())
@@ -614,7 +656,9 @@ def _csv_error(exc: csv.Error, line: int) -> RowError:
     if "unexpected end of data" in message:
         message = "opens a quote that is never closed (the record runs to the end of the file)"
     elif "field larger than field limit" in message:
-        message = f"has a value longer than {csv.field_size_limit()} characters (an unclosed quote?)"
+        message = (
+            f"has a value longer than {csv.field_size_limit()} characters (an unclosed quote?)"
+        )
     else:
         message = f"is not valid CSV: {message}"
     return RowError(line, None, message)
@@ -702,7 +746,7 @@ class _Row:
             return None
         try:
             number = float(value.strip() if isinstance(value, str) else value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return self._bad(key, "must be a number", value)
         if isinstance(value, bool) or not math.isfinite(number):
             return self._bad(key, "must be a number", value)
@@ -747,15 +791,21 @@ class _Row:
                     self.error(key, f"item {i} must be a string, not {_type_name(item)}")
                     return ()
         else:
-            self.error(key, f"must be a list of strings or a {TAG_SEPARATOR!r}-separated "
-                       f"string, not {_type_name(value)}")  # fmt: skip
+            self.error(
+                key,
+                f"must be a list of strings or a {TAG_SEPARATOR!r}-separated "
+                f"string, not {_type_name(value)}",
+            )
             return ()
         tags: dict[str, None] = {}
         for item in items:
             tag = item.strip()
             if len(tag) > MAX_TAG_LENGTH:
-                self.error(key, f"tag {tag[:20]!r}… is {len(tag)} characters long; "
-                           f"the limit is {MAX_TAG_LENGTH}")  # fmt: skip
+                self.error(
+                    key,
+                    f"tag {tag[:20]!r}… is {len(tag)} characters long; "
+                    f"the limit is {MAX_TAG_LENGTH}",
+                )
                 return ()
             if tag:
                 tags.setdefault(tag)
@@ -768,8 +818,11 @@ class _Row:
         return value
 
     def _bad(self, key: str, message: str, value: Any) -> Any:
-        shown = repr(value) if isinstance(value, (str, int, float)) and not isinstance(
-            value, bool) else _type_name(value)  # fmt: skip
+        shown = (
+            repr(value)
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool)
+            else _type_name(value)
+        )
         self.error(key, f"{message}, not {shown}")
         return _INVALID
 

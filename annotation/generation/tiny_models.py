@@ -64,8 +64,8 @@ def build_tiny_model(
         Seeds the weight initialisation; the same arguments give the same weights.
         The global torch random state is left as it was.
     corpus:
-        Texts the BPE tokenizer is trained on (printable ASCII characters are always in
-        the vocabulary, so any English prompt tokenizes without ``<unk>``).
+        Texts the BPE tokenizer is trained on, in any order (printable ASCII characters are
+        always in the vocabulary, so any English prompt tokenizes without ``<unk>``).
     vocab_size:
         Upper bound on the tokenizer's vocabulary (the corpus may yield fewer merges).
     size:
@@ -92,6 +92,8 @@ def build_tiny_model(
     if size < 4 or size % 2:
         raise ValueError(f"size: must be an even number >= 4, got {size}")
 
+    # Sorted: the model must not change because a database returned prompts in another order.
+    corpus = sorted(corpus)
     target = Path(path)
     params = {
         "kind": kind,
@@ -112,7 +114,7 @@ def build_tiny_model(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
     try:
-        _build(staging, params, list(corpus))
+        _build(staging, params, corpus)
         (staging / MARKER).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
         _move_into_place(staging, target, params)
     finally:

@@ -158,7 +158,7 @@ def test_an_unreachable_server_is_a_connection_error_result():
 
 
 def test_concurrency_reaches_but_never_exceeds_max_concurrency():
-    with FakeOpenAIServer(delay_s=0.05) as server:
+    with FakeOpenAIServer(delay_s=0.1) as server:
         results = get_backend("openai", spec_for(server, max_concurrency=3)).generate(
             requests_for(*[f"prompt {i}" for i in range(12)]), GenerationSettings()
         )

@@ -55,6 +55,14 @@ def test_the_same_seed_gives_the_same_weights_and_tokenizer(tmp_path):
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
 
 
+def test_the_order_of_the_corpus_does_not_matter(tmp_path):
+    corpus = ["one fish two fish", "red fish blue fish", "a cat in a hat"]
+    build_tiny_model(tmp_path / "a", seed=0, corpus=corpus, **SMALL)
+    before = mtimes(tmp_path / "a")
+    build_tiny_model(tmp_path / "a", seed=0, corpus=corpus[::-1], **SMALL)
+    assert mtimes(tmp_path / "a") == before
+
+
 def test_building_leaves_the_global_torch_random_state_alone(tmp_path):
     import torch
 

@@ -84,7 +84,9 @@ def test_it_reads_a_json_list_and_records_the_line_each_element_starts_on():
 
 
 def test_it_reads_json_lines_saved_with_a_json_extension():
-    rows = parse_prompts(jsonl({"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}), "d.json").rows
+    rows = parse_prompts(
+        jsonl({"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}), "d.json"
+    ).rows
     assert [r.external_id for r in rows] == ["a", "b"]
 
 
@@ -104,7 +106,7 @@ def test_it_tells_the_format_from_the_content_when_the_extension_does_not(data, 
 
 
 def test_it_normalises_tags_by_stripping_dropping_empties_and_removing_duplicates():
-    data = b'id,prompt,tags\na,x, Billing ;;easy; Billing;billing \n'
+    data = b"id,prompt,tags\na,x, Billing ;;easy; Billing;billing \n"
     [row] = parse_prompts(data, "p.csv").rows
     assert row.tags == ("Billing", "easy", "billing")
     [row] = parse_prompts(jsonl({"id": "a", "prompt": "x", "tags": "a; b ;a"}), "p.jsonl").rows
@@ -145,13 +147,7 @@ def test_it_keeps_line_separators_that_json_allows_inside_strings():
 
 
 def test_it_numbers_a_multi_line_csv_record_by_the_line_where_it_starts():
-    data = (
-        b'id,prompt\n'
-        b'a,"first\nsecond\nthird"\n'
-        b'b,\n'
-        b'c,"also\r\nmulti"\n'
-        b',x\n'
-    )
+    data = b'id,prompt\na,"first\nsecond\nthird"\nb,\nc,"also\r\nmulti"\n,x\n'
     errors = errors_of(parse_prompts, data, "p.csv")
     assert [(e.line, e.field, e.message) for e in errors] == [
         (5, "prompt", "is empty"),
@@ -243,23 +239,37 @@ def test_json_list_errors_name_the_element_index_and_its_line():
     errors = errors_of(parse_prompts, data.encode(), "p.json")
     assert [str(e) for e in errors] == [
         "line 6 (index 1), field 'prompt': is empty",
-        "line 9 (index 2): is not a JSON object (found a number)",
+        "line 10 (index 2): is not a JSON object (found a number)",
     ]
 
 
 def test_json_list_duplicates_name_both_elements():
     data = b'[{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}]'
     [error] = errors_of(parse_prompts, data, "p.json")
-    assert str(error) == "line 1 (index 1), field 'id': duplicate id 'a' (first on line 1 (index 0))"
+    assert (
+        str(error) == "line 1 (index 1), field 'id': duplicate id 'a' (first on line 1 (index 0))"
+    )
 
 
 @pytest.mark.parametrize(
     "text, line, start",
     [
-        ('[\n  {"id": "a", "prompt": "x"},\n  {"id": "b" "prompt": "y"}\n]', 3, "is not valid JSON: Expecting ',' delimiter"),
-        ('[\n  {"id": "a", "prompt": "x"}\n  {"id": "b", "prompt": "y"}\n]', 2, "is not valid JSON: expected ',' or ']' after element 0"),
+        (
+            '[\n  {"id": "a", "prompt": "x"},\n  {"id": "b" "prompt": "y"}\n]',
+            3,
+            "is not valid JSON: Expecting ',' delimiter",
+        ),
+        (
+            '[\n  {"id": "a", "prompt": "x"}\n  {"id": "b", "prompt": "y"}\n]',
+            2,
+            "is not valid JSON: expected ',' or ']' after element 0",
+        ),
         ('[{"id": "a", "prompt": "x"},\n]', 2, "is not valid JSON: Expecting value"),
-        ('[{"id": "a", "prompt": "x"}]\n\n]', 3, "is not valid JSON: text after the list's closing ']'"),
+        (
+            '[{"id": "a", "prompt": "x"}]\n\n]',
+            3,
+            "is not valid JSON: text after the list's closing ']'",
+        ),
     ],
 )
 def test_a_json_list_that_does_not_parse_names_its_line(text, line, start):
@@ -372,16 +382,28 @@ def test_errors_print_their_location_and_survive_pickling():
 
 def test_it_reads_imported_outputs_with_every_field():
     data = jsonl(
-        {"prompt_id": "a", "output": "  Hello  ", "latency_ms": 12.5, "cost": 0,
-         "prompt_tokens": 10, "completion_tokens": 3.0, "sample_index": 1},
+        {
+            "prompt_id": "a",
+            "output": "  Hello  ",
+            "latency_ms": 12.5,
+            "cost": 0,
+            "prompt_tokens": 10,
+            "completion_tokens": 3.0,
+            "sample_index": 1,
+        },
         {"prompt_id": "a", "output": "Hi"},
-    )  # fmt: skip
+    )
     parsed = parse_imported_outputs(data, "o.jsonl", {"a"})
     first, second = parsed.rows
     assert first.text == "  Hello  "
     assert (first.sample_index, first.latency_ms, first.cost) == (1, 12.5, 0.0)
     assert (first.prompt_tokens, first.completion_tokens, first.line) == (10, 3, 1)
-    assert (second.sample_index, second.latency_ms, second.cost, second.prompt_tokens) == (0, None, None, None)
+    assert (second.sample_index, second.latency_ms, second.cost, second.prompt_tokens) == (
+        0,
+        None,
+        None,
+        None,
+    )
 
 
 def test_it_reads_imported_outputs_from_csv_with_blank_optional_cells():
@@ -440,15 +462,37 @@ def test_imported_outputs_need_their_required_columns():
 # --- battles ---------------------------------------------------------------------------
 
 ARENA_ROWS = [
-    {"question_id": "q1", "model_a": "alpha", "model_b": "beta", "winner": "model_a",
-     "judge": "arena_user_1", "turn": 1, "anony": True, "language": "English",
-     "tstamp": 1700000000.0, "conv_metadata": {"sum_user_tokens": 12}},
-    {"question_id": "q2", "model_a": "beta", "model_b": "gamma", "winner": "tie (bothbad)",
-     "judge": "arena_user_2", "turn": 2, "anony": False, "language": "German",
-     "tstamp": 1700000100.0, "conv_metadata": {"sum_user_tokens": 40}},
+    {
+        "question_id": "q1",
+        "model_a": "alpha",
+        "model_b": "beta",
+        "winner": "model_a",
+        "judge": "arena_user_1",
+        "turn": 1,
+        "anony": True,
+        "language": "English",
+        "tstamp": 1700000000.0,
+        "conv_metadata": {"sum_user_tokens": 12},
+    },
+    {
+        "question_id": "q2",
+        "model_a": "beta",
+        "model_b": "gamma",
+        "winner": "tie (bothbad)",
+        "judge": "arena_user_2",
+        "turn": 2,
+        "anony": False,
+        "language": "German",
+        "tstamp": 1700000100.0,
+        "conv_metadata": {"sum_user_tokens": 40},
+    },
     {"question_id": "q3", "model_a": "gamma", "model_b": "alpha", "winner": "tie"},
-]  # fmt: skip
-EXPECTED = (["alpha", "beta", "gamma"], ["beta", "gamma", "alpha"], ["model_a", "tie (bothbad)", "tie"])
+]
+EXPECTED = (
+    ["alpha", "beta", "gamma"],
+    ["beta", "gamma", "alpha"],
+    ["model_a", "tie (bothbad)", "tie"],
+)
 
 
 def test_it_reads_arenas_public_battle_json_list():
@@ -460,18 +504,31 @@ def test_it_reads_arenas_public_battle_json_list():
 
 def test_it_reads_battles_from_json_lines():
     battles = parse_battles(jsonl(*ARENA_ROWS), "battles.jsonl")
-    assert (battles.model_a, battles.model_b, battles.winner, battles.line) == (*EXPECTED, [1, 2, 3])
+    assert (battles.model_a, battles.model_b, battles.winner, battles.line) == (
+        *EXPECTED,
+        [1, 2, 3],
+    )
 
 
 def test_it_reads_battles_from_csv():
-    data = b"model_a,model_b,winner,judge\nalpha,beta,model_a,x\nbeta,gamma,tie (bothbad),y\ngamma,alpha,tie,z\n"
+    data = (
+        b"model_a,model_b,winner,judge\n"
+        b"alpha,beta,model_a,x\n"
+        b"beta,gamma,tie (bothbad),y\n"
+        b"gamma,alpha,tie,z\n"
+    )
     battles = parse_battles(data, "battles.csv")
-    assert (battles.model_a, battles.model_b, battles.winner, battles.line) == (*EXPECTED, [2, 3, 4])
+    assert (battles.model_a, battles.model_b, battles.winner, battles.line) == (
+        *EXPECTED,
+        [2, 3, 4],
+    )
 
 
 def test_it_strips_model_names_and_shares_one_string_per_name():
-    rows = [{"model_a": " alpha ", "model_b": "beta", "winner": "tie"},
-            {"model_a": "beta", "model_b": "".join(["al", "pha"]), "winner": "model_b"}]  # fmt: skip
+    rows = [
+        {"model_a": " alpha ", "model_b": "beta", "winner": "tie"},
+        {"model_a": "beta", "model_b": "".join(["al", "pha"]), "winner": "model_b"},
+    ]
     battles = parse_battles(jsonl(*rows), "b.jsonl")
     assert battles.model_a == ["alpha", "beta"]
     assert battles.model_a[0] is battles.model_b[1]
@@ -487,7 +544,7 @@ def test_it_names_the_line_of_a_bad_winner():
 def test_it_names_the_element_and_line_of_a_bad_battle_in_a_json_list():
     rows = [ARENA_ROWS[0], {"model_a": "a", "model_b": "b", "winner": ["model_a"]}]
     [error] = errors_of(parse_battles, json.dumps(rows, indent=1).encode(), "b.json")
-    assert (error.line, error.index, error.field) == (15, 1, "winner")
+    assert (error.line, error.index, error.field) == (16, 1, "winner")
     assert error.message.endswith("not a list")
 
 
@@ -512,7 +569,9 @@ def test_battle_csv_needs_its_columns():
 
 def test_it_parses_many_battles_with_one_entry_per_row():
     rows = "\n".join(
-        json.dumps({"model_a": f"m{i % 7}", "model_b": f"m{(i + 1) % 7}", "winner": BATTLE_WINNERS[i % 4]})
+        json.dumps(
+            {"model_a": f"m{i % 7}", "model_b": f"m{(i + 1) % 7}", "winner": BATTLE_WINNERS[i % 4]}
+        )
         for i in range(20_000)
     )
     battles = parse_battles(rows.encode(), "b.jsonl", max_bytes=None)
