@@ -103,7 +103,8 @@ _CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 _JSON_SUFFIXES = {".json", ".jsonl", ".ndjson", ".jsonlines"}
 # Formats people try to upload that would otherwise fail with a puzzling UTF-8 error.
 _REFUSED_SUFFIXES = frozenset(
-    ".xlsx .xlsm .xls .ods .numbers .parquet .arrow .feather .zip .gz .bz2 .xz .pdf .doc .docx".split()
+    {".xlsx", ".xlsm", ".xls", ".ods", ".numbers", ".pdf", ".doc", ".docx"}
+    | {".parquet", ".arrow", ".feather", ".zip", ".gz", ".bz2", ".xz"}
 )
 _LEADING_WHITESPACE = re.compile(r"\s*")
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
@@ -823,6 +824,8 @@ class _Row:
             if isinstance(value, (str, int, float)) and not isinstance(value, bool)
             else _type_name(value)
         )
+        if len(shown) > 40:
+            shown = shown[:39] + "…"
         self.error(key, f"{message}, not {shown}")
         return _INVALID
 

@@ -456,6 +456,30 @@ class _Pairs:
         return matrix[self.i, self.j], matrix[self.i, self.j] + matrix[self.j, self.i]
 
 
+def _strongly_connected(pairs: _Pairs, forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """For a batch of graphs on n models, whether each is strongly connected.
+
+    ``forward[b, p]`` is an edge ``i -> j`` and ``backward[b, p]`` an edge ``j -> i`` for
+    pair ``p = (i, j)``. Breadth-first search from model 0 along the edges and against
+    them, all graphs at once: strongly connected iff both searches reach every model.
+    """
+    batch, n = forward.shape[0], pairs.n
+    adjacency = np.zeros((batch, n, n), dtype=np.float32)
+    adjacency[:, pairs.i, pairs.j] = forward
+    adjacency[:, pairs.j, pairs.i] = backward
+    result = np.ones(batch, dtype=bool)
+    for matrix in (adjacency, adjacency.transpose(0, 2, 1)):
+        reached = np.zeros((batch, 1, n), dtype=np.float32)
+        reached[:, 0, 0] = 1.0
+        for _ in range(n):
+            grown = np.minimum(reached + reached @ matrix, 1.0)
+            if np.array_equal(grown, reached):
+                break
+            reached = grown
+        result &= reached.min(axis=(1, 2)) > 0
+    return result
+
+
 def _log_likelihood(
     pairs: _Pairs, won: np.ndarray, played: np.ndarray, theta: np.ndarray, lam: np.ndarray
 ) -> np.ndarray:
@@ -792,12 +816,9 @@ def _bootstrap(
             # A resample keeps the full data's (strongly connected) graph unless a pair
             # lost all its wins in one direction; only then can the MLE fail to exist.
             changed = np.flatnonzero(((won > 0) != beats0).any(axis=1) | ((played - won > 0) != beaten0).any(axis=1))
-            for b in changed:
-                effective = np.zeros((n, n))
-                effective[pairs.i, pairs.j] = won[b]
-                effective[pairs.j, pairs.i] = played[b] - won[b]
-                if _mle_problem(effective, counts.models) is not None:
-                    lam[b] = fallback_regularization
+            if changed.size:
+                ok = _strongly_connected(pairs, won[changed] > 0, played[changed] - won[changed] > 0)
+                lam[changed[~ok]] = fallback_regularization
             fallback_rounds += int(np.count_nonzero(lam > 0))
         theta, converged = _solve_bt(
             pairs,

@@ -34,16 +34,24 @@ from arena import ratings  # noqa: E402
 
 
 def simulate_battles(
-    n_models: int, n_battles: int, rng: np.random.Generator, *, tie_rate: float = 0.25, both_bad_share: float = 0.3
+    n_models: int, n_battles: int, rng: np.random.Generator, *, tie_rate: float = 0.3, both_bad_share: float = 0.3
 ) -> tuple[list[str], list[str], list[str], np.ndarray]:
-    """Random pairs, outcomes from a Bradley-Terry model; strengths ~ N(1000, 150^2) Elo."""
+    """Random pairs with true ratings ~ N(1000, 150^2) Elo.
+
+    Between equals a battle is tied with probability ``tie_rate``, between unequal
+    models proportionally less (``tie_rate * 2 min(p, 1 - p)``), and the wins make up the
+    rest so that ``P(win) + P(tie) / 2`` is exactly the Bradley-Terry probability ``p``:
+    ties-as-half then estimates the true ratings without bias.
+    """
     true = rng.normal(1000.0, 150.0, n_models)
     names = [f"model-{k:02d}" for k in range(n_models)]
     a = rng.integers(0, n_models, n_battles)
     b = (a + rng.integers(1, n_models, n_battles)) % n_models
     p_a = 1.0 / (1.0 + 10.0 ** ((true[b] - true[a]) / 400.0))
-    tie = rng.random(n_battles) < tie_rate
-    code = np.where(tie, np.where(rng.random(n_battles) < both_bad_share, 3, 2), np.where(rng.random(n_battles) < p_a, 0, 1))
+    p_tie = tie_rate * 2.0 * np.minimum(p_a, 1.0 - p_a)
+    u = rng.random(n_battles)
+    tie_code = np.where(rng.random(n_battles) < both_bad_share, 3, 2)
+    code = np.where(u < p_a - p_tie / 2, 0, np.where(u < p_a + p_tie / 2, tie_code, 1))
     outcome_names = np.array(ratings.OUTCOMES, dtype=object)
     return [names[k] for k in a], [names[k] for k in b], list(outcome_names[code]), true
 

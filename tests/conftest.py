@@ -86,6 +86,17 @@ def study_factory(evaluator, annotators, manager):
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    from annotation.generation.tiny_models import build_tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "causal": str(build_tiny_model(root / "causal", kind="causal", seed=1)),
+        "seq2seq": str(build_tiny_model(root / "seq2seq", kind="seq2seq", seed=2)),
+    }
+
+
 def _database_url() -> str:
     s = connection.settings_dict
     if connection.vendor == "sqlite":

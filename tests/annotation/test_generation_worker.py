@@ -23,17 +23,6 @@ def _finished(study):
     return not study.outputs.filter(status__in=[Output.Status.PENDING, Output.Status.RUNNING]).exists()
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    from annotation.generation.tiny_models import build_tiny_model
-
-    root = tmp_path_factory.mktemp("models")
-    return {
-        "causal": str(build_tiny_model(root / "causal", kind="causal", seed=1)),
-        "seq2seq": str(build_tiny_model(root / "seq2seq", kind="seq2seq", seed=2)),
-    }
-
-
 def test_a_worker_generates_with_transformers_models(celery_worker_process, tiny_models, evaluator, annotators):
     study = _study(evaluator, annotators)
     services.candidate_create(study=study, name="tiny-causal", backend="transformers",

@@ -18,7 +18,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--addr", default="127.0.0.1:8000")
-        parser.add_argument("--concurrency", type=int, default=1)
+        parser.add_argument("--concurrency", type=int, default=2,
+                            help="Worker processes (2: ratings refresh while a batch generates).")
 
     def handle(self, *args, addr: str, concurrency: int, **options):
         env = os.environ.copy()
@@ -52,7 +53,7 @@ class Command(BaseCommand):
         finally:
             for p in procs:
                 if p.poll() is None:
-                    os.killpg(p.pid, signal.SIGTERM)
+                    p.terminate()  # the worker's main process shuts its pool down warmly
             deadline = time.monotonic() + 15
             for p in procs:
                 try:
