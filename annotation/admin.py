@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Assignment, Candidate, Judgment, Output, Prompt, Study, StudyMember, Unit
+from .models import Assignment, Candidate, Judgment, Output, Prompt, PromptTag, Study, StudyMember, Unit
 
 
 class MemberInline(admin.TabularInline):
@@ -22,8 +22,22 @@ class StudyMemberAdmin(admin.ModelAdmin):
     list_filter = ["role", "excluded"]
 
 
+class PromptTagInline(admin.TabularInline):
+    model = PromptTag
+    extra = 0
+    fields = ["tag"]
+
+
+@admin.register(PromptTag)
+class PromptTagAdmin(admin.ModelAdmin):
+    list_display = ["tag", "prompt", "study"]
+    list_filter = ["tag"]
+    raw_id_fields = ["prompt", "study"]
+
+
 @admin.register(Prompt)
 class PromptAdmin(admin.ModelAdmin):
+    inlines = [PromptTagInline]
     list_display = ["external_id", "study", "is_gold", "position"]
     list_filter = ["study"]
     search_fields = ["external_id", "text"]

@@ -80,6 +80,21 @@ class Prompt(models.Model):
         return self.external_id
 
 
+class PromptTag(models.Model):
+    """One tag of a prompt, as a row so leaderboards can slice by tag in SQL on any database."""
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tag_rows")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="+")
+    tag = models.CharField(max_length=100)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["prompt", "tag"], name="prompt_tag_unique")]
+        indexes = [models.Index(fields=["study", "tag"])]
+
+    def __str__(self) -> str:
+        return self.tag
+
+
 class Candidate(models.Model):
     class Backend(models.TextChoices):
         TRANSFORMERS = "transformers", "Hugging Face transformers"

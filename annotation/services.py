@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from . import uploads
 from .generation import base as generation_base
-from .models import Assignment, Candidate, Judgment, Output, Prompt, Study, StudyMember, Unit
+from .models import Assignment, Candidate, Judgment, Output, Prompt, PromptTag, Study, StudyMember, Unit
 
 log = logging.getLogger(__name__)
 User = get_user_model()
@@ -119,7 +119,7 @@ def prompts_import(*, study: Study, data: bytes, filename: str) -> int:
 
 
 def _prompts_write(study: Study, rows: Sequence, *, start: int) -> None:
-    Prompt.objects.bulk_create(
+    prompts = Prompt.objects.bulk_create(
         [
             Prompt(
                 study=study,
@@ -135,6 +135,12 @@ def _prompts_write(study: Study, rows: Sequence, *, start: int) -> None:
             for i, row in enumerate(rows)
         ]
     )
+    if any(row.tags for row in rows):
+        # bulk_create sets primary keys on PostgreSQL and SQLite alike
+        PromptTag.objects.bulk_create(
+            [PromptTag(prompt=p, study=study, tag=tag) for p, row in zip(prompts, rows) for tag in row.tags],
+            ignore_conflicts=True,
+        )
 
 
 # --- candidates and outputs ---------------------------------------------------------
@@ -556,3 +562,76 @@ def user_ensure(*, username: str, password: str, is_staff: bool = False):
         user.set_password(password)
         user.save(update_fields=["password"])
     return user
+
+
+# --- battles from outside -----------------------------------------------------------
+
+BATTLE_OUTCOMES = {"model_a": Judgment.Outcome.A, "model_b": Judgment.Outcome.B,
+                   "tie": Judgment.Outcome.TIE, "tie (bothbad)": Judgment.Outcome.BOTH_BAD}
+IMPORT_USERNAME = "battle-import"
+
+
+def battles_import(*, study: Study, model_a: Sequence[str], model_b: Sequence[str], winner: Sequence[str],
+                   source: str, batch_size: int = 5000) -> int:
+    """Load pairwise battles judged elsewhere (e.g. Chatbot Arena) into a study as judgments.
+
+    Each battle becomes its own prompt (``<source>#<n>``), one output per side, a unit,
+    and a submitted assignment by the inactive user ``battle-import``, so every
+    aggregate treats it like a vote cast here.  Models become ``imported`` candidates.
+    Importing the same source twice is refused; everything is written in one transaction.
+    """
+    n = len(winner)
+    if not (len(model_a) == len(model_b) == n):
+        raise ServiceError("model_a, model_b and winner differ in length")
+    bad = next((i for i, w in enumerate(winner) if w not in BATTLE_OUTCOMES), None)
+    if bad is not None:
+        raise ServiceError(f"battle {bad}: unknown winner {winner[bad]!r}")
+    prefix = f"{source}#"
+    if study.prompts.filter(external_id__startswith=prefix).exists():
+        raise ServiceError(f"battles from {source!r} are already in this study")
+    now = timezone.now()
+    with transaction.atomic():
+        user, _ = User.objects.get_or_create(username=IMPORT_USERNAME, defaults={"is_active": False})
+        names = sorted(set(model_a) | set(model_b))
+        existing = {c.name: c for c in study.candidates.filter(name__in=names)}
+        for name in names:
+            if name not in existing:
+                existing[name] = Candidate.objects.create(study=study, name=name, backend=Candidate.Backend.IMPORTED,
+                                                          spec={"source": source})
+        start = study.prompts.count()
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            prompts = Prompt.objects.bulk_create([
+                Prompt(study=study, external_id=f"{prefix}{i + 1}", text=f"Battle {i + 1} imported from {source}",
+                       position=start + i)
+                for i in range(lo, hi)
+            ])
+            outputs = Output.objects.bulk_create([
+                Output(study=study, prompt=p, candidate=existing[m], status=Output.Status.DONE, finished_at=now,
+                       settings={"imported_from": source})
+                for p, i in zip(prompts, range(lo, hi)) for m in (model_a[i], model_b[i])
+            ])
+            units, flipped = [], []
+            for k, (p, i) in enumerate(zip(prompts, range(lo, hi))):
+                oa, ob = outputs[2 * k], outputs[2 * k + 1]
+                flip = oa.pk > ob.pk
+                if flip:
+                    oa, ob = ob, oa
+                units.append(Unit(study=study, prompt=p, output_a=oa, output_b=ob, needed=1))
+                flipped.append(flip)
+            units = Unit.objects.bulk_create(units)
+            assignments = Assignment.objects.bulk_create([
+                Assignment(unit=u, annotator=user, token=secrets.token_urlsafe(32), left_is_a=not flip,
+                           leased_at=now, expires_at=now, submitted_at=now)
+                for u, flip in zip(units, flipped)
+            ])
+            judgments = []
+            for a, u, flip, i in zip(assignments, units, flipped, range(lo, hi)):
+                outcome = BATTLE_OUTCOMES[winner[i]]
+                if flip and outcome in (Judgment.Outcome.A, Judgment.Outcome.B):
+                    outcome = Judgment.Outcome.B if outcome == Judgment.Outcome.A else Judgment.Outcome.A
+                judgments.append(Judgment(assignment=a, study=study, unit=u, annotator=user, outcome=outcome,
+                                          left_is_a=not flip, served_at=now))
+            Judgment.objects.bulk_create(judgments)
+    _enqueue_ratings(study.pk)
+    return n

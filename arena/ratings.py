@@ -27,7 +27,7 @@ References
 .. [Chi24] W.-L. Chiang et al., "Chatbot Arena: An open platform for evaluating LLMs by
    human preference", ICML 2024 (arXiv:2403.04132).
 .. [LMS24] T. Li, A. Angelopoulos, W.-L. Chiang, "Does style matter? Disentangling style
-   and substance in Chatbot Arena", LMSYS blog, 2024-08-29.
+   and substance in Chatbot Arena", LMSYS blog, August 2024.
 .. [Dub24] Y. Dubois, B. Galambosi, P. Liang, T. B. Hashimoto, "Length-controlled
    AlpacaEval: a simple way to debias automatic evaluators", arXiv:2404.04475, 2024.
 .. [Wil27] E. B. Wilson, "Probable inference, the law of succession, and statistical
@@ -131,7 +131,8 @@ class BattleCounts:
 
     Notes
     -----
-    The arrays are copied and made read-only, so an instance can be shared safely.
+    Counts must be whole numbers: the bootstrap resamples battles. The arrays are
+    copied and made read-only, so an instance can be shared safely.
     Instances compare by identity (numpy arrays have no single truth value).
     """
 
@@ -161,6 +162,7 @@ class BattleCounts:
 
     @property
     def n_models(self) -> int:
+        """Number of models."""
         return len(self.models)
 
     @property
@@ -180,10 +182,12 @@ class BattleCounts:
 
     @property
     def wins_total(self) -> np.ndarray:
+        """Battles each model won."""
         return self.wins.sum(axis=1)
 
     @property
     def losses_total(self) -> np.ndarray:
+        """Battles each model lost."""
         return self.wins.sum(axis=0)
 
     @property
@@ -193,10 +197,12 @@ class BattleCounts:
 
     @property
     def both_bad_total(self) -> np.ndarray:
+        """Battles of each model voted "both bad"."""
         return self.both_bad.sum(axis=1)
 
     @property
     def n_battles(self) -> int:
+        """Total number of battles."""
         return int(self.wins.sum() + self.ties.sum() / 2)
 
     def index(self, model: str) -> int:
@@ -230,14 +236,14 @@ def _assemble(
     return BattleCounts(models=models, wins=wins, ties=tied + tied.T, both_bad=bad + bad.T)
 
 
-def _outcome_codes(outcome: Sequence) -> np.ndarray:
+def _outcome_codes(outcome: Sequence, label: str = "outcome") -> np.ndarray:
     try:
         return np.fromiter(map(_OUTCOME_CODE.__getitem__, outcome), dtype=np.intp, count=len(outcome))
     except (KeyError, TypeError):
         for position, value in enumerate(outcome):
             if not isinstance(value, str) or value not in _OUTCOME_CODE:
                 raise RatingError(
-                    f"outcome[{position}] = {value!r} is not one of {', '.join(map(repr, OUTCOMES))}"
+                    f"{label}[{position}] = {value!r} is not one of {', '.join(map(repr, OUTCOMES))}"
                 ) from None
         raise
 
@@ -349,7 +355,7 @@ def counts_from_cells(
             k = int(bad[0])
             raise RatingError(f"outcome_code[{k}] = {int(code[k])} is not in 0..3")
     else:
-        code = _outcome_codes(list(raw_code))
+        code = _outcome_codes(list(raw_code), "outcome_code")
     for label, index in (("i_idx", i), ("j_idx", j)):
         bad = np.flatnonzero((index < 0) | (index >= n))
         if bad.size:
@@ -408,13 +414,13 @@ def _mle_problem(effective: np.ndarray, models: tuple[str, ...]) -> str | None:
     rows, cols = np.nonzero(beats)
     between[labels[rows], labels[cols]] = True
     np.fill_diagonal(between, False)
-    never_lost = np.flatnonzero(~between.any(axis=0))  # no other group ever beat or tied them
+    never_lost = np.flatnonzero(~between.any(axis=0))  # no outsider ever beat or tied them
     never_won = np.flatnonzero(~between.any(axis=1))
     return (
         "no finite maximum likelihood estimate exists: "
-        f"{_components_text(models, labels, never_lost)} never lost to (or tied) the other "
-        f"models they met, and {_components_text(models, labels, never_won)} never beat (or "
-        "tied) the other models they met"
+        f"{_components_text(models, labels, never_lost)} won all their battles against the other "
+        f"models, and {_components_text(models, labels, never_won)} lost all theirs (every group "
+        "of models must have beaten or tied, and been beaten or tied by, some model outside it)"
     )
 
 
@@ -485,9 +491,8 @@ def _log_likelihood(
 ) -> np.ndarray:
     # sum over pairs of w_ij log s(d) + w_ji log s(-d) = w_ij d + n_ij log s(-d), d = theta_i - theta_j.
     diff = pairs.differences(theta)
-    return np.einsum("bp,bp->b", won, diff) + np.einsum("bp,bp->b", played, log_expit(-diff)) - 0.5 * lam * np.einsum(
-        "bi,bi->b", theta, theta
-    )
+    fit = np.einsum("bp,bp->b", won, diff) + np.einsum("bp,bp->b", played, log_expit(-diff))
+    return fit - 0.5 * lam * np.einsum("bi,bi->b", theta, theta)
 
 
 def _gradient(
@@ -672,9 +677,9 @@ def _fit_theta(
         return np.zeros(1)
     pairs = _Pairs.of(n)
     won, played = pairs.split(effective)
-    theta, converged = _solve_bt(
-        pairs, won[None], played[None], np.zeros((1, n)), np.array([float(regularization)]), tol=tol, max_iter=max_iter
-    )
+    lam = np.array([float(regularization)])
+    start = np.zeros((1, n))
+    theta, converged = _solve_bt(pairs, won[None], played[None], start, lam, tol=tol, max_iter=max_iter)
     if not converged[0]:
         raise RatingError(f"Bradley-Terry fit did not converge in {max_iter} Newton iterations")
     return theta[0]
@@ -735,7 +740,7 @@ def fit_bradley_terry(
     Notes
     -----
     Solved with Newton's method on the concave log-likelihood with a gauge fix and a
-    backtracking line search; see ``_newton_bt``. Hunter's MM algorithm [Hun04]_ gives
+    backtracking line search; see ``_solve_bt``. Hunter's MM algorithm [Hun04]_ gives
     the same estimate but converges linearly.
     """
     _check_fit_options(scale, base, regularization, tol, max_iter)
@@ -815,9 +820,10 @@ def _bootstrap(
         if lam0 == 0:
             # A resample keeps the full data's (strongly connected) graph unless a pair
             # lost all its wins in one direction; only then can the MLE fail to exist.
-            changed = np.flatnonzero(((won > 0) != beats0).any(axis=1) | ((played - won > 0) != beaten0).any(axis=1))
+            lost = played - won
+            changed = np.flatnonzero(((won > 0) != beats0).any(axis=1) | ((lost > 0) != beaten0).any(axis=1))
             if changed.size:
-                ok = _strongly_connected(pairs, won[changed] > 0, played[changed] - won[changed] > 0)
+                ok = _strongly_connected(pairs, won[changed] > 0, lost[changed] > 0)
                 lam[changed[~ok]] = fallback_regularization
             fallback_rounds += int(np.count_nonzero(lam > 0))
         theta, converged = _solve_bt(
@@ -883,8 +889,9 @@ def bootstrap_ratings(
         If the full-data fit fails (see :func:`fit_bradley_terry`), the counts are not
         whole numbers, or a round does not converge.
     """
-    run = _bootstrap(counts, rounds=rounds, rng=rng, fallback_regularization=fallback_regularization, **fit_kwargs)
-    return run.samples
+    return _bootstrap(
+        counts, rounds=rounds, rng=rng, fallback_regularization=fallback_regularization, **fit_kwargs
+    ).samples
 
 
 # ---------------------------------------------------------------------------
@@ -1012,7 +1019,9 @@ def leaderboard(
         tol=tol,
         max_iter=max_iter,
     )
-    rating = _to_elo(run.theta_hat, counts.models, scale=scale, base=base, init_rating=init_rating, anchor=anchor)
+    rating = _to_elo(
+        run.theta_hat, counts.models, scale=scale, base=base, init_rating=init_rating, anchor=anchor
+    )
     lower, median, upper = np.percentile(run.samples, [2.5, 50.0, 97.5], axis=0)
     rank = rank_by_intervals(lower, upper)
     battles = counts.battles
@@ -1251,9 +1260,8 @@ def fit_contextual_bradley_terry(
         raise RatingError("weights must be finite and non-negative")
 
     if regularization == 0:
-        effective = np.zeros((n, n))
-        np.add.at(effective, (i, j), weight * target)
-        np.add.at(effective, (j, i), weight * (1.0 - target))
+        effective = np.bincount(i * n + j, weight * target, n * n).reshape(n, n)
+        effective += np.bincount(j * n + i, weight * (1.0 - target), n * n).reshape(n, n)
         problem = _mle_problem(effective, names)
         if problem is not None:
             raise RatingError(problem + "; collect more battles or pass regularization > 0")
@@ -1290,7 +1298,7 @@ def fit_contextual_bradley_terry(
         hessian[n:, :n] = cross.T
         hessian[n:, n:] = design.T @ weighted
         hessian[np.diag_indices(dim)] += regularization
-        hessian[:n, :n] += (np.trace(hessian[:n, :n]) / n + 1.0) / n  # gauge fix, as _newton_bt
+        hessian[:n, :n] += (np.trace(hessian[:n, :n]) / n + 1.0) / n  # gauge fix, as _solve_bt
         if iteration == 0 and np.linalg.cond(hessian) > 1e12:
             raise RatingError("the features are collinear with each other or with the model effects")
         try:
@@ -1300,7 +1308,7 @@ def fit_contextual_bradley_terry(
         d_theta, d_beta = step[:n], step[n:]
         change = np.abs(d_theta[i] - d_theta[j] + design @ d_beta).max()
         t = 1.0
-        if change > 0.5:  # same safeguard as _newton_bt: short steps are safe whole
+        if change > 0.5:  # same safeguard as _solve_bt: short steps are safe whole
             current = objective(theta, beta)
             slope = grad @ step
             slack = 1e-12 * (1.0 + abs(current))

@@ -14,7 +14,7 @@ the variance becomes ``1 / (1 / v + p (1 - p))`` and the expected reduction is::
 
 Pairs that are close (``p`` near 1/2), uncertain (large bootstrap variance, which is
 what few battles between them produce) or both come first. Chatbot Arena's active
-sampling rule [Chi24]_ (Section 5) likewise favours the pairs whose interval would
+sampling rule [Chi24]_ likewise favours the pairs whose interval would
 shrink most; this score adds the closeness term, which targets the ordering of nearby
 models. [Mae17]_ compare such adaptive strategies for Bradley-Terry ranking.
 
@@ -52,7 +52,8 @@ def _moments(samples: np.ndarray, cov: np.ndarray | None) -> tuple[np.ndarray, n
         covariance = np.asarray(cov, dtype=np.float64)
         if draws.ndim != 1 or covariance.shape != (draws.size, draws.size):
             raise SamplingError(
-                f"with cov, samples must be the (n,) ratings and cov (n, n); got {draws.shape} and {covariance.shape}"
+                "with cov, samples must be the (n,) ratings and cov (n, n); "
+                f"got {draws.shape} and {covariance.shape}"
             )
         return draws, covariance
     if draws.ndim != 2 or draws.shape[0] < 2:

@@ -83,27 +83,33 @@ def _needed(curve: np.ndarray, column: int, target: float, higher_is_better: boo
     return float(curve[hits[0], 0]) if hits.size else float("nan")
 
 
-def simulate(*, n_models: int = 12, studies: int = 20, budget: int = 2000, batch: int = 40, seed: int = 0) -> None:
+def simulate(
+    *, n_models: int = 12, studies: int = 20, budget: int = 2000, batch: int = 40, seed: int = 0
+) -> None:
+    """Run both strategies on the same simulated studies and print the comparison."""
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     curves = {"uniform": [], "adaptive": []}
     for study in range(studies):
         true = rng.normal(1000.0, 80.0, n_models)
         for strategy in curves:
-            curves[strategy].append(run_study(true, strategy, budget=budget, batch=batch, seed=seed * 1000 + study))
+            curve = run_study(true, strategy, budget=budget, batch=batch, seed=seed * 1000 + study)
+            curves[strategy].append(curve)
     mean = {s: np.array(c).mean(axis=0) for s, c in curves.items()}
     print(
         f"{studies} simulated studies x 2 strategies, {n_models} models, ratings ~ N(1000, 80^2), "
         f"budget {budget} judgments, batches of {batch}, seed {seed}"
     )
-    print(f"{'judgments':>10} | {'tau uniform':>11} {'tau adaptive':>12} | {'width uniform':>13} {'width adaptive':>14}")
+    header = f"{'tau uniform':>11} {'tau adaptive':>12} | {'width uniform':>13} {'width adaptive':>14}"
+    print(f"{'judgments':>10} | {header}")
     steps = mean["uniform"][:, 0]
     for k in np.unique(np.linspace(0, steps.size - 1, 9).round().astype(int)):
         u, d = mean["uniform"][k], mean["adaptive"][k]
         print(f"{int(u[0]):>10} | {u[1]:>11.3f} {d[1]:>12.3f} | {u[2]:>13.1f} {d[2]:>14.1f}")
     tau_target = mean["uniform"][-1, 1]
     width_target = mean["uniform"][-1, 2]
-    print("judgments needed to reach what uniform sampling reaches with the whole budget (mean over studies):")
+    print("judgments needed to reach what uniform sampling reaches with the whole budget")
+    print("(first batch at which the mean over studies gets there):")
     for label, column, target, higher in (
         (f"Kendall tau >= {tau_target:.3f}", 1, tau_target, True),
         (f"mean 95% interval width <= {width_target:.1f} Elo", 2, width_target, False),

@@ -245,7 +245,7 @@ def test_an_undefeated_model_raises_unless_regularized():
             ("a", "b", B_WINS, 2),
         ]
     )
-    with pytest.raises(RatingError, match=r"\{'top'\} never lost.*\{'a', 'b'\} never beat"):
+    with pytest.raises(RatingError, match=r"\{'top'\} won all their battles.*\{'a', 'b'\} lost all"):
         R.fit_bradley_terry(counts)
     ratings = R.fit_bradley_terry(counts, regularization=0.5)
     assert np.all(np.isfinite(ratings))
@@ -367,7 +367,7 @@ def test_a_regularized_leaderboard_says_so():
     counts = counts_of([("a", "b", A_WINS, 3)])
     board = R.leaderboard(counts, rounds=20, rng=np.random.default_rng(0), regularization=1.0)
     assert board.regularized and board.regularization == 1.0 and board.fallback_rounds == 0
-    with pytest.raises(RatingError, match="never lost"):
+    with pytest.raises(RatingError, match="won all their battles"):
         R.leaderboard(counts, rounds=20, rng=np.random.default_rng(0))
 
 
@@ -463,15 +463,17 @@ def test_the_contextual_fit_recovers_a_length_effect_and_agrees_with_scikit_lear
     x = R.normalized_length_difference(length[:, 0], length[:, 1])
     beta = 1.5
     y = (rng.random(m) < 1 / (1 + np.exp(-(strengths[i] - strengths[j] + beta * x)))).astype(float)
-    fit = R.fit_contextual_bradley_terry(i, j, y, x, models=[f"m{k}" for k in range(n)], feature_names=["length"])
+    models = [f"m{k}" for k in range(n)]
+    fit = R.fit_contextual_bradley_terry(i, j, y, x, models=models, feature_names=["length"])
     assert fit.feature_names == ("length",)
     assert abs(fit.coefficients[0] - beta) < 0.3
     design = np.zeros((m, n + 1))
     design[np.arange(m), i] = 1
     design[np.arange(m), j] = -1
     design[:, n] = x
-    reference = LogisticRegression(fit_intercept=False, C=np.inf, tol=1e-12, max_iter=10_000, solver="newton-cg")
-    reference.fit(design, y)
+    reference = LogisticRegression(
+        fit_intercept=False, C=np.inf, tol=1e-12, max_iter=10_000, solver="newton-cg"
+    ).fit(design, y)
     theta = reference.coef_[0][:n]
     np.testing.assert_allclose(fit.coefficients, reference.coef_[0][n:], atol=1e-6)
     np.testing.assert_allclose(fit.ratings, 1000 + ELO * (theta - theta.mean()), atol=1e-3)
@@ -483,7 +485,7 @@ def test_the_normalized_length_difference_is_zero_for_two_empty_outputs():
 
 
 def test_position_bias_gives_newcombes_wilson_intervals():
-    # Newcombe (1998), Statistics in Medicine 17, Table II: 81/263 -> 0.2553 to 0.3662;
+    # Newcombe (1998), Statistics in Medicine 17:857-872, worked examples: 81/263 -> 0.2553 to 0.3662;
     # 15/148 -> 0.0624 to 0.1605; 0/20 -> 0 to 0.1611.
     for wins, n, low, high in [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611)]:
         result = R.position_bias([True] * wins + [False] * (n - wins) + [None] * 5)
@@ -508,6 +510,13 @@ def test_length_bias_bins_the_win_rate_of_a_by_length_difference():
     # Decisive battles of unequal lengths: the longer output won two (A at 300 vs 100,
     # B at 300 vs 100) and lost one (A at 100 beat B at 300).
     assert (result.longer_wins.successes, result.longer_wins.trials) == (2, 3)
+
+
+def test_a_covariate_without_variation_is_an_error():
+    with pytest.raises(RatingError, match="collinear"):
+        R.fit_contextual_bradley_terry(
+            [0, 1, 0, 1], [1, 0, 1, 0], [1, 1, 0, 0.5], np.zeros((4, 1)), models=["a", "b"]
+        )
 
 
 def test_no_warnings_on_clean_data():
