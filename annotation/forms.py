@@ -16,6 +16,10 @@ class StudyCreateForm(forms.Form):
     max_new_tokens = forms.IntegerField(min_value=1, max_value=8192, initial=128)
     temperature = forms.FloatField(min_value=0.0, max_value=5.0, initial=0.0, help_text="0 = greedy.")
     seed = forms.IntegerField(initial=0)
+    adaptive_sampling = forms.BooleanField(
+        required=False,
+        help_text="Serve next the pairs whose vote most narrows the rating intervals (close ratings, few battles).",
+    )
     annotators = forms.ModelMultipleChoiceField(
         queryset=User.objects.filter(is_active=True).order_by("username"), required=False,
         widget=forms.CheckboxSelectMultiple,
@@ -28,6 +32,11 @@ class StudyCreateForm(forms.Form):
     def generation_settings(self) -> dict:
         d = self.cleaned_data
         return {"max_new_tokens": d["max_new_tokens"], "temperature": d["temperature"], "seed": d["seed"]}
+
+
+class StudySettingsForm(forms.Form):
+    overlap = forms.IntegerField(min_value=1, max_value=20, help_text="Annotators per pair (new and open pairs).")
+    adaptive_sampling = forms.BooleanField(required=False)
 
 
 class CandidateForm(forms.Form):

@@ -46,6 +46,7 @@ def study_create(
     generation_settings: dict | None = None,
     annotators: Iterable = (),
     managers: Iterable = (),
+    adaptive_sampling: bool = False,
 ) -> Study:
     """Create a study with its prompt set; the upload is validated whole first.
 
@@ -63,6 +64,7 @@ def study_create(
             overlap=overlap,
             samples_per_prompt=samples_per_prompt,
             generation_settings=gen,
+            adaptive_sampling=adaptive_sampling,
         )
         StudyMember.objects.create(study=study, user=created_by, role=StudyMember.Role.EVALUATOR)
         _prompts_write(study, rows, start=0)
@@ -70,6 +72,17 @@ def study_create(
             member_set(study=study, user=user, role=StudyMember.Role.ANNOTATOR)
         for user in managers:
             member_set(study=study, user=user, role=StudyMember.Role.MANAGER)
+    return study
+
+
+def study_update_settings(*, study: Study, overlap: int, adaptive_sampling: bool) -> Study:
+    """Change overlap (applied to every unit, judged ones included) and adaptive sampling."""
+    if overlap < 1:
+        raise ServiceError("overlap must be at least 1")
+    with transaction.atomic():
+        Study.objects.filter(pk=study.pk).update(overlap=overlap, adaptive_sampling=adaptive_sampling)
+        Unit.objects.filter(study=study).update(needed=overlap)
+    study.refresh_from_db()
     return study
 
 
@@ -92,10 +105,13 @@ def member_set(*, study: Study, user, role: str, group: str = "") -> StudyMember
 
 def member_exclude(*, study: Study, user, excluded: bool = True) -> None:
     """Exclude an annotator: the judgments stay, aggregates leave them out."""
+    from arena.services import online_elo_reset
+
     updated = StudyMember.objects.filter(study=study, user=user).update(excluded=excluded)
     if not updated:
         raise ServiceError(f"{user} is not a member of this study")
-    _enqueue_ratings(study.pk)
+    online_elo_reset(study_id=study.pk)  # the sequential preview cannot un-count votes; replay it
+    _enqueue_ratings(study.pk, force=True)
 
 
 # --- prompts -------------------------------------------------------------------------
@@ -407,10 +423,12 @@ def assignment_next(*, study: Study, annotator, now: datetime | None = None) -> 
         .annotate(live=Count("assignments", filter=_live_filter(now)))
         .filter(live__lt=F("needed"))
         .order_by("live", "pk")
-        .values_list("pk", flat=True)[:64]
+        .values_list("pk", flat=True)[: 512 if study.adaptive_sampling else 64]
     )
     choices = list(open_units)
     random.shuffle(choices)
+    if study.adaptive_sampling and len(choices) > 1:
+        choices = _adaptive_order(study, choices)
     for unit_id in choices:
         with transaction.atomic():
             unit = Unit.objects.select_for_update(skip_locked=True).filter(pk=unit_id).first()
@@ -436,6 +454,39 @@ def assignment_next(*, study: Study, annotator, now: datetime | None = None) -> 
             )
             return assignment
     return None
+
+
+def _adaptive_order(study: Study, unit_ids: list[int]) -> list[int]:
+    """Order open units so the pair whose next vote most shrinks rating uncertainty comes first.
+
+    Uses the last leaderboard snapshot (ratings, bootstrap covariance, battles per pair)
+    and :func:`arena.sampling.pair_scores`; pairs with a model not yet rated go first.
+    Without a snapshot the order stays random (uniform sampling).
+    """
+    import numpy as np
+
+    from arena import sampling
+    from arena.services import adaptive_state
+
+    state = adaptive_state(study.pk)
+    if state is None:
+        return unit_ids
+    models, rating, cov, pair_battles = state
+    names = dict(Candidate.objects.filter(study=study).values_list("pk", "name"))
+    index = {name: i for i, name in enumerate(models)}
+    rows = Unit.objects.filter(pk__in=unit_ids).values_list(
+        "pk", "output_a__candidate_id", "output_b__candidate_id")
+    known, unknown = [], []
+    for pk, ca, cb in rows:
+        i, j = index.get(names[ca]), index.get(names[cb])
+        (known if i is not None and j is not None else unknown).append((pk, i, j))
+    if not known:
+        return unit_ids
+    scores = sampling.pair_scores(rating, pair_battles, [(i, j) for _, i, j in known], cov=cov)
+    jitter = np.random.default_rng().random(len(known)) * 1e-9  # random among equal scores
+    ranked = [known[k][0] for k in np.argsort(-(scores + jitter))]
+    random.shuffle(unknown)
+    return [pk for pk, _, _ in unknown] + ranked
 
 
 @dataclass(frozen=True)
@@ -547,10 +598,10 @@ def _same_or_refuse(existing: Judgment, outcome: str) -> Judgment:
     raise AlreadySubmitted("This task was already submitted with another answer.")
 
 
-def _enqueue_ratings(study_id: int) -> None:
+def _enqueue_ratings(study_id: int, force: bool = False) -> None:
     from arena.tasks import recompute_ratings
 
-    recompute_ratings.delay_on_commit(study_id)
+    recompute_ratings.delay_on_commit(study_id, force=force)
 
 
 # --- demo users ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("studies/new/", views.study_create, name="study_create"),
     path("studies/<int:study_id>/", views.study_detail, name="study"),
+    path("studies/<int:study_id>/settings/", views.study_settings, name="settings"),
     path("studies/<int:study_id>/progress/", views.study_progress, name="progress"),
     path("studies/<int:study_id>/candidates/", views.candidate_add, name="candidate_add"),
     path("studies/<int:study_id>/members/", views.member_add, name="member_add"),

@@ -10,7 +10,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from . import access, selectors, services
-from .forms import CandidateForm, JudgmentForm, MemberForm, StudyCreateForm
+from .forms import CandidateForm, JudgmentForm, MemberForm, StudyCreateForm, StudySettingsForm
 from .models import Output
 from .uploads import UploadError
 
@@ -45,6 +45,7 @@ def study_create(request: HttpRequest) -> HttpResponse:
                 generation_settings=form.generation_settings(),
                 annotators=form.cleaned_data["annotators"],
                 managers=form.cleaned_data["managers"],
+                adaptive_sampling=form.cleaned_data["adaptive_sampling"],
             )
         except UploadError as exc:
             upload_errors = exc.errors
@@ -68,6 +69,8 @@ def _study_context(study, **extra) -> dict:
         "n_units": study.units.count(),
         "n_judgments": study.judgments.count(),
         "members": study.members.select_related("user").order_by("role", "user__username"),
+        "settings_form": StudySettingsForm(initial={"overlap": study.overlap,
+                                                    "adaptive_sampling": study.adaptive_sampling}),
         **extra,
     }
 
@@ -77,6 +80,19 @@ def study_detail(request: HttpRequest, study_id: int) -> HttpResponse:
     study = access.get_study_for_evaluator(request.user, study_id)
     ctx = _study_context(study, candidate_form=CandidateForm(), member_form=MemberForm())
     return render(request, "annotation/study_detail.html", ctx)
+
+
+@login_required
+@require_POST
+def study_settings(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = access.get_study_for_evaluator(request.user, study_id)
+    form = StudySettingsForm(request.POST)
+    if form.is_valid():
+        services.study_update_settings(study=study, **form.cleaned_data)
+        messages.success(request, "Settings saved.")
+    else:
+        messages.error(request, "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+    return redirect("annotation:study", study_id=study.pk)
 
 
 @login_required

@@ -130,3 +130,77 @@ def _ticks(lo: float, hi: float, target: int = 6) -> list[float]:
         ticks.append(round(v, 6))
         v += step
     return ticks
+
+
+def bar_chart(
+    names: Sequence[str],
+    values: Sequence[float],
+    *,
+    title: str,
+    width: int = 720,
+    row_height: int = 24,
+    label_width: int = 190,
+    as_percent: bool = True,
+) -> str:
+    """Horizontal bars, one per model, on a 0..1 axis (shown in percent)."""
+    n = len(names)
+    if n == 0:
+        return ""
+    top, bottom = 28, 10
+    height = top + bottom + n * row_height
+    plot_w = width - label_width - 70
+    peak = max(max(values, default=0.0), 1e-9)
+    span = 1.0 if peak > 0.5 else max(0.05, math.ceil(peak * 20) / 20)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{escape(title)}" class="bar-chart">',
+        f'<text x="{label_width}" y="16" font-size="13" fill="#667085">{escape(title)}</text>',
+    ]
+    for i, (name, value) in enumerate(zip(names, values)):
+        y = top + i * row_height
+        w = max(0.0, value) / span * plot_w
+        label = f"{value * 100:.1f}%" if as_percent else f"{value:.3g}"
+        parts.append(
+            f'<text x="{label_width - 10}" y="{y + row_height / 2 + 4:.1f}" font-size="12" text-anchor="end">{escape(name)}</text>'
+            f'<rect x="{label_width}" y="{y + 4}" width="{w:.1f}" height="{row_height - 8}" fill="#d92d20" opacity="0.75"/>'
+            f'<text x="{label_width + w + 6:.1f}" y="{y + row_height / 2 + 4:.1f}" font-size="11" fill="#1d2330">{label}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def length_bias_plot(length_bias: dict, *, width: int = 720, height: int = 260) -> str:
+    """Share of battles won by output A against the normalised length difference (a-b)/(a+b)."""
+    bins = [b for b in length_bias.get("bins", []) if b.get("trials")]
+    if not bins:
+        return ""
+    left, right, top, bottom = 60, 20, 30, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def x(v: float) -> float:
+        return left + (v + 1.0) / 2.0 * plot_w
+
+    def y(v: float) -> float:
+        return top + (1.0 - v) * plot_h
+
+    title = "Win rate of output A by length difference (A − B) / (A + B), with 95% intervals"
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{escape(title)}" class="length-plot">',
+        f'<text x="{left}" y="16" font-size="13" fill="#667085">{escape(title)}</text>',
+        f'<line x1="{left}" y1="{y(0.5):.1f}" x2="{width - right}" y2="{y(0.5):.1f}" stroke="#c0c5ce" stroke-dasharray="4 3"/>',
+        f'<line x1="{x(0):.1f}" y1="{top}" x2="{x(0):.1f}" y2="{top + plot_h}" stroke="#eceef2"/>',
+    ]
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<text x="{left - 8}" y="{y(tick) + 4:.1f}" font-size="11" text-anchor="end" fill="#667085">{tick:.2f}</text>')
+    for tick in (-1.0, -0.5, 0.0, 0.5, 1.0):
+        parts.append(f'<text x="{x(tick):.1f}" y="{height - bottom + 18}" font-size="11" text-anchor="middle" fill="#667085">{tick:g}</text>')
+    for b in bins:
+        cx = x((max(b["low"], -1.0) + min(b["high"], 1.0)) / 2)
+        parts.append(
+            f'<line x1="{cx:.1f}" y1="{y(b["lower"]):.1f}" x2="{cx:.1f}" y2="{y(b["upper"]):.1f}" stroke="#2f5bd3" stroke-width="2"/>'
+            f'<circle cx="{cx:.1f}" cy="{y(b["share"]):.1f}" r="4" fill="#1d2330"><title>{b["low"]:g} to {b["high"]:g}: '
+            f'{b["share"]:.2f} of {b["trials"]:g} battles</title></circle>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)

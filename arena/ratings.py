@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -954,6 +954,9 @@ class Leaderboard:
     fallback_regularization : float
     anchor : (str, float) or None
     scale, base : float
+    covariance : numpy.ndarray, shape (n, n)
+        Covariance of the bootstrap ratings (Elo units), rows and columns in the order of
+        ``counts.models``; what adaptive pair sampling (:mod:`arena.sampling`) needs.
     """
 
     ratings: tuple[ModelRating, ...]
@@ -965,6 +968,7 @@ class Leaderboard:
     anchor: tuple[str, float] | None = None
     scale: float = 400.0
     base: float = 10.0
+    covariance: np.ndarray | None = None
 
     @property
     def regularized(self) -> bool:
@@ -1059,6 +1063,7 @@ def leaderboard(
         anchor=anchor,
         scale=scale,
         base=base,
+        covariance=np.cov(run.samples, rowvar=False).reshape(counts.n_models, counts.n_models),
     )
 
 
@@ -1094,12 +1099,15 @@ def online_elo(
     scale: float = 400.0,
     base: float = 10.0,
     init_rating: float = 1000.0,
+    initial: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """Sequential Elo over battles in the given order, as Chatbot Arena first reported [Chi24]_.
 
     After each battle both ratings move by ``k * (score - expected)``, a tie scoring 0.5.
     The result depends on the order of the battles and has no uncertainty attached, so
     it is a live preview only; the leaderboard uses :func:`fit_bradley_terry`.
+    ``initial`` continues from earlier ratings (models it lacks start at ``init_rating``),
+    so a preview can be updated with only the battles since the last update.
 
     Returns
     -------
@@ -1113,7 +1121,7 @@ def online_elo(
         )
     code = _outcome_codes(outcome)
     score_of = (1.0, 0.0, 0.5, 0.5)
-    rating: dict[str, float] = {}
+    rating: dict[str, float] = dict(initial or {})
     for position, (a, b, c) in enumerate(zip(model_a, model_b, code.tolist())):
         if a == b:
             raise RatingError(f"battle {position} pits {a!r} against itself")

@@ -1,62 +1,134 @@
-"""Turn a study's judgments into the plain battle counts that arena.ratings takes."""
+"""Turn a study's judgments into the plain arrays that arena.ratings takes.
+
+Every aggregate comes from one SQL ``GROUP BY`` per slice; no judgment row is loaded
+into Python on the leaderboard path.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Count, Max
+import numpy as np
+from django.db.models import Count, FloatField, IntegerField, Max, QuerySet
+from django.db.models.functions import Cast, Coalesce, Length, NullIf, Round
 
-from annotation.models import Candidate, Judgment, StudyMember
+from annotation.models import Candidate, Judgment, PromptTag, StudyMember
 
-# Judgment outcomes (in terms of unit.output_a / output_b) in Chatbot Arena's words.
-OUTCOME_NAMES = {
-    Judgment.Outcome.A: "model_a",
-    Judgment.Outcome.B: "model_b",
-    Judgment.Outcome.TIE: "tie",
-    Judgment.Outcome.BOTH_BAD: "tie (bothbad)",
-}
+# Outcome codes shared with arena.ratings: 0 A wins, 1 B wins, 2 tie, 3 both bad.
+OUTCOME_CODE = {Judgment.Outcome.A: 0, Judgment.Outcome.B: 1, Judgment.Outcome.TIE: 2, Judgment.Outcome.BOTH_BAD: 3}
+OUTCOME_NAMES = ("model_a", "model_b", "tie", "tie (bothbad)")
+
+# The normalised length difference (a - b) / (a + b) is grouped in SQL into bins this
+# wide; the style-controlled fit uses each bin's centre (an error of at most 1/40).
+LENGTH_BIN = 0.05
+
+ALL = "all"
 
 
 @dataclass(frozen=True)
-class BattleCells:
-    """Aggregated battles: one row per (candidate a, candidate b, outcome) with a count."""
+class Slice:
+    key: str
+    label: str
+
+
+def study_slices(study_id: int) -> list[Slice]:
+    """The leaderboard slices a study offers: everything, each prompt tag, each annotator group."""
+    tags = PromptTag.objects.filter(study_id=study_id).values_list("tag", flat=True).distinct().order_by("tag")
+    groups = (
+        StudyMember.objects.filter(study_id=study_id, role=StudyMember.Role.ANNOTATOR).exclude(group="")
+        .values_list("group", flat=True).distinct().order_by("group")
+    )
+    return ([Slice(ALL, "All prompts and annotators")]
+            + [Slice(f"tag:{t}", f"Prompts tagged {t}") for t in tags]
+            + [Slice(f"group:{g}", f"Annotator group {g}") for g in groups])
+
+
+def study_judgments(study_id: int, slice_key: str = ALL) -> QuerySet:
+    """Judgments that count for a slice: excluded annotators are always left out."""
+    excluded = StudyMember.objects.filter(study_id=study_id, excluded=True).values("user")
+    qs = Judgment.objects.filter(study_id=study_id).exclude(annotator__in=excluded)
+    kind, _, value = slice_key.partition(":")
+    if slice_key == ALL:
+        return qs
+    if kind == "tag" and value:
+        tagged = PromptTag.objects.filter(study_id=study_id, tag=value).values("prompt")
+        return qs.filter(unit__prompt__in=tagged)
+    if kind == "group" and value:
+        members = StudyMember.objects.filter(study_id=study_id, group=value).values("user")
+        return qs.filter(annotator__in=members)
+    raise ValueError(f"unknown slice {slice_key!r}; use 'all', 'tag:<tag>' or 'group:<group>'")
+
+
+@dataclass(frozen=True)
+class BattleTable:
+    """Judgments of a slice grouped by candidate pair, outcome, screen side and length bin.
+
+    Arrays are parallel, one entry per group; ``models[a[k]]`` is unit.output_a's
+    candidate of group ``k``.  ``length_bin`` is round(((len_a - len_b) / (len_a + len_b)) / LENGTH_BIN).
+    """
 
     models: list[str]
-    a: list[int]
-    b: list[int]
-    outcome: list[str]
-    count: list[int]
+    a: np.ndarray
+    b: np.ndarray
+    outcome: np.ndarray
+    left_is_a: np.ndarray
+    length_bin: np.ndarray
+    count: np.ndarray
     n_judgments: int
     last_judgment_id: int
 
 
-def study_judgments(study_id: int):
-    excluded = StudyMember.objects.filter(study_id=study_id, excluded=True).values("user")
-    return Judgment.objects.filter(study_id=study_id).exclude(annotator__in=excluded)
-
-
-def battle_cells(study_id: int) -> BattleCells:
-    """Count judgments per candidate pair and outcome with one SQL GROUP BY."""
-    judgments = study_judgments(study_id)
-    rows = (
-        judgments.values_list("unit__output_a__candidate_id", "unit__output_b__candidate_id", "outcome")
+def battle_table(study_id: int, slice_key: str = ALL) -> BattleTable:
+    """One ``GROUP BY`` over the slice's judgments; everything the leaderboard shows derives from it."""
+    judgments = study_judgments(study_id, slice_key)
+    len_a = Cast(Length("unit__output_a__text"), FloatField())
+    len_b = Cast(Length("unit__output_b__text"), FloatField())
+    diff = Coalesce((len_a - len_b) / NullIf(len_a + len_b, 0.0), 0.0, output_field=FloatField())
+    rows = list(
+        judgments.annotate(length_bin=Cast(Round(diff / LENGTH_BIN), IntegerField()))
+        .values_list("unit__output_a__candidate_id", "unit__output_b__candidate_id", "outcome", "left_is_a",
+                     "length_bin")
         .annotate(n=Count("id"))
         .order_by()
     )
-    rows = list(rows)
     stats = judgments.aggregate(n=Count("id"), last=Max("id"))
     names = dict(Candidate.objects.filter(study_id=study_id).values_list("pk", "name"))
     models = sorted(names.values())
-    index = {pk: models.index(name) for pk, name in names.items()}
-    return BattleCells(
+    position = {pk: models.index(name) for pk, name in names.items()}
+    if rows:
+        ca, cb, outcome, left, lbin, n = zip(*rows)
+    else:
+        ca = cb = outcome = left = lbin = n = ()
+    return BattleTable(
         models=models,
-        a=[index[r[0]] for r in rows],
-        b=[index[r[1]] for r in rows],
-        outcome=[OUTCOME_NAMES[r[2]] for r in rows],
-        count=[r[3] for r in rows],
+        a=np.array([position[c] for c in ca], dtype=np.intp),
+        b=np.array([position[c] for c in cb], dtype=np.intp),
+        outcome=np.array([OUTCOME_CODE[o] for o in outcome], dtype=np.intp),
+        left_is_a=np.array(left, dtype=bool),
+        length_bin=np.array(lbin, dtype=np.int64),
+        count=np.array(n, dtype=np.int64),
         n_judgments=stats["n"] or 0,
         last_judgment_id=stats["last"] or 0,
     )
 
 
-def latest_judgment_id(study_id: int) -> int:
-    return study_judgments(study_id).aggregate(last=Max("id"))["last"] or 0
+def latest_judgment_id(study_id: int, slice_key: str = ALL) -> int:
+    return study_judgments(study_id, slice_key).aggregate(last=Max("id"))["last"] or 0
+
+
+def battles_since(study_id: int, after_id: int, limit: int = 200_000):
+    """Judgments after ``after_id`` in the order they were cast, as candidate names and outcomes."""
+    names = dict(Candidate.objects.filter(study_id=study_id).values_list("pk", "name"))
+    rows = list(
+        study_judgments(study_id).filter(id__gt=after_id).order_by("id")
+        .values_list("id", "unit__output_a__candidate_id", "unit__output_b__candidate_id", "outcome")[:limit]
+    )
+    return (
+        [r[0] for r in rows],
+        [names[r[1]] for r in rows],
+        [names[r[2]] for r in rows],
+        [OUTCOME_NAMES[OUTCOME_CODE[r[3]]] for r in rows],
+    )
+
+
+__all__ = ["ALL", "BattleTable", "LENGTH_BIN", "Slice", "battle_table", "battles_since", "latest_judgment_id",
+           "study_judgments", "study_slices"]

@@ -1,5 +1,7 @@
-"""Recompute and store a study's leaderboard snapshot (run in a worker, never on a request)."""
+"""Recompute and store leaderboard snapshots (run in a worker, never on a request)."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from django.conf import settings
@@ -12,59 +14,61 @@ from .models import RatingSnapshot
 # Used only when the plain maximum-likelihood fit does not exist (a model that never
 # loses, or a comparison graph in pieces); the page states it when it is used.
 FALLBACK_REGULARIZATION = 0.01
+BT = "bt"
+ONLINE_ELO = "elo_online"
 
 
-def ratings_recompute(*, study_id: int, force: bool = False, rounds: int | None = None) -> RatingSnapshot | None:
-    """Fit Bradley-Terry with bootstrap intervals on the study's judgments and store it.
+def ratings_recompute(*, study_id: int, slice_key: str = selectors.ALL, force: bool = False,
+                      rounds: int | None = None) -> RatingSnapshot:
+    """Fit Bradley-Terry with bootstrap intervals on one slice of a study and store it.
 
-    Skips the work when the snapshot already covers the latest judgment (several
-    queued recomputes after a burst of votes collapse into one), unless ``force``.
-    The bootstrap seed is derived from the data, so the same judgments always give the
-    same intervals.
+    Skips the work when the snapshot already covers the slice's latest judgment (a burst
+    of votes queues many recomputes; they collapse into one), unless ``force``.  The
+    bootstrap seed is derived from the data, so the same judgments give the same intervals.
     """
-    latest = selectors.latest_judgment_id(study_id)
-    current = RatingSnapshot.objects.filter(study_id=study_id, slice_key="all", method="bt").first()
-    if current and current.last_judgment_id >= latest and not force:
+    current = RatingSnapshot.objects.filter(study_id=study_id, slice_key=slice_key, method=BT).first()
+    if current and not force and current.last_judgment_id >= selectors.latest_judgment_id(study_id, slice_key):
         return current
-    cells = selectors.battle_cells(study_id)
-    payload = leaderboard_payload(cells, rounds=rounds or settings.EVALSITE_BOOTSTRAP_ROUNDS,
-                                  seed=study_id * 1_000_003 + cells.last_judgment_id)
+    table = selectors.battle_table(study_id, slice_key)
+    payload = leaderboard_payload(table, rounds=rounds or settings.EVALSITE_BOOTSTRAP_ROUNDS,
+                                  seed=study_id * 1_000_003 + table.last_judgment_id)
     with transaction.atomic():
         snapshot, _ = RatingSnapshot.objects.update_or_create(
-            study_id=study_id,
-            slice_key="all",
-            method="bt",
-            defaults={
-                "payload": payload,
-                "n_judgments": cells.n_judgments,
-                "last_judgment_id": cells.last_judgment_id,
-                "computed_at": timezone.now(),
-            },
+            study_id=study_id, slice_key=slice_key, method=BT,
+            defaults={"payload": payload, "n_judgments": table.n_judgments,
+                      "last_judgment_id": table.last_judgment_id, "computed_at": timezone.now()},
         )
     return snapshot
 
 
-def leaderboard_payload(cells: selectors.BattleCells, *, rounds: int, seed: int) -> dict:
-    """Plain-JSON leaderboard from aggregated battle cells."""
-    payload: dict = {"rounds": rounds, "seed": seed, "n_battles": int(sum(cells.count)),
+def _finite(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 6)
+
+
+def _proportion(p: ratings.Proportion) -> dict:
+    return {"successes": p.successes, "trials": p.trials, "share": _finite(p.share),
+            "lower": _finite(p.lower), "upper": _finite(p.upper)}
+
+
+def leaderboard_payload(table: selectors.BattleTable, *, rounds: int, seed: int) -> dict:
+    """Plain-JSON leaderboard of one slice: ratings, matrices and bias diagnostics."""
+    payload: dict = {"rounds": rounds, "seed": seed, "n_battles": int(table.count.sum()),
                      "regularization": 0.0, "note": "", "rows": []}
-    if not cells.count:
-        payload["note"] = "No judgments yet."
+    used = np.union1d(table.a, table.b)
+    if used.size < 2:
+        payload["note"] = "No judgments yet." if not table.count.size else \
+            "Ratings need judgments between at least two candidates."
         return payload
-    used = sorted(set(cells.a) | set(cells.b))
-    if len(used) < 2:
-        payload["note"] = "Ratings need judgments between at least two candidates."
-        return payload
-    position = {old: new for new, old in enumerate(used)}
-    counts = ratings.counts_from_cells(
-        [cells.models[i] for i in used], [position[i] for i in cells.a], [position[j] for j in cells.b],
-        cells.outcome, cells.count,
-    )
+    models = [table.models[i] for i in used]
+    remap = np.full(len(table.models), -1, dtype=np.intp)
+    remap[used] = np.arange(used.size)
+    a, b = remap[table.a], remap[table.b]
+    counts = ratings.counts_from_cells(models, a, b, table.outcome, table.count)
     try:
-        result = ratings.leaderboard(counts, rounds=rounds, rng=np.random.default_rng(seed))
+        board = ratings.leaderboard(counts, rounds=rounds, rng=np.random.default_rng(seed))
     except ratings.RatingError as exc:
-        result = ratings.leaderboard(counts, rounds=rounds, rng=np.random.default_rng(seed),
-                                     regularization=FALLBACK_REGULARIZATION)
+        board = ratings.leaderboard(counts, rounds=rounds, rng=np.random.default_rng(seed),
+                                    regularization=FALLBACK_REGULARIZATION)
         payload["regularization"] = FALLBACK_REGULARIZATION
         payload["note"] = (
             f"The plain maximum-likelihood fit does not exist ({exc}); ratings use a weak "
@@ -72,25 +76,121 @@ def leaderboard_payload(cells: selectors.BattleCells, *, rounds: int, seed: int)
             "undefeated or unconnected models towards the mean."
         )
     else:
-        if result.fallback_rounds:
+        if board.fallback_rounds:
             payload["note"] = (
-                f"{result.fallback_rounds} of {rounds} bootstrap resamples left a model undefeated; those "
-                f"rounds were fitted with a weak prior (L2 penalty {result.fallback_regularization}), "
+                f"{board.fallback_rounds} of {rounds} bootstrap resamples left a model undefeated; those "
+                f"rounds were fitted with a weak prior (L2 penalty {board.fallback_regularization}), "
                 "so the intervals are slightly narrower than a plain fit would give."
             )
+    order = [counts.index(r.model) for r in board]
+    payload["models"] = [r.model for r in board]
     payload["rows"] = [
-        {
-            "model": r.model, "rating": r.rating, "lower": r.lower, "upper": r.upper,
-            "median": r.median, "rank": r.rank, "battles": r.battles, "wins": r.wins,
-            "losses": r.losses, "ties": r.ties, "both_bad": r.both_bad,
-            "win_rate": r.win_rate, "both_bad_rate": r.both_bad_rate,
-        }
-        for r in result.ratings
+        {"model": r.model, "rating": r.rating, "lower": r.lower, "upper": r.upper, "median": r.median,
+         "rank": r.rank, "battles": r.battles, "wins": r.wins, "losses": r.losses, "ties": r.ties,
+         "both_bad": r.both_bad, "win_rate": _finite(r.win_rate), "both_bad_rate": _finite(r.both_bad_rate)}
+        for r in board
     ]
-    order = [counts.models.index(r.model) for r in result.ratings]
-    rating_by_model = np.array([r.rating for r in result.ratings])
     observed = ratings.observed_win_matrix(counts)[np.ix_(order, order)]
-    payload["models"] = [r.model for r in result.ratings]
-    payload["predicted"] = ratings.predicted_win_matrix(rating_by_model).round(4).tolist()
-    payload["observed"] = [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in observed]
+    payload["observed"] = [[_finite(v) for v in row] for row in observed]
+    payload["predicted"] = ratings.predicted_win_matrix(np.array([r.rating for r in board])).round(4).tolist()
+    payload["covariance"] = board.covariance[np.ix_(order, order)].round(4).tolist()
+    payload["pair_battles"] = counts.pair_battles[np.ix_(order, order)].astype(int).tolist()
+    payload["style"] = _style_control(counts, models, a, b, table, payload["models"])
+    payload["position_bias"] = _position_bias(table)
+    payload["length_bias"] = _length_bias(table)
     return payload
+
+
+def _style_control(counts, models, a, b, table, best_first) -> dict:
+    """Length-controlled ratings: Bradley-Terry with the length difference as a covariate."""
+    score = np.array([1.0, 0.0, 0.5, 0.5])[table.outcome]
+    features = (table.length_bin * selectors.LENGTH_BIN).astype(float).reshape(-1, 1)
+    if not np.any(features):
+        return {"available": False, "reason": "all compared outputs have the same length"}
+    try:
+        fit = ratings.fit_contextual_bradley_terry(
+            a, b, score, features, models=models, feature_names=["length"], weights=table.count,
+        )
+        regularization = 0.0
+    except ratings.RatingError:
+        try:
+            fit = ratings.fit_contextual_bradley_terry(
+                a, b, score, features, models=models, feature_names=["length"], weights=table.count,
+                regularization=FALLBACK_REGULARIZATION,
+            )
+            regularization = FALLBACK_REGULARIZATION
+        except ratings.RatingError as exc:
+            return {"available": False, "reason": str(exc)}
+    by_model = dict(zip(fit.models, fit.ratings))
+    return {
+        "available": True,
+        "regularization": regularization,
+        "ratings": {m: round(float(by_model[m]), 3) for m in best_first},
+        # Elo points gained by an answer of the maximal length difference ((a-b)/(a+b) = 1)
+        "length_coefficient_elo": round(float(fit.elo_coefficients[0]), 3),
+    }
+
+
+def _position_bias(table) -> dict:
+    decisive = table.outcome <= 1
+    left_won = ((table.outcome == 0) & table.left_is_a) | ((table.outcome == 1) & ~table.left_is_a)
+    p = ratings.wilson_interval(float(table.count[left_won & decisive].sum()), float(table.count[decisive].sum()))
+    return _proportion(p)
+
+
+def _length_bias(table) -> dict:
+    diff = np.repeat(np.clip(table.length_bin * selectors.LENGTH_BIN, -1.0, 1.0), table.count)
+    outcome = np.repeat(table.outcome, table.count)
+    # lengths 1 + d and 1 - d reproduce the normalised difference d of each bin's centre
+    result = ratings.length_bias(1.0 + diff, 1.0 - diff, [selectors.OUTCOME_NAMES[o] for o in outcome]) \
+        if diff.size else None
+    if result is None:
+        return {"bins": [], "longer_wins": None}
+    return {
+        "bins": [{"low": b.low, "high": b.high, **_proportion(b.a_win)} for b in result.bins],
+        "longer_wins": _proportion(result.longer_wins),
+    }
+
+
+def online_elo_update(*, study_id: int) -> RatingSnapshot:
+    """Advance the online-Elo preview (K=4) with the judgments cast since its last update."""
+    snapshot = RatingSnapshot.objects.filter(study_id=study_id, slice_key=selectors.ALL, method=ONLINE_ELO).first()
+    state = dict(snapshot.payload.get("ratings", {})) if snapshot else {}
+    last = snapshot.last_judgment_id if snapshot else 0
+    count = snapshot.n_judgments if snapshot else 0
+    while True:
+        ids, model_a, model_b, outcome = selectors.battles_since(study_id, last)
+        if not ids:
+            break
+        state = ratings.online_elo(model_a, model_b, outcome, k=4.0, initial=state)
+        last, count = ids[-1], count + len(ids)
+    snapshot, _ = RatingSnapshot.objects.update_or_create(
+        study_id=study_id, slice_key=selectors.ALL, method=ONLINE_ELO,
+        defaults={"payload": {"ratings": state, "k": 4.0}, "n_judgments": count, "last_judgment_id": last,
+                  "computed_at": timezone.now()},
+    )
+    return snapshot
+
+
+def online_elo_reset(*, study_id: int) -> None:
+    """Forget the preview (e.g. after an annotator is excluded); the next update replays all votes."""
+    RatingSnapshot.objects.filter(study_id=study_id, method=ONLINE_ELO).delete()
+
+
+def stale_slices(study_id: int) -> list[str]:
+    """Slices other than "all" whose snapshot (already asked for once) misses newer judgments."""
+    out = []
+    for snap in RatingSnapshot.objects.filter(study_id=study_id, method=BT).exclude(slice_key=selectors.ALL):
+        if selectors.latest_judgment_id(study_id, snap.slice_key) > snap.last_judgment_id:
+            out.append(snap.slice_key)
+    return out
+
+
+def adaptive_state(study_id: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray] | None:
+    """Ratings, their bootstrap covariance and battles per pair, for adaptive pair sampling."""
+    snap = RatingSnapshot.objects.filter(study_id=study_id, slice_key=selectors.ALL, method=BT).first()
+    if not snap or not snap.payload.get("covariance"):
+        return None
+    p = snap.payload
+    return (p["models"], np.array([r["rating"] for r in p["rows"]]), np.array(p["covariance"]),
+            np.array(p["pair_battles"], dtype=float))

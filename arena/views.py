@@ -1,6 +1,8 @@
 """The manager's leaderboard: reads the last snapshot, never fits on the request path."""
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
@@ -11,33 +13,52 @@ from annotation import access
 
 from . import plots, selectors
 from .models import RatingSnapshot
+from .services import BT, ONLINE_ELO
 from .tasks import recompute_ratings
 
 
-def leaderboard_context(study) -> dict:
-    snapshot = RatingSnapshot.objects.filter(study=study, slice_key="all", method="bt").first()
-    latest = selectors.latest_judgment_id(study.pk)
-    ctx = {"study": study, "snapshot": snapshot, "stale": bool(latest and (not snapshot or snapshot.last_judgment_id < latest))}
-    if snapshot and snapshot.payload.get("rows"):
-        rows = snapshot.payload["rows"]
-        ctx["rows"] = rows
-        ctx["interval_svg"] = plots.interval_plot(
-            [r["model"] for r in rows], [r["rating"] for r in rows],
-            [r["lower"] for r in rows], [r["upper"] for r in rows],
-        )
-        ctx["heatmap_svg"] = plots.heatmap(
-            snapshot.payload["models"], snapshot.payload["observed"],
-            title="Observed win rate of row model against column model (ties count half)",
-        )
+def leaderboard_context(study, slice_key: str) -> dict:
+    slices = selectors.study_slices(study.pk)
+    if slice_key not in {s.key for s in slices}:
+        slice_key = selectors.ALL
+    snapshot = RatingSnapshot.objects.filter(study=study, slice_key=slice_key, method=BT).first()
+    latest = selectors.latest_judgment_id(study.pk, slice_key)
+    ctx = {
+        "study": study, "snapshot": snapshot, "slices": slices, "slice_key": slice_key,
+        "stale": bool(latest and (not snapshot or snapshot.last_judgment_id < latest)),
+    }
+    payload = snapshot.payload if snapshot else {}
+    rows = payload.get("rows") or []
+    if not rows:
+        return ctx
+    style = payload.get("style") or {}
+    elo = RatingSnapshot.objects.filter(study=study, slice_key=selectors.ALL, method=ONLINE_ELO).first()
+    for r in rows:
+        r["lc_rating"] = (style.get("ratings") or {}).get(r["model"])
+        r["online_elo"] = elo.payload["ratings"].get(r["model"]) if elo and slice_key == selectors.ALL else None
+    names = [r["model"] for r in rows]
+    ctx.update(
+        rows=rows, style=style, position=payload.get("position_bias"), length=payload.get("length_bias"),
+        online_elo=elo if slice_key == selectors.ALL else None,
+        interval_svg=plots.interval_plot(names, [r["rating"] for r in rows], [r["lower"] for r in rows],
+                                         [r["upper"] for r in rows]),
+        heatmap_svg=plots.heatmap(payload["models"], payload["observed"],
+                                  title="Observed win rate of row model against column model (ties count half)"),
+        predicted_svg=plots.heatmap(payload["models"], payload["predicted"],
+                                    title="Win rate the Bradley-Terry ratings predict"),
+        both_bad_svg=plots.bar_chart(names, [r["both_bad_rate"] or 0.0 for r in rows],
+                                     title="Share of a model's battles voted 'both bad'"),
+        length_svg=plots.length_bias_plot(payload.get("length_bias") or {}),
+    )
     return ctx
 
 
 @login_required
 def leaderboard(request: HttpRequest, study_id: int) -> HttpResponse:
     study = access.get_study_for_manager(request.user, study_id)
-    ctx = leaderboard_context(study)
+    ctx = leaderboard_context(study, request.GET.get("slice", selectors.ALL))
     if ctx["stale"]:
-        recompute_ratings.delay(study.pk)
+        recompute_ratings.delay(study.pk, ctx["slice_key"])
     template = "arena/partials/_leaderboard.html" if request.htmx else "arena/leaderboard.html"
     return render(request, template, ctx)
 
@@ -46,6 +67,11 @@ def leaderboard(request: HttpRequest, study_id: int) -> HttpResponse:
 @require_POST
 def recompute(request: HttpRequest, study_id: int) -> HttpResponse:
     study = access.get_study_for_manager(request.user, study_id)
-    recompute_ratings.delay(study.pk, force=True)
+    slice_key = request.POST.get("slice", selectors.ALL)
+    if slice_key not in {s.key for s in selectors.study_slices(study.pk)}:
+        slice_key = selectors.ALL
+    recompute_ratings.delay(study.pk, slice_key, force=True)
     messages.success(request, "Recomputing; the page refreshes when the worker is done.")
-    return redirect("arena:leaderboard", study_id=study.pk)
+    response = redirect("arena:leaderboard", study_id=study.pk)
+    response["Location"] += "?" + urlencode({"slice": slice_key})
+    return response

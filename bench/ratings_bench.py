@@ -2,8 +2,10 @@
 
 Usage::
 
-    python bench/ratings_bench.py                     # pure part: 1,000,000 battles, 50 models
-    python bench/ratings_bench.py --battles 200000 --fastchat-rounds 2
+    python bench/ratings_bench.py                     # both parts, 1,000,000 battles/judgments, 50 models
+    python bench/ratings_bench.py --pure-only --battles 200000 --fastchat-rounds 2
+    python bench/ratings_bench.py --db-only --keep    # keep evalsite_bench: a re-run skips the load
+    python bench/ratings_bench.py --db-only --explain # plus the plan of the slowest query
 
 The pure part (:func:`bench_pure`) simulates battles with known strengths, times
 ``arena.ratings`` step by step, and in the same run times the FastChat approach to the
@@ -14,14 +16,22 @@ refits. The FastChat bootstrap is timed for a few rounds and extrapolated to the
 number of rounds; the output says so. FastChat uses pandas to build its design matrix;
 this reimplementation uses numpy, which is no slower.
 
-A ``--db`` part (Django and PostgreSQL end to end: SQL counts, fit, snapshot) belongs in
-a separate function next to :func:`bench_pure`.
+The database part (:func:`bench_db`) loads a study with 1,000,000 judgments into a
+PostgreSQL database of its own (``evalsite_bench``, created and dropped by the bench; see
+``bench/_db_study.py`` for the shape of the data and the COPY loader), points Django at it
+through ``DATABASE_URL`` and times what the worker runs after votes,
+``arena.services.ratings_recompute`` (SQL aggregation, fit, bootstrap, snapshot write),
+end to end and piece by piece, each several times (the median is printed: the machine is
+shared). In the same run the FastChat baseline fetches the individual battles from the
+same database and refits per bootstrap round, timed for a few rounds and extrapolated.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from arena import ratings  # noqa: E402
+from bench import _db_study  # noqa: E402
 
 
 def simulate_battles(
@@ -52,11 +63,7 @@ def simulate_battles(
     names = [f"model-{k:02d}" for k in range(n_models)]
     a = rng.integers(0, n_models, n_battles)
     b = (a + rng.integers(1, n_models, n_battles)) % n_models
-    p_a = 1.0 / (1.0 + 10.0 ** ((true[b] - true[a]) / 400.0))
-    p_tie = tie_rate * 2.0 * np.minimum(p_a, 1.0 - p_a)
-    u = rng.random(n_battles)
-    tie_code = np.where(rng.random(n_battles) < both_bad_share, 3, 2)
-    code = np.where(u < p_a - p_tie / 2, 0, np.where(u < p_a + p_tie / 2, tie_code, 1))
+    code = _db_study.outcome_codes(true, a, b, rng, tie_rate=tie_rate, both_bad_share=both_bad_share)
     outcome_names = np.array(ratings.OUTCOMES, dtype=object)
     return [names[k] for k in a], [names[k] for k in b], list(outcome_names[code]), true
 
@@ -149,21 +156,230 @@ def bench_pure(
     }
 
 
+def _repeated(function, repeat: int):
+    """Run ``function`` ``repeat`` times; (last result, list of seconds)."""
+    times = []
+    result = None
+    for _ in range(repeat):
+        result, seconds = _timed(function)
+        times.append(seconds)
+    return result, times
+
+
+def _spread(times: list[float]) -> str:
+    if len(times) == 1:
+        return ""
+    return f"  (median of {len(times)}: {min(times):.3f}-{max(times):.3f})"
+
+
+class _QueryLog:
+    """Django execute wrapper recording (seconds, sql, params) of every statement."""
+
+    def __init__(self) -> None:
+        self.queries: list[tuple[float, str, object]] = []
+
+    def __call__(self, execute, sql, params, many, context):
+        start = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            self.queries.append((time.perf_counter() - start, sql, params))
+
+
+def bench_db(
+    *,
+    n_models: int = 50,
+    n_judgments: int = 1_000_000,
+    rounds: int = 1000,
+    fastchat_rounds: int = 5,
+    seed: int = 0,
+    repeat: int = 3,
+    keep: bool = False,
+    server: str = _db_study.DEFAULT_SERVER,
+    database: str = _db_study.DEFAULT_DATABASE,
+    explain: bool = False,
+) -> dict[str, float]:
+    """Time ``ratings_recompute`` on a PostgreSQL study of ``n_judgments`` judgments, and FastChat on the same rows.
+
+    Prints the figures and returns them (seconds, medians of ``repeat`` runs, and the
+    speed ratio). Django is configured for the bench database here, so call this at most
+    once per process.
+    """
+    url = _db_study.database_url(server, database)
+    _db_study.ensure_database(server, database)
+    os.environ["DATABASE_URL"] = url
+    os.environ["DJANGO_SETTINGS_MODULE"] = "evalsite.settings"
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection, connections
+
+    from annotation.models import Candidate
+    from arena import selectors, services
+
+    try:
+        call_command("migrate", verbosity=0)
+        found = _db_study.find_study(url, n_models, n_judgments, seed)
+        if found:
+            study_id, truth = found
+            load = None
+            print(f"PostgreSQL study: {n_judgments:,} judgments among {n_models} models (seed {seed}), "
+                  f"reused from database {database}")
+        else:
+            study_id, truth, load = _db_study.load_study(url, n_models=n_models, n_judgments=n_judgments, seed=seed)
+            rows = load["rows"]
+            print(f"PostgreSQL study: {n_judgments:,} judgments among {n_models} models (seed {seed}), "
+                  f"loaded into database {database}")
+            print(f"  {rows['annotation_prompt']:,} prompts, {rows['annotation_prompttag']:,} tags, "
+                  f"{rows['annotation_output']:,} outputs, {rows['annotation_unit']:,} units, "
+                  f"{rows['annotation_assignment']:,} assignments, {rows['annotation_judgment']:,} judgments, "
+                  f"{rows['auth_user'] - 1} annotators; {load['database_bytes'] / 2**20:,.0f} MiB")
+            print(f"  load {load['total_s']:.1f} s: generate {load['generate_s']:.1f} s, "
+                  f"COPY {load['copy_s']:.1f} s, VACUUM ANALYZE {load['analyze_s']:.1f} s")
+        print(f"  {rounds} bootstrap rounds; " + (f"each timing below is the median of {repeat} runs"
+                                               if repeat > 1 else "each timing below is one run"))
+
+        # The aggregation the recompute runs: battle_table (slice-aware) or, in older trees, battle_cells.
+        aggregate = getattr(selectors, "battle_table", None) or selectors.battle_cells
+        table, t_agg = _repeated(lambda: aggregate(study_id), repeat)
+        seed_for = study_id * 1_000_003 + table.last_judgment_id
+        _, t_math = _repeated(lambda: services.leaderboard_payload(table, rounds=rounds, seed=seed_for), repeat)
+        log = _QueryLog()
+        t_e2e = []
+        for k in range(repeat):
+            if k == repeat - 1:
+                with connection.execute_wrapper(log):
+                    snapshot, seconds = _timed(services.ratings_recompute, study_id=study_id, force=True,
+                                               rounds=rounds)
+            else:
+                snapshot, seconds = _timed(services.ratings_recompute, study_id=study_id, force=True, rounds=rounds)
+            t_e2e.append(seconds)
+        agg, math_s, e2e = (statistics.median(t) for t in (t_agg, t_math, t_e2e))
+        fitted = {row["model"]: row["rating"] for row in snapshot.payload["rows"]}
+        models = sorted(truth)
+        ours_elo = np.array([fitted[m] for m in models])
+        true_elo = np.array([truth[m] for m in models])
+        error = np.abs((ours_elo - ours_elo.mean()) - (true_elo - true_elo.mean()))
+        width = np.array([row["upper"] - row["lower"] for row in snapshot.payload["rows"]])
+        sql_s = sum(q[0] for q in log.queries)
+        slowest = max(log.queries, key=lambda q: q[0])
+        print(f"arena.services.ratings_recompute (study {study_id}, {table.n_judgments:,} judgments, "
+              f"{len(table.count):,} aggregated rows)")
+        label = f"SQL aggregation ({aggregate.__name__})"
+        print(f"  {label:<27}{agg:8.3f} s{_spread(t_agg)}")
+        print(f"  {'leaderboard_payload (math)':<27}{math_s:8.3f} s{_spread(t_math)}")
+        print(f"  {'end to end (force=True)':<27}{e2e:8.3f} s{_spread(t_e2e)}")
+        print(f"    of which SQL: {len(log.queries)} statements, {sql_s:.3f} s; slowest {slowest[0]:.3f} s "
+              f"(last run)")
+        print(f"  |rating - truth|: mean {error.mean():.2f}, max {error.max():.2f} Elo")
+        print(f"  mean 95% interval width: {width.mean():.2f} Elo")
+        print(f"  goal: end to end at most 5 s: {'met' if e2e <= 5.0 else 'NOT met'}")
+
+        # FastChat: every battle out of the database, one design row per battle, refit per round.
+        names = dict(Candidate.objects.filter(study_id=study_id).values_list("pk", "name"))
+        position = {pk: models.index(name) for pk, name in names.items()}
+        battles = selectors.study_judgments(study_id).values_list(
+            "unit__output_a__candidate_id", "unit__output_b__candidate_id", "outcome")
+        rows, t_fetch = _timed(list, battles.iterator(chunk_size=50_000))
+        n = len(rows)
+        outcome_code = {"a": 0, "b": 1, "tie": 2, "both_bad": 3}
+        a = np.fromiter((position[r[0]] for r in rows), dtype=np.intp, count=n)
+        b = np.fromiter((position[r[1]] for r in rows), dtype=np.intp, count=n)
+        code = np.fromiter((outcome_code[r[2]] for r in rows), dtype=np.intp, count=n)
+        del rows
+        reference, t_fc_fit = _timed(_fastchat_mle_elo, a, b, code, len(models))
+        fc_rng = np.random.default_rng(seed + 2)
+        start = time.perf_counter()
+        for _ in range(fastchat_rounds):
+            pick = fc_rng.integers(0, n, n)
+            _fastchat_mle_elo(a[pick], b[pick], code[pick], len(models))
+        t_fc_round = (time.perf_counter() - start) / fastchat_rounds
+        t_fc_boot = t_fc_round * rounds
+        theirs = t_fetch + t_fc_fit + t_fc_boot
+        print("FastChat approach on the same database (individual battles, scikit-learn LogisticRegression)")
+        label = f"fetch {n:,} battles (ORM)"
+        print(f"  {label:<27}{t_fetch:8.3f} s")
+        print(f"  fit                        {t_fc_fit:8.3f} s")
+        print(f"  bootstrap, per round       {t_fc_round:8.3f} s  (mean of {fastchat_rounds} rounds)")
+        print(f"  bootstrap ({rounds})          {t_fc_boot:8.1f} s  EXTRAPOLATED from {fastchat_rounds} rounds")
+        print(f"  total                      {theirs:8.1f} s  (extrapolated)")
+        gap = np.abs((ours_elo - ours_elo.mean()) - (reference - reference.mean())).max()
+        print(f"  max |ratings_recompute - scikit-learn| rating difference: {gap:.2e} Elo")
+        print(f"speed ratio, fetch + fit + {rounds}-round bootstrap against ratings_recompute end to end: "
+              f"{theirs / e2e:,.0f}x")
+        if explain:
+            print(f"slowest statement of the last end-to-end run ({slowest[0]:.3f} s):")
+            print(f"  {slowest[1]}  -- params {slowest[2]!r}")
+            with connection.cursor() as cursor:
+                cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + slowest[1], slowest[2])
+                print("\n".join("  " + row[0] for row in cursor.fetchall()))
+        result = {
+            "aggregation_s": agg,
+            "math_s": math_s,
+            "total_s": e2e,
+            "mean_abs_error_elo": float(error.mean()),
+            "fastchat_fetch_s": t_fetch,
+            "fastchat_fit_s": t_fc_fit,
+            "fastchat_round_s": t_fc_round,
+            "fastchat_total_extrapolated_s": theirs,
+            "speed_ratio": theirs / e2e,
+        }
+        if load:
+            result["load_s"] = load["total_s"]
+        return result
+    finally:
+        connections.close_all()
+        if keep:
+            print(f"kept database {database} (a re-run with the same --models/--judgments/--seed skips the load)")
+        else:
+            _db_study.drop_database(server, database)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--pure-only", action="store_true", help="only the simulated battles, no database")
+    which.add_argument("--db-only", "--db", dest="db_only", action="store_true",
+                       help="only the PostgreSQL study (the default runs both parts)")
     parser.add_argument("--models", type=int, default=50)
-    parser.add_argument("--battles", type=int, default=1_000_000)
+    parser.add_argument("--battles", type=int, default=1_000_000, help="simulated battles (pure part)")
+    parser.add_argument("--judgments", type=int, default=1_000_000, help="judgments in the PostgreSQL study")
     parser.add_argument("--rounds", type=int, default=1000)
     parser.add_argument("--fastchat-rounds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per database timing (median printed)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", action="store_true", help=f"keep the bench database ({_db_study.DEFAULT_DATABASE})")
+    parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE the slowest recompute query")
+    parser.add_argument("--server", default=os.environ.get("EVALSITE_BENCH_SERVER", _db_study.DEFAULT_SERVER),
+                        help="PostgreSQL server URL without a database name (a superuser: the bench creates "
+                             "and drops its database)")
+    parser.add_argument("--database", default=_db_study.DEFAULT_DATABASE)
     args = parser.parse_args(argv)
-    bench_pure(
-        n_models=args.models,
-        n_battles=args.battles,
-        rounds=args.rounds,
-        fastchat_rounds=args.fastchat_rounds,
-        seed=args.seed,
-    )
+    run_pure, run_db = not args.db_only, not args.pure_only
+    if run_pure:
+        bench_pure(
+            n_models=args.models,
+            n_battles=args.battles,
+            rounds=args.rounds,
+            fastchat_rounds=args.fastchat_rounds,
+            seed=args.seed,
+        )
+    if run_pure and run_db:
+        print()
+    if run_db:
+        bench_db(
+            n_models=args.models,
+            n_judgments=args.judgments,
+            rounds=args.rounds,
+            fastchat_rounds=args.fastchat_rounds,
+            seed=args.seed,
+            repeat=args.repeat,
+            keep=args.keep,
+            server=args.server,
+            database=args.database,
+            explain=args.explain,
+        )
 
 
 if __name__ == "__main__":
