@@ -1,6 +1,16 @@
 from django.contrib import admin
 
-from .models import Assignment, Candidate, Judgment, Output, Prompt, PromptTag, Study, StudyMember, Unit
+from .models import (
+    Assignment,
+    Candidate,
+    Judgment,
+    Output,
+    Prompt,
+    PromptTag,
+    Study,
+    StudyMember,
+    Unit,
+)
 
 
 class MemberInline(admin.TabularInline):

@@ -21,7 +21,17 @@ from django.utils import timezone
 
 from . import uploads
 from .generation import base as generation_base
-from .models import Assignment, Candidate, Judgment, Output, Prompt, PromptTag, Study, StudyMember, Unit
+from .models import (
+    Assignment,
+    Candidate,
+    Judgment,
+    Output,
+    Prompt,
+    PromptTag,
+    Study,
+    StudyMember,
+    Unit,
+)
 
 log = logging.getLogger(__name__)
 User = get_user_model()

@@ -10,7 +10,13 @@ from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from . import access, selectors, services
-from .forms import CandidateForm, JudgmentForm, MemberForm, StudyCreateForm, StudySettingsForm
+from .forms import (
+    CandidateForm,
+    JudgmentForm,
+    MemberForm,
+    StudyCreateForm,
+    StudySettingsForm,
+)
 from .models import Output
 from .uploads import UploadError
 

@@ -151,7 +151,15 @@ def _move_into_place(staging: Path, target: Path, params: dict[str, Any]) -> Non
 
 def _build(directory: Path, params: dict[str, Any], corpus: list[str]) -> None:
     import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForSeq2SeqLM,

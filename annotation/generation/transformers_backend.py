@@ -197,7 +197,12 @@ def _release_memory(device: str) -> None:
 
 def _load(spec: Mapping[str, Any], device: str) -> LoadedModel:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+    )
 
     model_source = _source("model", spec["model"])
     tokenizer_field = "tokenizer" if spec["tokenizer"] else "model"

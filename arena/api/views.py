@@ -5,7 +5,8 @@ from rest_framework.decorators import api_view
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotation import access, selectors as annotation_selectors
+from annotation import access
+from annotation import selectors as annotation_selectors
 
 from ..models import RatingSnapshot
 

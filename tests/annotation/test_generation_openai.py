@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from annotation.generation import BackendError, GenerationRequest, GenerationSettings, get_backend
+from annotation.generation import (
+    BackendError,
+    GenerationRequest,
+    GenerationSettings,
+    get_backend,
+)
 from annotation.generation.openai_backend import _retry_after_s
 from tests.helpers.fake_openai import FakeOpenAIServer
 

@@ -5,7 +5,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from annotation.generation import BackendError, GenerationRequest, GenerationSettings, get_backend  # noqa: E402
+from annotation.generation import (  # noqa: E402
+    BackendError,
+    GenerationRequest,
+    GenerationSettings,
+    get_backend,
+)
 from annotation.generation.tiny_models import build_tiny_model  # noqa: E402
 from annotation.generation.transformers_backend import load_model  # noqa: E402
 

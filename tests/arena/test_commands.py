@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
-from sklearn.linear_model import LogisticRegression
 
 from annotation.models import Judgment
 from arena.services import ratings_recompute
+from tests.helpers.reference import logistic_elo
 
 STRENGTH = {"claude-x": 1.0, "gpt-y": 0.6, "llama-z": 0.0, "mistral-w": -0.4}
 
@@ -28,22 +28,8 @@ def _battles(n=1500, seed=3):
 
 
 def _sklearn_elo(battles):
-    models = sorted({b["model_a"] for b in battles} | {b["model_b"] for b in battles})
-    idx = {m: i for i, m in enumerate(models)}
-    X, y, w = [], [], []
-    for b in battles:
-        row = np.zeros(len(models))
-        row[idx[b["model_a"]]], row[idx[b["model_b"]]] = math.log(10), -math.log(10)
-        if b["winner"] == "model_a":
-            X.append(row); y.append(1); w.append(1.0)
-        elif b["winner"] == "model_b":
-            X.append(row); y.append(0); w.append(1.0)
-        else:
-            X += [row, row]; y += [1, 0]; w += [0.5, 0.5]
-    lr = LogisticRegression(fit_intercept=False, C=1e12, tol=1e-12, max_iter=10000)
-    lr.fit(np.array(X), np.array(y), sample_weight=np.array(w))
-    elo = 400 * lr.coef_[0]
-    return dict(zip(models, elo - elo.mean() + 1000))
+    score = {"model_a": 1.0, "model_b": 0.0}
+    return logistic_elo([(b["model_a"], b["model_b"], score.get(b["winner"], 0.5)) for b in battles])[0]
 
 
 @pytest.fixture

@@ -1,16 +1,14 @@
 """The manager's leaderboard against an independent Bradley-Terry fit of the same votes."""
-import math
 from itertools import cycle
 
-import numpy as np
 import pytest
 from django.urls import reverse
-from sklearn.linear_model import LogisticRegression
 
 from annotation import services
 from annotation.models import StudyMember
 from arena.models import RatingSnapshot
 from arena.services import ratings_recompute
+from tests.helpers.reference import logistic_elo
 
 # What the annotators prefer, by candidate pair: a repeating pattern of verdicts.
 PATTERN = {
@@ -39,23 +37,9 @@ def _vote_everything(study, annotators):
     return battles
 
 
-def _independent_elo(battles, models):
-    """FastChat's recipe: logistic regression, ties as one win and one loss at half weight."""
-    idx = {m: i for i, m in enumerate(models)}
-    X, y, w = [], [], []
-    for a, b, verdict in battles:
-        row = np.zeros(len(models))
-        row[idx[a]], row[idx[b]] = math.log(10), -math.log(10)
-        if verdict == a:
-            X.append(row); y.append(1); w.append(1.0)
-        elif verdict == b:
-            X.append(row); y.append(0); w.append(1.0)
-        else:
-            X += [row, row]; y += [1, 0]; w += [0.5, 0.5]
-    lr = LogisticRegression(fit_intercept=False, C=1e12, tol=1e-12, max_iter=10000)
-    lr.fit(np.array(X), np.array(y), sample_weight=np.array(w))
-    elo = 400 * lr.coef_[0]
-    return dict(zip(models, elo - elo.mean() + 1000))
+def _independent_elo(battles):
+    score = {"tie": 0.5, "both_bad": 0.5}
+    return logistic_elo([(a, b, score.get(v, 1.0 if v == a else 0.0)) for a, b, v in battles])[0]
 
 
 @pytest.fixture
@@ -69,7 +53,7 @@ def judged_study(study_factory, annotators):
 def test_the_ratings_match_an_independent_fit(judged_study):
     study, battles = judged_study
     snapshot = ratings_recompute(study_id=study.pk, rounds=200)
-    expected = _independent_elo(battles, ["alpha-model", "beta-model", "gamma-model"])
+    expected = _independent_elo(battles)
     rows = {r["model"]: r for r in snapshot.payload["rows"]}
     for model, rating in expected.items():
         assert rows[model]["rating"] == pytest.approx(rating, abs=0.01)

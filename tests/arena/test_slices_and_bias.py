@@ -1,16 +1,14 @@
 """Leaderboard slices, bias diagnostics, style control, the online preview, adaptive sampling."""
-import math
-
 import numpy as np
 import pytest
 from django.urls import reverse
-from sklearn.linear_model import LogisticRegression
 
 from annotation import services
 from annotation.models import Judgment, Output, StudyMember, Unit
 from arena import ratings, sampling
 from arena.models import RatingSnapshot
 from arena.services import adaptive_state, online_elo_update, ratings_recompute
+from tests.helpers.reference import logistic_elo
 
 
 def _vote(study, annotator, decide):
@@ -27,7 +25,7 @@ def _left_always(left, right):
 
 def test_a_tag_slice_counts_only_prompts_with_that_tag(study_factory, annotators):
     study = study_factory(overlap=1)  # tags: p1 account;easy, p2 shipping, p3 billing;hard, p4 account
-    _vote(study, annotators[0], lambda l, r: "left" if l.candidate.name < r.candidate.name else "right")
+    _vote(study, annotators[0], lambda left, right: "left" if left.candidate.name < right.candidate.name else "right")
     all_ = ratings_recompute(study_id=study.pk, rounds=50)
     account = ratings_recompute(study_id=study.pk, slice_key="tag:account", rounds=50)
     assert all_.n_judgments == 12
@@ -67,8 +65,8 @@ def test_the_page_offers_slices_and_swaps_them_with_htmx(client, study_factory, 
 def test_position_bias_is_the_share_of_decisive_votes_won_on_the_left(study_factory, annotators):
     study = study_factory(overlap=3)
     _vote(study, annotators[0], _left_always)
-    _vote(study, annotators[1], lambda l, r: "right")
-    _vote(study, annotators[2], lambda l, r: "tie")
+    _vote(study, annotators[1], lambda left, right: "right")
+    _vote(study, annotators[2], lambda left, right: "tie")
     p = ratings_recompute(study_id=study.pk, rounds=50).payload["position_bias"]
     assert p["trials"] == 24 and p["successes"] == 12 and p["share"] == pytest.approx(0.5)
     expected = ratings.wilson_interval(12, 24)
@@ -89,36 +87,26 @@ def test_style_control_matches_an_independent_logistic_regression(study_factory,
         services.member_set(study=study, user=v, role="annotator")
     rng = np.random.default_rng(0)
     for v in voters:
-        _vote(study, v, lambda l, r: rng.choice(["left", "right", "tie"], p=[0.55, 0.35, 0.10]))
+        _vote(study, v, lambda left, right: rng.choice(["left", "right", "tie"], p=[0.55, 0.35, 0.10]))
     payload = ratings_recompute(study_id=study.pk, rounds=50).payload
-    # independent: logistic regression on every judgment, +/- ln(10)/400 per model, normalised length diff
-    models = ["alpha-model", "beta-model", "gamma-model"]
-    X, y, w = [], [], []
+    # independent: logistic regression on every judgment, with the normalised length difference
+    battles, lengths = [], []
     for j in Judgment.objects.select_related("unit__output_a__candidate", "unit__output_b__candidate"):
         oa, ob = j.unit.output_a, j.unit.output_b
-        row = np.zeros(4)
-        row[models.index(oa.candidate.name)] += 1
-        row[models.index(ob.candidate.name)] -= 1
-        row[3] = (len(oa.text) - len(ob.text)) / (len(oa.text) + len(ob.text))
-        if j.outcome in ("a", "b"):
-            X.append(row); y.append(int(j.outcome == "a")); w.append(1.0)
-        else:
-            X += [row, row]; y += [1, 0]; w += [0.5, 0.5]
-    lr = LogisticRegression(fit_intercept=False, C=1e12, tol=1e-12, max_iter=10000)
-    lr.fit(np.array(X), np.array(y), sample_weight=np.array(w))
-    elo = lr.coef_[0][:3] * 400 / math.log(10)
-    expected = dict(zip(models, elo - elo.mean() + 1000))
+        battles.append((oa.candidate.name, ob.candidate.name, {"a": 1.0, "b": 0.0}.get(j.outcome, 0.5)))
+        lengths.append([(len(oa.text) - len(ob.text)) / (len(oa.text) + len(ob.text))])
+    expected, (length_elo,) = logistic_elo(battles, extra_features=np.array(lengths))
     style = payload["style"]
     assert style["available"]
-    for m in models:
+    for m in expected:
         assert style["ratings"][m] == pytest.approx(expected[m], abs=0.05)
-    assert style["length_coefficient_elo"] == pytest.approx(lr.coef_[0][3] * 400 / math.log(10), abs=0.05)
+    assert style["length_coefficient_elo"] == pytest.approx(length_elo, abs=0.05)
 
 
 def test_length_bias_reports_how_often_the_longer_output_wins(study_factory, annotators):
     study = study_factory(candidates=("alpha-model", "beta-model"), overlap=1)
     _set_lengths(study, {"alpha-model": 30, "beta-model": 10})
-    _vote(study, annotators[0], lambda l, r: "left" if len(l.text) > len(r.text) else "right")
+    _vote(study, annotators[0], lambda left, right: "left" if len(left.text) > len(right.text) else "right")
     lb = ratings_recompute(study_id=study.pk, rounds=50).payload["length_bias"]
     assert lb["longer_wins"]["trials"] == 4 and lb["longer_wins"]["share"] == 1.0
     plus_half = [b for b in lb["bins"] if b["low"] <= 0.5 <= b["high"] and b["trials"]]
@@ -132,7 +120,7 @@ def test_the_online_elo_preview_is_incremental_and_equals_a_full_replay(study_fa
     _vote(study, annotators[0], _left_always)
     first = online_elo_update(study_id=study.pk)
     assert first.n_judgments == 12
-    _vote(study, annotators[1], lambda l, r: "right")
+    _vote(study, annotators[1], lambda left, right: "right")
     updated = online_elo_update(study_id=study.pk)
     assert updated.n_judgments == 24
     js = Judgment.objects.filter(study=study).order_by("id").select_related(
@@ -145,7 +133,7 @@ def test_the_online_elo_preview_is_incremental_and_equals_a_full_replay(study_fa
 
 def test_adaptive_sampling_serves_the_most_informative_pair_first(study_factory, annotators, make_user):
     study = study_factory(candidates=("alpha-model", "beta-model", "gamma-model"), overlap=3)
-    _vote(study, annotators[0], lambda l, r: "left" if l.candidate.name < r.candidate.name else "right")
+    _vote(study, annotators[0], lambda left, right: "left" if left.candidate.name < right.candidate.name else "right")
     ratings_recompute(study_id=study.pk, rounds=200)
     study.adaptive_sampling = True
     study.save()

@@ -6,7 +6,13 @@ from django.contrib.auth.models import Permission
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation import services
-from annotation.demo_data import DEMO_IMPORTED, DEMO_MODELS, DEMO_PROMPTS, DEMO_STUDY_NAME, DEMO_USERS
+from annotation.demo_data import (
+    DEMO_IMPORTED,
+    DEMO_MODELS,
+    DEMO_PROMPTS,
+    DEMO_STUDY_NAME,
+    DEMO_USERS,
+)
 from annotation.models import Output, Study
 
 
