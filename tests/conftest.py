@@ -142,11 +142,16 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
         time.sleep(0.2)
     proc.log_path = log
     yield proc
-    os.killpg(proc.pid, signal.SIGTERM)
+    proc.terminate()  # warm shutdown: the main process stops its pool and closes connections
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
+        pass
+    try:  # nothing of the worker may hold the test database open when it is dropped
         os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    time.sleep(0.5)
 
 
 def wait_for(predicate, *, timeout: float = 120.0, interval: float = 0.25, what: str = "condition", worker=None):
