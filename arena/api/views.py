@@ -2,31 +2,44 @@
 from __future__ import annotations
 
 from rest_framework.decorators import api_view
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from annotation import access
 from annotation import selectors as annotation_selectors
 
+from .. import selectors
 from ..models import RatingSnapshot
+from ..services import BT
+from ..tasks import recompute_ratings
 
 
 @api_view(["GET"])
 def leaderboard(request: Request, study_id: int) -> Response:
-    """``GET /api/studies/<id>/leaderboard``: the last computed Bradley-Terry snapshot."""
+    """``GET /api/studies/<id>/leaderboard?slice=all|tag:<t>|group:<g>``: the last computed snapshot."""
     study = access.get_study_for_manager(request.user, study_id)
-    snapshot = RatingSnapshot.objects.filter(study=study, slice_key="all", method="bt").first()
+    slice_key = request.query_params.get("slice", selectors.ALL)
+    if slice_key not in {s.key for s in selectors.study_slices(study.pk)}:
+        raise ValidationError({"slice": f"unknown slice {slice_key!r} for this study"})
+    snapshot = RatingSnapshot.objects.filter(study=study, slice_key=slice_key, method=BT).first()
     if snapshot is None:
-        return Response({"study": study.pk, "computed_at": None, "rows": []})
-    payload = snapshot.payload
+        recompute_ratings.delay(study.pk, slice_key)
+        return Response({"study": study.pk, "slice": slice_key, "computed_at": None, "rows": []})
+    p = snapshot.payload
     return Response({
         "study": study.pk,
+        "slice": slice_key,
         "computed_at": snapshot.computed_at,
         "n_judgments": snapshot.n_judgments,
-        "rounds": payload.get("rounds"),
-        "regularization": payload.get("regularization"),
-        "note": payload.get("note"),
-        "rows": payload.get("rows", []),
+        "rounds": p.get("rounds"),
+        "regularization": p.get("regularization"),
+        "note": p.get("note"),
+        "rows": p.get("rows", []),
+        "length_controlled": p.get("style"),
+        "position_bias": p.get("position_bias"),
+        "length_bias": p.get("length_bias"),
+        "slices": [s.key for s in selectors.study_slices(study.pk)],
     })
 
 

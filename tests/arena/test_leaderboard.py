@@ -133,3 +133,14 @@ def test_the_rest_api_gives_the_same_numbers(client, judged_study, manager):
     data = client.get(reverse("api-leaderboard", args=[study.pk])).json()
     assert data["n_judgments"] == 36
     assert [r["rating"] for r in data["rows"]] == [r["rating"] for r in snapshot.payload["rows"]]
+
+
+def test_the_rest_api_serves_slices_and_refuses_unknown_ones(client, judged_study, manager):
+    study, _ = judged_study
+    ratings_recompute(study_id=study.pk, slice_key="tag:account", rounds=50)
+    client.force_login(manager)
+    data = client.get(reverse("api-leaderboard", args=[study.pk]), {"slice": "tag:account"}).json()
+    assert data["slice"] == "tag:account" and data["n_judgments"] == 18
+    assert "tag:billing" in data["slices"] and data["position_bias"]["trials"] > 0
+    bad = client.get(reverse("api-leaderboard", args=[study.pk]), {"slice": "tag:nope"})
+    assert bad.status_code == 400 and "unknown slice" in str(bad.json()["slice"])
