@@ -8,6 +8,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
+from django.db.models.functions import Length
 
 
 class Study(models.Model):
@@ -130,6 +131,10 @@ class Output(models.Model):
     sample_index = models.PositiveSmallIntegerField(default=0)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     text = models.TextField(blank=True)
+    # Kept by the database, so leaderboards read lengths without moving the texts around.
+    text_chars = models.GeneratedField(
+        expression=Length("text"), output_field=models.PositiveIntegerField(), db_persist=True
+    )
     error = models.TextField(blank=True)
     latency_ms = models.FloatField(null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)

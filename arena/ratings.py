@@ -248,6 +248,18 @@ def _outcome_codes(outcome: Sequence, label: str = "outcome") -> np.ndarray:
         raise
 
 
+def _codes_or_names(raw: np.ndarray, label: str) -> np.ndarray:
+    """Outcome codes 0..3 from an integer array, or from outcome names."""
+    if raw.dtype.kind in "iu":
+        code = raw.astype(np.intp)
+        bad = np.flatnonzero((code < 0) | (code > 3))
+        if bad.size:
+            k = int(bad[0])
+            raise RatingError(f"{label}[{k}] = {int(code[k])} is not in 0..3")
+        return code
+    return _outcome_codes(list(raw), label)
+
+
 def count_battles(
     model_a: Sequence[str],
     model_b: Sequence[str],
@@ -348,14 +360,7 @@ def counts_from_cells(
             f"i_idx, j_idx, outcome_code and count differ in length: "
             f"{i.size}, {j.size}, {raw_code.size}, {number.size}"
         )
-    if raw_code.dtype.kind in "iu":
-        code = raw_code.astype(np.intp)
-        bad = np.flatnonzero((code < 0) | (code > 3))
-        if bad.size:
-            k = int(bad[0])
-            raise RatingError(f"outcome_code[{k}] = {int(code[k])} is not in 0..3")
-    else:
-        code = _outcome_codes(list(raw_code), "outcome_code")
+    code = _codes_or_names(raw_code, "outcome_code")
     for label, index in (("i_idx", i), ("j_idx", j)):
         bad = np.flatnonzero((index < 0) | (index >= n))
         if bad.size:
@@ -1414,20 +1419,26 @@ _DEFAULT_LENGTH_EDGES = (-1.0, -0.5, -0.25, -0.1, -0.02, 0.02, 0.1, 0.25, 0.5, 1
 def length_bias(
     len_a: Sequence[float],
     len_b: Sequence[float],
-    outcome: Sequence[str],
+    outcome: Sequence[str] | Sequence[int],
     *,
     edges: Sequence[float] = _DEFAULT_LENGTH_EDGES,
+    weights: Sequence[float] | None = None,
 ) -> LengthBias:
     """Binned win rate of A against the normalised length difference ``(a - b) / (a + b)``.
 
     A rising curve means longer outputs win more often, the bias that style control
     [LMS24]_ and length-controlled AlpacaEval [Dub24]_ correct for. Lengths may be in
-    characters, tokens or words. The last bin includes its upper edge.
+    characters, tokens or words. The last bin includes its upper edge. ``outcome`` holds
+    outcome names or codes 0-3 (as :func:`counts_from_cells`); ``weights`` gives the number
+    of battles per row, for aggregated input.
     """
     diff = normalized_length_difference(len_a, len_b)
-    code = _outcome_codes(outcome)
+    code = _codes_or_names(np.asarray(outcome).ravel(), "outcome")
     if code.size != diff.size:
         raise RatingError(f"{diff.size} length pairs but {code.size} outcomes")
+    weight = np.ones(diff.size) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    if weight.size != diff.size or np.any(weight < 0) or not np.all(np.isfinite(weight)):
+        raise RatingError("weights must be one finite, non-negative number per battle")
     cut = np.asarray(edges, dtype=np.float64)
     if cut.ndim != 1 or cut.size < 2 or np.any(np.diff(cut) <= 0):
         raise RatingError("edges must be at least two increasing numbers")
@@ -1435,13 +1446,13 @@ def length_bias(
     where = np.searchsorted(cut, diff, side="right") - 1
     where[diff == cut[-1]] = cut.size - 2
     inside = (where >= 0) & (where < cut.size - 1)
-    total = np.bincount(where[inside], minlength=cut.size - 1)
-    won = np.bincount(where[inside], score[inside], minlength=cut.size - 1)
+    total = np.bincount(where[inside], weight[inside], minlength=cut.size - 1)
+    won = np.bincount(where[inside], (score * weight)[inside], minlength=cut.size - 1)
     bins = tuple(
         LengthBin(float(cut[b]), float(cut[b + 1]), wilson_interval(float(won[b]), float(total[b])))
         for b in range(cut.size - 1)
     )
     decisive = (code <= 1) & (diff != 0)
     longer_won = ((code == 0) & (diff > 0)) | ((code == 1) & (diff < 0))
-    longer = wilson_interval(int(np.count_nonzero(longer_won & decisive)), int(np.count_nonzero(decisive)))
+    longer = wilson_interval(float(weight[longer_won & decisive].sum()), float(weight[decisive].sum()))
     return LengthBias(bins, longer)

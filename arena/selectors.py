@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from django.db.models import Count, FloatField, IntegerField, Max, QuerySet
-from django.db.models.functions import Cast, Coalesce, Length, NullIf, Round
+from django.db.models import Case, Count, F, IntegerField, Max, Q, QuerySet, When
+from django.db.models.functions import Coalesce, NullIf
 
 from annotation.models import Candidate, Judgment, PromptTag, StudyMember
 
@@ -77,37 +77,63 @@ class BattleTable:
     last_judgment_id: int
 
 
-def battle_table(study_id: int, slice_key: str = ALL) -> BattleTable:
-    """One ``GROUP BY`` over the slice's judgments; everything the leaderboard shows derives from it."""
-    judgments = study_judgments(study_id, slice_key)
-    len_a = Cast(Length("unit__output_a__text"), FloatField())
-    len_b = Cast(Length("unit__output_b__text"), FloatField())
-    diff = Coalesce((len_a - len_b) / NullIf(len_a + len_b, 0.0), 0.0, output_field=FloatField())
-    rows = list(
-        judgments.annotate(length_bin=Cast(Round(diff / LENGTH_BIN), IntegerField()))
-        .values_list("unit__output_a__candidate_id", "unit__output_b__candidate_id", "outcome", "left_is_a",
-                     "length_bin")
-        .annotate(n=Count("id"))
-        .order_by()
+def _length_bin() -> Case:
+    """round(((a - b) / (a + b)) / LENGTH_BIN), half away from zero, in integer arithmetic."""
+    steps = round(1 / LENGTH_BIN)
+    la, lb = F("unit__output_a__text_chars"), F("unit__output_b__text_chars")
+    total = la + lb
+    up = (2 * steps * (la - lb) + total) / NullIf(2 * total, 0)
+    down = -((2 * steps * (lb - la) + total) / NullIf(2 * total, 0))
+    return Coalesce(
+        Case(When(unit__output_a__text_chars__gte=lb, then=up), default=down, output_field=IntegerField()), 0
     )
-    stats = judgments.aggregate(n=Count("id"), last=Max("id"))
+
+
+# Outcome code and screen side of each counted column, in this order.
+_COLUMNS = [(code, left) for code in range(4) for left in (True, False)]
+_OUTCOME_OF_CODE = {code: outcome for outcome, code in OUTCOME_CODE.items()}
+
+
+def battle_table(study_id: int, slice_key: str = ALL) -> BattleTable:
+    """One ``GROUP BY`` over the slice's judgments; everything the leaderboard shows derives from it.
+
+    Groups by candidate pair and length bin with eight filtered counts (outcome x screen
+    side), which keeps the result small; lengths come from the stored ``text_chars``.
+    """
+    counts = {
+        f"c{k}": Count("id", filter=Q(outcome=_OUTCOME_OF_CODE[code], left_is_a=left))
+        for k, (code, left) in enumerate(_COLUMNS)
+    }
+    rows = list(
+        study_judgments(study_id, slice_key)
+        .annotate(length_bin=_length_bin())
+        .values("unit__output_a__candidate_id", "unit__output_b__candidate_id", "length_bin")
+        .annotate(last=Max("id"), **counts)
+        .order_by()
+        .values_list("unit__output_a__candidate_id", "unit__output_b__candidate_id", "length_bin", "last",
+                     *counts)
+    )
     names = dict(Candidate.objects.filter(study_id=study_id).values_list("pk", "name"))
     models = sorted(names.values())
-    position = {pk: models.index(name) for pk, name in names.items()}
-    if rows:
-        ca, cb, outcome, left, lbin, n = zip(*rows)
-    else:
-        ca = cb = outcome = left = lbin = n = ()
+    table = np.array(rows, dtype=np.int64).reshape(-1, 4 + len(_COLUMNS))
+    if len(table):  # candidate primary keys -> positions in `models`
+        lookup = np.full(max(names) + 1, -1, dtype=np.int64)
+        lookup[list(names)] = [models.index(name) for name in names.values()]
+        table[:, 0], table[:, 1] = lookup[table[:, 0]], lookup[table[:, 1]]
+    cells = table[:, 4:]
+    k, col = np.nonzero(cells)
+    codes = np.array([c for c, _ in _COLUMNS], dtype=np.intp)
+    sides = np.array([left for _, left in _COLUMNS], dtype=bool)
     return BattleTable(
         models=models,
-        a=np.array([position[c] for c in ca], dtype=np.intp),
-        b=np.array([position[c] for c in cb], dtype=np.intp),
-        outcome=np.array([OUTCOME_CODE[o] for o in outcome], dtype=np.intp),
-        left_is_a=np.array(left, dtype=bool),
-        length_bin=np.array(lbin, dtype=np.int64),
-        count=np.array(n, dtype=np.int64),
-        n_judgments=stats["n"] or 0,
-        last_judgment_id=stats["last"] or 0,
+        a=table[k, 0].astype(np.intp),
+        b=table[k, 1].astype(np.intp),
+        outcome=codes[col],
+        left_is_a=sides[col],
+        length_bin=table[k, 2],
+        count=cells[k, col],
+        n_judgments=int(cells.sum()),
+        last_judgment_id=int(table[:, 3].max()) if len(table) else 0,
     )
 
 

@@ -139,13 +139,11 @@ def _position_bias(table) -> dict:
 
 
 def _length_bias(table) -> dict:
-    diff = np.repeat(np.clip(table.length_bin * selectors.LENGTH_BIN, -1.0, 1.0), table.count)
-    outcome = np.repeat(table.outcome, table.count)
-    # lengths 1 + d and 1 - d reproduce the normalised difference d of each bin's centre
-    result = ratings.length_bias(1.0 + diff, 1.0 - diff, [selectors.OUTCOME_NAMES[o] for o in outcome]) \
-        if diff.size else None
-    if result is None:
+    if not table.count.size:
         return {"bins": [], "longer_wins": None}
+    diff = np.clip(table.length_bin * selectors.LENGTH_BIN, -1.0, 1.0)
+    # lengths 1 + d and 1 - d reproduce the normalised difference d of each bin's centre
+    result = ratings.length_bias(1.0 + diff, 1.0 - diff, table.outcome, weights=table.count)
     return {
         "bins": [{"low": b.low, "high": b.high, **_proportion(b.a_win)} for b in result.bins],
         "longer_wins": _proportion(result.longer_wins),

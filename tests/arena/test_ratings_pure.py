@@ -525,3 +525,15 @@ def test_no_warnings_on_clean_data():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         R.leaderboard(counts, rounds=50, rng=rng)
+
+
+def test_length_bias_with_weights_equals_the_expanded_battles():
+    len_a = np.array([30.0, 10.0, 20.0, 20.0])
+    len_b = np.array([10.0, 30.0, 20.0, 5.0])
+    outcome = np.array([0, 1, 2, 3])
+    weights = np.array([3, 2, 4, 1])
+    weighted = R.length_bias(len_a, len_b, outcome, weights=weights)
+    expanded = R.length_bias(np.repeat(len_a, weights), np.repeat(len_b, weights),
+                             [R.OUTCOMES[c] for c in np.repeat(outcome, weights)])
+    assert weighted == expanded
+    assert weighted.longer_wins.trials == 5 and weighted.longer_wins.successes == 5
