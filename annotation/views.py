@@ -169,6 +169,34 @@ def generation_start(request: HttpRequest, study_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
+def prompts_add(request: HttpRequest, study_id: int) -> HttpResponse:
+    """Add prompts to a study from another upload (ids must be new to the study)."""
+    study = access.get_study_for_evaluator(request.user, study_id)
+    upload = request.FILES.get("prompts")
+    if upload is None:
+        messages.error(request, "Choose a prompt file (CSV or JSONL) to upload.")
+        return redirect("annotation:study", study_id=study.pk)
+    try:
+        added = services.prompts_import(study=study, data=upload.read(), filename=upload.name)
+    except UploadError as exc:
+        ctx = _study_context(study, candidate_form=CandidateForm(), member_form=MemberForm(),
+                             upload_errors=exc.errors)
+        return render(request, "annotation/study_detail.html", ctx, status=400)
+    messages.success(request, f"{added} prompts added; start generation to produce their outputs.")
+    return redirect("annotation:study", study_id=study.pk)
+
+
+@login_required
+@require_POST
+def outputs_retry_failed(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = access.get_study_for_evaluator(request.user, study_id)
+    retried = services.outputs_retry_failed(study=study)
+    messages.success(request, f"{retried} failed outputs queued again.")
+    return redirect("annotation:study", study_id=study.pk)
+
+
+@login_required
+@require_POST
 def output_retry(request: HttpRequest, study_id: int, output_id: int) -> HttpResponse:
     study = access.get_study_for_evaluator(request.user, study_id)
     output = get_object_or_404(Output, pk=output_id, study=study)

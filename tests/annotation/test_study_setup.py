@@ -2,6 +2,7 @@
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
+from annotation import services
 from annotation.models import Candidate, Output, Prompt, Study
 from tests.conftest import PROMPTS_CSV, imported_jsonl
 
@@ -133,3 +134,29 @@ def test_generation_start_refuses_get(client, study_factory):
     study = study_factory()
     client.force_login(study.created_by)
     assert client.get(reverse("annotation:generate", args=[study.pk])).status_code == 405
+
+
+def test_more_prompts_can_be_added_but_not_twice(client, study_factory):
+    study = study_factory(candidates=("alpha-model",))
+    client.force_login(study.created_by)
+    url = reverse("annotation:prompts_add", args=[study.pk])
+    more = b"id,prompt,tags\np5,How do I change plan?,billing\n"
+    assert client.post(url, {"prompts": SimpleUploadedFile("more.csv", more)}).status_code == 302
+    assert study.prompts.count() == 5
+    assert study.prompts.get(external_id="p5").tag_rows.get().tag == "billing"
+    again = client.post(url, {"prompts": SimpleUploadedFile("more.csv", more)})
+    assert again.status_code == 400 and "&#x27;p5&#x27; already exists" in again.content.decode()
+    assert study.prompts.count() == 5
+
+
+def test_retry_all_failed_requeues_only_failed_outputs(client, study_factory, evaluator):
+    study = study_factory(candidates=("alpha-model",))
+    cand = services.candidate_create(study=study, name="broken", backend="openai",
+                                     spec={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    for p in study.prompts.all()[:2]:
+        Output.objects.create(study=study, prompt=p, candidate=cand, status=Output.Status.FAILED, error="refused")
+    client.force_login(evaluator)
+    response = client.post(reverse("annotation:retry_failed", args=[study.pk]))
+    assert response.status_code == 302
+    assert study.outputs.filter(status=Output.Status.PENDING).count() == 2
+    assert study.outputs.filter(status=Output.Status.DONE).count() == 4
