@@ -403,8 +403,15 @@ def units_build(*, study: Study) -> int:
     return study.units.count()
 
 
-def _live_filter(now: datetime) -> Q:
-    return Q(assignments__submitted_at__isnull=False) | Q(assignments__expires_at__gt=now)
+def _live_filter(now: datetime, study_id: int, prefix: str = "assignments__") -> Q:
+    """Assignments that hold a place on their unit: judged or leased, by someone not excluded.
+
+    An excluded annotator's judgments stay in the database but free their places, so the
+    pairs they judged are served to others.
+    """
+    excluded = StudyMember.objects.filter(study_id=study_id, excluded=True).values("user")
+    live = Q(**{f"{prefix}submitted_at__isnull": False}) | Q(**{f"{prefix}expires_at__gt": now})
+    return live & ~Q(**{f"{prefix}annotator__in": excluded})
 
 
 def assignment_next(*, study: Study, annotator, now: datetime | None = None) -> Assignment | None:
@@ -430,7 +437,7 @@ def assignment_next(*, study: Study, annotator, now: datetime | None = None) -> 
     open_units = (
         Unit.objects.filter(study=study)
         .exclude(pk__in=done_by_me)
-        .annotate(live=Count("assignments", filter=_live_filter(now)))
+        .annotate(live=Count("assignments", filter=_live_filter(now, study.pk)))
         .filter(live__lt=F("needed"))
         .order_by("live", "pk")
         .values_list("pk", flat=True)[: 512 if study.adaptive_sampling else 64]
@@ -444,9 +451,7 @@ def assignment_next(*, study: Study, annotator, now: datetime | None = None) -> 
             unit = Unit.objects.select_for_update(skip_locked=True).filter(pk=unit_id).first()
             if unit is None:
                 continue
-            taken = unit.assignments.filter(
-                Q(submitted_at__isnull=False) | Q(expires_at__gt=now)
-            ).exclude(annotator=annotator)
+            taken = unit.assignments.filter(_live_filter(now, study.pk, prefix="")).exclude(annotator=annotator)
             if taken.count() >= unit.needed:
                 continue
             left_a = unit.assignments.filter(left_is_a=True).count()
@@ -534,7 +539,7 @@ def annotator_remaining(*, study_id: int, annotator, now: datetime | None = None
     return (
         Unit.objects.filter(study_id=study_id)
         .exclude(pk__in=done_by_me)
-        .annotate(live=Count("assignments", filter=_live_filter(now) & ~Q(assignments__annotator=annotator)))
+        .annotate(live=Count("assignments", filter=_live_filter(now, study_id) & ~Q(assignments__annotator=annotator)))
         .filter(live__lt=F("needed"))
         .count()
     )
@@ -579,7 +584,7 @@ def judgment_submit(
                 return _same_or_refuse(existing, outcome)
             if locked.expires_at <= now:
                 taken = locked.unit.assignments.filter(
-                    Q(submitted_at__isnull=False) | Q(expires_at__gt=now)
+                    _live_filter(now, locked.unit.study_id, prefix="")
                 ).exclude(pk=locked.pk)
                 if taken.count() >= locked.unit.needed:
                     raise LeaseExpired("This task's lease expired and someone else has taken it.")

@@ -160,3 +160,17 @@ def test_an_expired_lease_taken_by_someone_else_is_refused(study_factory, annota
         services.judgment_submit(assignment=first, choice="left", now=later)
     services.judgment_submit(assignment=second, choice="right", now=later)
     assert Judgment.objects.get().annotator == annotators[1]
+
+
+def test_pairs_judged_by_an_excluded_annotator_are_served_again(study_factory, annotators):
+    study = study_factory(candidates=("alpha-model", "beta-model"), overlap=1)  # 4 pairs
+    while (a := services.assignment_next(study=study, annotator=annotators[0])) is not None:
+        services.judgment_submit(assignment=a, choice="left")
+    assert services.assignment_next(study=study, annotator=annotators[1]) is None
+    services.member_exclude(study=study, user=annotators[0])
+    served = 0
+    while (a := services.assignment_next(study=study, annotator=annotators[1])) is not None:
+        services.judgment_submit(assignment=a, choice="right")
+        served += 1
+    assert served == 4
+    assert Judgment.objects.filter(annotator=annotators[0]).count() == 4  # kept, not deleted
