@@ -4,6 +4,7 @@ import os
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import connections
 
 from annotation.demo_data import DEMO_IMPORTED, DEMO_PROMPTS
 from annotation.models import Judgment, Study
@@ -25,6 +26,9 @@ def browser():
         b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
         yield b
         b.close()
+        # Under Playwright the test body runs in another greenlet, which Django gives a
+        # database connection of its own; close it, or the test database cannot be dropped.
+        connections.close_all()
 
 
 def _login(page, base: str, username: str) -> None:
@@ -35,7 +39,7 @@ def _login(page, base: str, username: str) -> None:
     page.wait_for_url(f"{base}/")
 
 
-def test_a_study_from_upload_to_leaderboard(live_server, celery_worker_process, browser, tiny_models,
+def test_a_study_from_upload_to_leaderboard(celery_worker_process, live_server, browser, tiny_models,
                                             evaluator, annotators, manager, tmp_path):
     evaluator.user_permissions.add(Permission.objects.get(codename="add_study"))
     base = live_server.url
