@@ -368,26 +368,30 @@ def generation_run(*, candidate_id: int, output_ids: Sequence[int], claim: str) 
     except Exception as exc:  # a broken spec or model fails the batch, visibly
         log.exception("generation failed for candidate %s", candidate_id)
         generation_fail(output_ids=claimed, claim=claim, error=f"{type(exc).__name__}: {exc}")
-        units_build(study=candidate.study)
         return 0
     written = sum(
         generation_record(output_id=r.key, claim=claim, result=r) for r in results
     )
-    units_build(study=candidate.study)
+    units_build(study=candidate.study, prompt_ids={o.prompt_id for o in outputs})
     return written
 
 
 # --- rating units, assignments, judgments -------------------------------------------
 
 
-def units_build(*, study: Study) -> int:
+def units_build(*, study: Study, prompt_ids: Iterable[int] | None = None) -> int:
     """Create a blind pairwise unit for every pair of finished outputs of a prompt.
 
-    Pairs use the same sample index; idempotent (unique pair constraint).  Returns the
-    number of units the study has afterwards.
+    Pairs use the same sample index; idempotent (unique pair constraint).  ``prompt_ids``
+    limits the work to those prompts (a generation batch touches only its own), so a
+    large study is not rescanned after every batch.  Returns the number of units the
+    study has afterwards.
     """
+    done = Output.objects.filter(study=study, status=Output.Status.DONE)
+    if prompt_ids is not None:
+        done = done.filter(prompt_id__in=list(prompt_ids))
     done = (
-        Output.objects.filter(study=study, status=Output.Status.DONE)
+        done
         .values_list("pk", "prompt_id", "sample_index")
         .order_by("prompt_id", "sample_index", "pk")
     )

@@ -3,7 +3,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from annotation import services
-from annotation.models import Candidate, Output, Prompt, Study
+from annotation.models import Candidate, Output, Prompt, Study, Unit
 from tests.conftest import PROMPTS_CSV, imported_jsonl
 
 
@@ -160,3 +160,12 @@ def test_retry_all_failed_requeues_only_failed_outputs(client, study_factory, ev
     assert response.status_code == 302
     assert study.outputs.filter(status=Output.Status.PENDING).count() == 2
     assert study.outputs.filter(status=Output.Status.DONE).count() == 4
+
+
+def test_building_units_for_some_prompts_leaves_the_others_alone(study_factory):
+    study = study_factory(candidates=("alpha-model", "beta-model"))
+    Unit.objects.filter(study=study).delete()
+    p1 = study.prompts.get(external_id="p1")
+    assert services.units_build(study=study, prompt_ids=[p1.pk]) == 1
+    assert list(Unit.objects.filter(study=study).values_list("prompt__external_id", flat=True)) == ["p1"]
+    assert services.units_build(study=study) == 4
