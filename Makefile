@@ -36,7 +36,7 @@ chromium:
 	  else echo "Install Debian's chromium (sudo apt-get install chromium) for the browser tests" >&2; exit 1; fi; }
 
 test: install chromium
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 EVALSITE_VAR_DIR=$(CURDIR)/var/test CELERY_QUEUE=evalsite-test \
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 EVALSITE_VAR_DIR=$(CURDIR)/var/test EVALSITE_QUEUE_PREFIX=test- \
 	  $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
+from django.db.models import F, FilteredRelation, Q
 from django.http import Http404
 
 from .models import Assignment, Study, StudyMember
@@ -49,21 +50,45 @@ def get_study_for_manager(user: AbstractBaseUser, study_id: int) -> Study:
 
 
 def get_study_for_annotator(user: AbstractBaseUser, study_id: int) -> Study:
-    study = _get_study(user, study_id, {Role.ANNOTATOR})
-    if StudyMember.objects.filter(study=study, user=user, excluded=True).exists():
+    return get_member_for_annotator(user, study_id).study
+
+
+def _check_annotator(role: str, excluded: bool) -> None:
+    if role != Role.ANNOTATOR:
+        raise PermissionDenied(f"This page needs one of: {Role.ANNOTATOR}")
+    if excluded:
         raise PermissionDenied("You have been excluded from this study.")
-    return study
+
+
+def get_member_for_annotator(user: AbstractBaseUser, study_id: int) -> StudyMember:
+    """The annotator's membership with its study, in one query (it carries the progress counter)."""
+    member = (
+        StudyMember.objects.select_related("study").filter(study_id=study_id, user_id=user.pk).first()
+        if user.is_authenticated else None
+    )
+    if member is None:
+        _get_study(user, study_id, {Role.ANNOTATOR})  # 404 for strangers, 403 for the study's owner
+        raise Http404(f"No study with id {study_id}")
+    _check_annotator(member.role, member.excluded)
+    return member
 
 
 def get_assignment_for_annotator(user: AbstractBaseUser, token: str) -> Assignment:
-    """An assignment is reachable only by its token and only by the annotator holding it."""
+    """An assignment is reachable only by its token and only by the annotator holding it.
+
+    One query: the assignment, its study and the annotator's membership (role,
+    exclusion, ``done`` counter, as ``member_*`` attributes).
+    """
     assignment = (
-        Assignment.objects.select_related("unit", "unit__study")
+        Assignment.objects.select_related("study")
+        .annotate(me=FilteredRelation("study__members", condition=Q(study__members__user_id=user.pk)))
+        .annotate(member_role=F("me__role"), member_excluded=F("me__excluded"), member_done=F("me__done"))
         .filter(token=token, annotator_id=user.pk)
         .first()
-    )
+    ) if user.is_authenticated else None
     if assignment is None:
         raise Http404("No such task for you: the link is wrong or belongs to someone else.")
+    _check_annotator(assignment.member_role, assignment.member_excluded)
     return assignment
 
 

@@ -10,6 +10,8 @@ from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Length
 
+from arena import outcomes
+
 
 class Study(models.Model):
     name = models.CharField(max_length=200)
@@ -24,6 +26,15 @@ class Study(models.Model):
     samples_per_prompt = models.PositiveSmallIntegerField(default=1)
     generation_settings = models.JSONField(default=dict, blank=True)
     adaptive_sampling = models.BooleanField(default=False)
+    units_total = models.PositiveIntegerField(
+        default=0, help_text="Units built so far (kept by units_build, read by the annotator's progress)."
+    )
+    version = models.PositiveIntegerField(
+        default=0, help_text="Bumped when what counts changes (an exclusion); snapshots of older versions are redone."
+    )
+    lease_sweep_at = models.DateTimeField(
+        null=True, blank=True, help_text="When expired leases are next released (amortised, not per request)."
+    )
 
     class Meta:
         verbose_name_plural = "studies"
@@ -48,6 +59,7 @@ class StudyMember(models.Model):
     excluded = models.BooleanField(
         default=False, help_text="Excluded annotators keep their judgments; aggregates skip them."
     )
+    done = models.PositiveIntegerField(default=0, help_text="Judgments this member has submitted (a counter).")
 
     class Meta:
         constraints = [
@@ -121,6 +133,7 @@ class Candidate(models.Model):
 class Output(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
+        QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
         DONE = "done", "Done"
         FAILED = "failed", "Failed"
@@ -164,7 +177,14 @@ class Output(models.Model):
 
 
 class Unit(models.Model):
-    """One thing to judge: a pair of outputs for one prompt (``output_a.id < output_b.id``)."""
+    """One thing to judge: a pair of outputs for one prompt (``output_a.id < output_b.id``).
+
+    ``taken`` counts the places held: judgments and unreleased leases of annotators who
+    are not excluded.  It changes only by conditional UPDATE (``taken < needed``), so the
+    row count decides a lease and a unit is never taken beyond ``needed``.  The candidate
+    pair is copied here (``cand_lo < cand_hi``, ``a_is_lo`` says which is ``output_a``'s)
+    so leasing and aggregation never join the outputs.
+    """
 
     class Kind(models.TextChoices):
         PAIRWISE = "pairwise", "Blind pairwise"
@@ -175,6 +195,14 @@ class Unit(models.Model):
     output_a = models.ForeignKey(Output, on_delete=models.CASCADE, related_name="+")
     output_b = models.ForeignKey(Output, on_delete=models.CASCADE, related_name="+")
     needed = models.PositiveSmallIntegerField(default=1)
+    taken = models.PositiveSmallIntegerField(default=0)
+    cand_lo = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+", db_index=False)
+    cand_hi = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+", db_index=False)
+    a_is_lo = models.BooleanField(help_text="Whether output_a belongs to cand_lo.")
+    pair_seq = models.PositiveIntegerField(
+        default=0, help_text="Position among the units of its candidate pair; its parity balances the sides."
+    )
+    shuffle = models.IntegerField(default=0, help_text="A random key: open units are served in this order.")
     is_gold = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -186,6 +214,18 @@ class Unit(models.Model):
             models.CheckConstraint(
                 condition=Q(output_a__lt=F("output_b")), name="unit_pair_ordered"
             ),
+            models.CheckConstraint(condition=Q(cand_lo__lt=F("cand_hi")), name="unit_candidates_ordered"),
+        ]
+        indexes = [
+            # the units still open, fewest places taken first: what a lease scans
+            models.Index(
+                fields=["study", "taken", "shuffle"], condition=Q(taken__lt=F("needed")), name="unit_open"
+            ),
+            # the same per candidate pair, for adaptive sampling
+            models.Index(
+                fields=["study", "cand_lo", "cand_hi", "taken", "shuffle"],
+                condition=Q(taken__lt=F("needed")), name="unit_open_pair",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -193,8 +233,14 @@ class Unit(models.Model):
 
 
 class Assignment(models.Model):
-    """An annotator's lease on a unit; the browser only ever sees ``token``."""
+    """An annotator's lease on a unit; the browser only ever sees ``token``.
 
+    It holds a place on its unit (``Unit.taken``) from the lease until it is released
+    (expired and swept, or its annotator excluded); a submitted one holds it for good.
+    An annotator has at most one open lease per study, which the database enforces.
+    """
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="+")
     unit = models.ForeignKey(Unit, on_delete=models.CASCADE, related_name="assignments")
     annotator = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments"
@@ -204,14 +250,25 @@ class Assignment(models.Model):
     leased_at = models.DateTimeField()
     expires_at = models.DateTimeField()
     submitted_at = models.DateTimeField(null=True, blank=True)
+    released = models.BooleanField(default=False, help_text="Its place on the unit was given back.")
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
                 fields=["unit", "annotator"], name="assignment_unique_per_annotator"
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["study", "annotator"], condition=Q(submitted_at__isnull=True, released=False),
+                name="assignment_one_open_lease",
+            ),
         ]
-        indexes = [models.Index(fields=["annotator", "submitted_at"])]
+        indexes = [
+            models.Index(fields=["annotator", "submitted_at"]),
+            models.Index(
+                fields=["study", "expires_at"], condition=Q(submitted_at__isnull=True, released=False),
+                name="assignment_open_expiry",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"assignment {self.pk}"
@@ -220,11 +277,10 @@ class Assignment(models.Model):
 class Judgment(models.Model):
     """A submitted pairwise verdict, stored in terms of outputs, not screen sides."""
 
-    class Outcome(models.TextChoices):
-        A = "a", "output_a better"
-        B = "b", "output_b better"
-        TIE = "tie", "Tie"
-        BOTH_BAD = "both_bad", "Both bad"
+    # The stored spellings and their codes live in arena.outcomes.
+    Outcome = models.TextChoices(
+        "Outcome", [(name.upper(), (name, label)) for name, label in zip(outcomes.STORED, outcomes.LABELS)]
+    )
 
     assignment = models.OneToOneField(
         Assignment, on_delete=models.CASCADE, related_name="judgment"

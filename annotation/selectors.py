@@ -31,7 +31,7 @@ def generation_progress(study: Study) -> list[CandidateProgress]:
             done=Count("outputs", filter=Q(outputs__status=Output.Status.DONE)),
             failed=Count("outputs", filter=Q(outputs__status=Output.Status.FAILED)),
             running=Count("outputs", filter=Q(outputs__status=Output.Status.RUNNING)),
-            pending=Count("outputs", filter=Q(outputs__status=Output.Status.PENDING)),
+            pending=Count("outputs", filter=Q(outputs__status__in=[Output.Status.PENDING, Output.Status.QUEUED])),
             mean_latency=Avg("outputs__latency_ms", filter=Q(outputs__status=Output.Status.DONE)),
             tokens=Sum("outputs__completion_tokens"),
             cost=Sum("outputs__cost"),

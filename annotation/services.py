@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import random
 import secrets
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,8 +17,10 @@ from itertools import combinations
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
+
+from arena import outcomes
 
 from . import uploads
 from .generation import base as generation_base
@@ -77,12 +80,20 @@ def study_create(
             adaptive_sampling=adaptive_sampling,
         )
         StudyMember.objects.create(study=study, user=created_by, role=StudyMember.Role.EVALUATOR)
+        _ratings_marker_create(study)
         _prompts_write(study, rows, start=0)
         for user in annotators:
             member_set(study=study, user=user, role=StudyMember.Role.ANNOTATOR)
         for user in managers:
             member_set(study=study, user=user, role=StudyMember.Role.MANAGER)
     return study
+
+
+def _ratings_marker_create(study: Study) -> None:
+    """The study's "all" refresh marker, which the vote path only ever flips (never creates)."""
+    from arena.models import RatingRequest
+
+    RatingRequest.objects.get_or_create(study=study, slice_key="all")
 
 
 def study_update_settings(*, study: Study, overlap: int, adaptive_sampling: bool) -> Study:
@@ -114,14 +125,34 @@ def member_set(*, study: Study, user, role: str, group: str = "") -> StudyMember
 
 
 def member_exclude(*, study: Study, user, excluded: bool = True) -> None:
-    """Exclude an annotator: the judgments stay, aggregates leave them out."""
+    """Exclude (or re-admit) an annotator: the judgments stay, aggregates leave them out.
+
+    An excluded annotator's judgments and lease free their places, so others judge
+    those pairs again; re-admitting counts the judgments back (a unit may then hold
+    more than it needs).  The study's version moves, so every slice is redone in full.
+    """
     from arena.services import online_elo_reset
 
-    updated = StudyMember.objects.filter(study=study, user=user).update(excluded=excluded)
-    if not updated:
-        raise ServiceError(f"{user} is not a member of this study")
+    with transaction.atomic():
+        changed = StudyMember.objects.filter(study=study, user=user).exclude(excluded=excluded).update(
+            excluded=excluded
+        )
+        if not changed:
+            if not StudyMember.objects.filter(study=study, user=user).exists():
+                raise ServiceError(f"{user} is not a member of this study")
+            return
+        # Every assignment that holds a place is exactly one with released=False.
+        if excluded:
+            holding = Assignment.objects.filter(study=study, annotator=user, released=False)
+        else:
+            holding = Assignment.objects.filter(study=study, annotator=user, submitted_at__isnull=False)
+        # (unit, annotator) is unique, so each unit moves by exactly one place.
+        step = -1 if excluded else 1
+        Unit.objects.filter(pk__in=holding.values("unit_id")).update(taken=F("taken") + step)
+        holding.update(released=excluded)
+        Study.objects.filter(pk=study.pk).update(version=F("version") + 1)
     online_elo_reset(study_id=study.pk)  # the sequential preview cannot un-count votes; replay it
-    _enqueue_ratings(study.pk, force=True)
+    _request_ratings(study.pk)
 
 
 # --- prompts -------------------------------------------------------------------------
@@ -204,25 +235,21 @@ def outputs_import(*, candidate: Candidate, data: bytes, filename: str) -> int:
     prompts = dict(study.prompts.values_list("external_id", "pk"))
     rows = uploads.parse_imported_outputs(data, filename, known_prompt_ids=set(prompts)).rows
     now = timezone.now()
+    fields = ["status", "text", "error", "latency_ms", "cost", "prompt_tokens", "completion_tokens", "finished_at",
+              "settings"]
     with transaction.atomic():
-        for row in rows:
-            Output.objects.update_or_create(
-                study=study,
-                prompt_id=prompts[row.prompt_id],
-                candidate=candidate,
-                sample_index=row.sample_index,
-                defaults={
-                    "status": Output.Status.DONE,
-                    "text": row.text,
-                    "error": "",
-                    "latency_ms": row.latency_ms,
-                    "cost": row.cost,
-                    "prompt_tokens": row.prompt_tokens,
-                    "completion_tokens": row.completion_tokens,
-                    "finished_at": now,
-                    "settings": {"imported_from": filename},
-                },
-            )
+        Output.objects.bulk_create(
+            [
+                Output(study=study, prompt_id=prompts[row.prompt_id], candidate=candidate,
+                       sample_index=row.sample_index, status=Output.Status.DONE, text=row.text, error="",
+                       latency_ms=row.latency_ms, cost=row.cost, prompt_tokens=row.prompt_tokens,
+                       completion_tokens=row.completion_tokens, finished_at=now,
+                       settings={"imported_from": filename})
+                for row in rows
+            ],
+            update_conflicts=True, unique_fields=["study", "prompt", "candidate", "sample_index"],
+            update_fields=fields, batch_size=2000,
+        )
     units_build(study=study)
     return len(rows)
 
@@ -234,8 +261,10 @@ def _output_seed(study: Study, sample_index: int) -> int:
 def generation_start(*, study: Study, candidates: Sequence[Candidate] | None = None) -> int:
     """Create the pending outputs of every generating candidate and enqueue their batches.
 
-    Safe to press twice: outputs are unique per (prompt, candidate, sample), and only
-    pending outputs that no task holds are enqueued.  Returns the number of outputs queued.
+    Safe to press twice, or from two tabs at once: outputs are unique per (prompt,
+    candidate, sample), and an output goes from pending to queued by a conditional
+    UPDATE before its batch is enqueued, so no output is queued twice.  Returns the
+    number of outputs queued.
     """
     candidates = list(candidates if candidates is not None else study.candidates.all())
     generating = [c for c in candidates if c.backend != Candidate.Backend.IMPORTED]
@@ -259,27 +288,46 @@ def generation_start(*, study: Study, candidates: Sequence[Candidate] | None = N
         ignore_conflicts=True,
     )
     _release_stale_claims(study)
-    queued = 0
-    for cand in generating:
-        pending = list(
-            Output.objects.filter(candidate=cand, status=Output.Status.PENDING, claim="")
-            .order_by("prompt__position", "sample_index")
-            .values_list("pk", flat=True)
-        )
-        batch = int(cand.spec.get("batch_size") or django_settings.EVALSITE_GENERATION_BATCH)
-        for i in range(0, len(pending), batch):
-            _enqueue_generation(cand.pk, pending[i : i + batch])
-        queued += len(pending)
-    return queued
+    return sum(_queue_pending(cand) for cand in generating)
+
+
+def _queue_pending(candidate: Candidate) -> int:
+    """Mark a candidate's pending outputs queued (one conditional UPDATE) and enqueue them in batches.
+
+    The UPDATE stamps a fresh queue token, so only the outputs this call moved are
+    enqueued, even when another request queues the same candidate at the same moment.
+    """
+    token = f"queued:{secrets.token_hex(8)}"
+    moved = Output.objects.filter(candidate=candidate, status=Output.Status.PENDING, claim="").update(
+        status=Output.Status.QUEUED, claim=token, claimed_at=timezone.now()
+    )
+    if not moved:
+        return 0
+    pending = list(
+        Output.objects.filter(candidate=candidate, status=Output.Status.QUEUED, claim=token)
+        .order_by("prompt__position", "sample_index")
+        .values_list("pk", flat=True)
+    )
+    batch = int(candidate.spec.get("batch_size") or django_settings.EVALSITE_GENERATION_BATCH)
+    for i in range(0, len(pending), batch):
+        _enqueue_generation(candidate.pk, pending[i : i + batch])
+    return len(pending)
 
 
 def _release_stale_claims(study: Study) -> int:
     """Free outputs whose task died without a redelivery (e.g. a killed worker whose broker
-    cannot redeliver): running for longer than the hard task time limit means nobody holds them."""
-    limit = timedelta(seconds=django_settings.CELERY_TASK_TIME_LIMIT + 60)
-    return Output.objects.filter(
-        study=study, status=Output.Status.RUNNING, claimed_at__lt=timezone.now() - limit
+    cannot redeliver): running for longer than the hard task time limit means nobody holds
+    them; queued for longer than ``EVALSITE_QUEUED_STALE_SECONDS`` means the message is lost."""
+    now = timezone.now()
+    limit = timedelta(seconds=django_settings.EVALSITE_GENERATION_TIME_LIMIT + 60)
+    running = Output.objects.filter(
+        study=study, status=Output.Status.RUNNING, claimed_at__lt=now - limit
     ).update(status=Output.Status.PENDING, claim="")
+    queued = Output.objects.filter(
+        study=study, status=Output.Status.QUEUED,
+        claimed_at__lt=now - timedelta(seconds=django_settings.EVALSITE_QUEUED_STALE_SECONDS),
+    ).update(status=Output.Status.PENDING, claim="")
+    return running + queued
 
 
 def _enqueue_generation(candidate_id: int, output_ids: list[int]) -> None:
@@ -295,14 +343,15 @@ def output_retry(*, output: Output) -> None:
     )
     if not updated:
         raise ServiceError("only a failed output can be retried")
-    _enqueue_generation(output.candidate_id, [output.pk])
+    _queue_pending(output.candidate)
 
 
 def outputs_retry_failed(*, study: Study) -> int:
-    failed = list(study.outputs.filter(status=Output.Status.FAILED).select_related("candidate"))
-    for output in failed:
-        output_retry(output=output)
-    return len(failed)
+    """Queue every failed output again, in batches per candidate (not one task per output)."""
+    failed = Output.objects.filter(study=study, status=Output.Status.FAILED)
+    candidate_ids = set(failed.values_list("candidate_id", flat=True).distinct())
+    failed.update(status=Output.Status.PENDING, error="", claim="")
+    return sum(_queue_pending(c) for c in Candidate.objects.filter(pk__in=candidate_ids))
 
 
 def generation_claim(*, output_ids: Sequence[int], claim: str) -> list[int]:
@@ -313,7 +362,7 @@ def generation_claim(*, output_ids: Sequence[int], claim: str) -> list[int]:
     """
     with transaction.atomic():
         Output.objects.filter(pk__in=output_ids).filter(
-            Q(status=Output.Status.PENDING) | Q(status=Output.Status.RUNNING, claim=claim)
+            Q(status__in=[Output.Status.QUEUED, Output.Status.PENDING]) | Q(status=Output.Status.RUNNING, claim=claim)
         ).update(
             status=Output.Status.RUNNING, claim=claim, claimed_at=timezone.now(), attempts=F("attempts") + 1
         )
@@ -384,128 +433,193 @@ def units_build(*, study: Study, prompt_ids: Iterable[int] | None = None) -> int
 
     Pairs use the same sample index; idempotent (unique pair constraint).  ``prompt_ids``
     limits the work to those prompts (a generation batch touches only its own), so a
-    large study is not rescanned after every batch.  Returns the number of units the
-    study has afterwards.
+    large study is not rescanned after every batch.  Each new unit gets its candidate
+    pair, a random serving key and its position among its pair's units (whose parity
+    balances left and right).  Returns the number of units the study has afterwards.
     """
     done = Output.objects.filter(study=study, status=Output.Status.DONE)
+    existing_units = Unit.objects.filter(study=study)
     if prompt_ids is not None:
-        done = done.filter(prompt_id__in=list(prompt_ids))
-    done = (
-        done
-        .values_list("pk", "prompt_id", "sample_index")
-        .order_by("prompt_id", "sample_index", "pk")
-    )
-    groups: dict[tuple[int, int], list[int]] = {}
-    for pk, prompt_id, sample in done:
-        groups.setdefault((prompt_id, sample), []).append(pk)
-    units = [
-        Unit(study=study, prompt_id=prompt_id, output_a_id=a, output_b_id=b, needed=study.overlap)
-        for (prompt_id, _), ids in groups.items()
-        for a, b in combinations(sorted(ids), 2)
+        prompt_ids = list(prompt_ids)
+        done = done.filter(prompt_id__in=prompt_ids)
+        existing_units = existing_units.filter(prompt_id__in=prompt_ids)
+    rows = done.values_list("pk", "prompt_id", "sample_index", "candidate_id").order_by("prompt_id", "sample_index", "pk")
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for pk, prompt_id, sample, cand in rows:
+        groups.setdefault((prompt_id, sample), []).append((pk, cand))
+    existing = set(existing_units.values_list("output_a_id", "output_b_id"))
+    new = [
+        (prompt_id, a, b)
+        for (prompt_id, _), outs in groups.items()
+        for a, b in combinations(sorted(outs), 2)
+        if (a[0], b[0]) not in existing and a[1] != b[1]
     ]
-    Unit.objects.bulk_create(units, ignore_conflicts=True, batch_size=500)
-    return study.units.count()
+    if new:
+        seq = dict(
+            ((lo, hi), n) for lo, hi, n in Unit.objects.filter(study=study)
+            .values("cand_lo", "cand_hi").annotate(n=Count("id")).values_list("cand_lo", "cand_hi", "n")
+        )
+        units = []
+        for prompt_id, (oa, ca), (ob, cb) in new:
+            lo, hi = min(ca, cb), max(ca, cb)
+            n = seq.get((lo, hi), 0)
+            seq[(lo, hi)] = n + 1
+            units.append(Unit(study=study, prompt_id=prompt_id, output_a_id=oa, output_b_id=ob, needed=study.overlap,
+                              cand_lo_id=lo, cand_hi_id=hi, a_is_lo=ca == lo, pair_seq=n,
+                              shuffle=random.randrange(2**31)))
+        Unit.objects.bulk_create(units, ignore_conflicts=True, batch_size=2000)
+    total = Unit.objects.filter(study=study).count()
+    Study.objects.filter(pk=study.pk).update(units_total=total)
+    study.units_total = total
+    return total
 
 
-def _live_filter(now: datetime, study_id: int, prefix: str = "assignments__") -> Q:
-    """Assignments that hold a place on their unit: judged or leased, by someone not excluded.
-
-    An excluded annotator's judgments stay in the database but free their places, so the
-    pairs they judged are served to others.
-    """
-    excluded = StudyMember.objects.filter(study_id=study_id, excluded=True).values("user")
-    live = Q(**{f"{prefix}submitted_at__isnull": False}) | Q(**{f"{prefix}expires_at__gt": now})
-    return live & ~Q(**{f"{prefix}annotator__in": excluded})
+def _lease_seconds() -> int:
+    return django_settings.EVALSITE_LEASE_MINUTES * 60
 
 
-def assignment_next(*, study: Study, annotator, now: datetime | None = None) -> Assignment | None:
-    """Lease the next unit for an annotator, or return the lease they already hold.
+def leases_release_expired(*, study_id: int, now: datetime | None = None) -> int:
+    """Give back the places of expired, unsubmitted leases (their annotators walked away).
 
-    Units with the fewest live leases and judgments come first, so overlap fills evenly;
-    a unit is never leased beyond ``needed`` (live leases plus judgments).  The unit
-    row is locked (``SKIP LOCKED`` on PostgreSQL; SQLite serialises writers) and its
-    count rechecked before the lease is written.
+    Rows another transaction holds (a submit in flight) are skipped; each released
+    lease frees exactly one place on its unit.  Returns how many were released.
     """
     now = now or timezone.now()
-    lease = timedelta(minutes=django_settings.EVALSITE_LEASE_MINUTES)
-    held = (
-        Assignment.objects.filter(
-            unit__study=study, annotator=annotator, submitted_at__isnull=True, expires_at__gt=now
+    with transaction.atomic():
+        expired = list(
+            Assignment.objects.select_for_update(skip_locked=True)
+            .filter(study_id=study_id, submitted_at__isnull=True, released=False, expires_at__lte=now)
+            .values_list("pk", "unit_id")[:10_000]
         )
-        .order_by("leased_at")
+        if not expired:
+            return 0
+        Assignment.objects.filter(pk__in=[pk for pk, _ in expired]).update(released=True)
+        _units_move_taken([unit_id for _, unit_id in expired])
+    return len(expired)
+
+
+def _units_move_taken(unit_ids: Sequence[int], step: int = -1) -> None:
+    """Move ``taken`` by ``step`` for each occurrence of a unit id (one UPDATE per multiplicity)."""
+    per_unit = Counter(unit_ids)
+    by_times: dict[int, list[int]] = {}
+    for unit_id, times in per_unit.items():
+        by_times.setdefault(times, []).append(unit_id)
+    for times, ids in by_times.items():
+        Unit.objects.filter(pk__in=ids).update(taken=F("taken") + step * times)
+
+
+def _sweep_if_due(study: Study, now: datetime) -> None:
+    """Release expired leases at most once a minute per study; a conditional UPDATE picks who sweeps."""
+    if study.lease_sweep_at is not None and study.lease_sweep_at > now:
+        return
+    nxt = now + timedelta(seconds=min(60, _lease_seconds()))
+    won = Study.objects.filter(pk=study.pk).filter(
+        Q(lease_sweep_at__isnull=True) | Q(lease_sweep_at__lte=now)
+    ).update(lease_sweep_at=nxt)
+    study.lease_sweep_at = nxt
+    if won:
+        leases_release_expired(study_id=study.pk, now=now)
+
+
+def lease_held(*, study: Study, annotator) -> Assignment | None:
+    """The annotator's open lease in this study, with its texts (at most one exists)."""
+    return (
+        Assignment.objects.select_related("unit__prompt", "unit__output_a", "unit__output_b")
+        .filter(study=study, annotator=annotator, submitted_at__isnull=True, released=False)
         .first()
     )
-    if held:
-        return held
-    done_by_me = Assignment.objects.filter(annotator=annotator, submitted_at__isnull=False).values("unit")
-    open_units = (
-        Unit.objects.filter(study=study)
-        .exclude(pk__in=done_by_me)
-        .annotate(live=Count("assignments", filter=_live_filter(now, study.pk)))
-        .filter(live__lt=F("needed"))
-        .order_by("live", "pk")
-        .values_list("pk", flat=True)[: 512 if study.adaptive_sampling else 64]
-    )
-    choices = list(open_units)
-    random.shuffle(choices)
-    if study.adaptive_sampling and len(choices) > 1:
-        choices = _adaptive_order(study, choices)
-    for unit_id in choices:
-        with transaction.atomic():
-            unit = Unit.objects.select_for_update(skip_locked=True).filter(pk=unit_id).first()
-            if unit is None:
+
+
+def assignment_next(*, study: Study, annotator, now: datetime | None = None,
+                    check_held: bool = True) -> Assignment | None:
+    """Lease the next unit for an annotator, or return the lease they already hold.
+
+    The cost does not depend on the study's size: one scan of the open-units index
+    (fewest places taken first, in a random order among equals) that skips units the
+    annotator already holds or judged (an index probe on (unit, annotator)) and units
+    another transaction is leasing (``SKIP LOCKED``); then a conditional
+    ``UPDATE ... taken = taken + 1 WHERE taken < needed`` whose row count is the
+    decision, and the lease row.  When nothing was found it releases expired leases
+    and looks once more, waiting for locked units instead of skipping them, before
+    saying there is nothing left.  ``check_held=False`` skips the look-up of a held
+    lease (the caller just closed it); the database's one-open-lease constraint
+    still holds, and a clash returns the lease held.
+    """
+    now = now or timezone.now()
+    if check_held:
+        held = lease_held(study=study, annotator=annotator)
+        if held is not None:
+            return _renew(held, now)
+    _sweep_if_due(study, now)
+    for attempt in range(2):
+        for pair in _adaptive_pairs(study) if study.adaptive_sampling else [None]:
+            try:
+                assignment = _lease_one(study, annotator, now, pair=pair, skip_locked=attempt == 0)
+            except IntegrityError:  # another request of this annotator leased first
+                held = lease_held(study=study, annotator=annotator)
+                if held is not None:
+                    return held
                 continue
-            taken = unit.assignments.filter(_live_filter(now, study.pk, prefix="")).exclude(annotator=annotator)
-            if taken.count() >= unit.needed:
-                continue
-            left_a = unit.assignments.filter(left_is_a=True).count()
-            left_b = unit.assignments.filter(left_is_a=False).count()
-            left_is_a = secrets.randbelow(2) == 0 if left_a == left_b else left_a < left_b
-            assignment, _ = Assignment.objects.update_or_create(
-                unit=unit,
-                annotator=annotator,
-                defaults={
-                    "token": secrets.token_urlsafe(32),
-                    "left_is_a": left_is_a,
-                    "leased_at": now,
-                    "expires_at": now + lease,
-                },
-            )
-            return assignment
+            if assignment is not None:
+                return assignment
+        if attempt == 0:
+            leases_release_expired(study_id=study.pk, now=now)
     return None
 
 
-def _adaptive_order(study: Study, unit_ids: list[int]) -> list[int]:
-    """Order open units so the pair whose next vote most shrinks rating uncertainty comes first.
+def _renew(held: Assignment, now: datetime) -> Assignment:
+    """An annotator back on the lease they hold gets it for another full period."""
+    if held.expires_at - now < timedelta(seconds=_lease_seconds() / 2):
+        held.expires_at = now + timedelta(seconds=_lease_seconds())
+        Assignment.objects.filter(pk=held.pk, submitted_at__isnull=True).update(expires_at=held.expires_at)
+    return held
 
-    Uses the last leaderboard snapshot (ratings, bootstrap covariance, battles per pair)
-    and :func:`arena.sampling.pair_scores`; pairs with a model not yet rated go first.
-    Without a snapshot the order stays random (uniform sampling).
+
+def _lease_one(study: Study, annotator, now: datetime, *, pair: tuple[int, int] | None,
+               skip_locked: bool) -> Assignment | None:
+    mine = Assignment.objects.filter(unit=OuterRef("pk"), annotator=annotator, released=False)
+    units = Unit.objects.filter(study=study, taken__lt=F("needed")).filter(~Exists(mine))
+    if pair is not None:
+        units = units.filter(cand_lo=pair[0], cand_hi=pair[1])
+    with transaction.atomic():
+        unit = (
+            units.order_by("taken", "shuffle")
+            .select_related("prompt", "output_a", "output_b")
+            .select_for_update(skip_locked=skip_locked, of=("self",))
+            .first()
+        )
+        if unit is None:
+            return None
+        if not Unit.objects.filter(pk=unit.pk, taken__lt=F("needed")).update(taken=F("taken") + 1):
+            return None
+        # Sides alternate over the units of a candidate pair and over each unit's takers,
+        # so every candidate pair is shown each way round equally often.
+        lo_left = (unit.pair_seq + unit.taken) % 2 == 0
+        assignment = Assignment(
+            study=study, unit=unit, annotator=annotator, token=secrets.token_urlsafe(32),
+            left_is_a=lo_left == unit.a_is_lo, leased_at=now, expires_at=now + timedelta(seconds=_lease_seconds()),
+            released=False, submitted_at=None,
+        )
+        # A lease of this unit released earlier (it expired) is taken over in place.
+        Assignment.objects.bulk_create(
+            [assignment], update_conflicts=True, unique_fields=["unit", "annotator"],
+            update_fields=["token", "left_is_a", "leased_at", "expires_at", "released"],
+        )
+    assignment.unit = unit
+    return assignment
+
+
+def _adaptive_pairs(study: Study) -> list[tuple[int, int] | None]:
+    """Candidate pairs to try first, the most informative first, then any open unit.
+
+    Scores candidate pairs (not units) from the last leaderboard snapshot with
+    :func:`arena.sampling.pair_scores`, so the cost depends on the number of candidates,
+    never on the number of units.  Pairs with a candidate not yet rated go first.
+    Without a snapshot the order stays uniform.
     """
-    import numpy as np
+    from arena.services import adaptive_pair_order
 
-    from arena import sampling
-    from arena.services import adaptive_state
-
-    state = adaptive_state(study.pk)
-    if state is None:
-        return unit_ids
-    models, rating, cov, pair_battles = state
-    names = dict(Candidate.objects.filter(study=study).values_list("pk", "name"))
-    index = {name: i for i, name in enumerate(models)}
-    rows = Unit.objects.filter(pk__in=unit_ids).values_list(
-        "pk", "output_a__candidate_id", "output_b__candidate_id")
-    known, unknown = [], []
-    for pk, ca, cb in rows:
-        i, j = index.get(names[ca]), index.get(names[cb])
-        (known if i is not None and j is not None else unknown).append((pk, i, j))
-    if not known:
-        return unit_ids
-    scores = sampling.pair_scores(rating, pair_battles, [(i, j) for _, i, j in known], cov=cov)
-    jitter = np.random.default_rng().random(len(known)) * 1e-9  # random among equal scores
-    ranked = [known[k][0] for k in np.argsort(-(scores + jitter))]
-    random.shuffle(unknown)
-    return [pk for pk, _, _ in unknown] + ranked
+    return [*adaptive_pair_order(study.pk)[:3], None]
 
 
 @dataclass(frozen=True)
@@ -520,32 +634,21 @@ class TaskView:
     remaining: int
 
 
-SIDE_CHOICES = ("left", "right", "tie", "both_bad")
+def task_view(*, assignment: Assignment, done: int, units_total: int) -> TaskView:
+    """The page of one lease; ``done`` and ``units_total`` come from counters, not counts.
 
-
-def task_view(*, assignment: Assignment) -> TaskView:
-    unit = Unit.objects.select_related("prompt", "output_a", "output_b").get(pk=assignment.unit_id)
+    ``remaining`` is an upper bound: the units this annotator has not judged yet, less
+    the one on screen; others may fill some of them first.
+    """
+    unit = assignment.unit
     first, second = (unit.output_a, unit.output_b) if assignment.left_is_a else (unit.output_b, unit.output_a)
-    done = Judgment.objects.filter(study_id=unit.study_id, annotator_id=assignment.annotator_id).count()
     return TaskView(
         token=assignment.token,
         prompt=unit.prompt.text,
         left=first.text,
         right=second.text,
         done=done,
-        remaining=annotator_remaining(study_id=unit.study_id, annotator=assignment.annotator),
-    )
-
-
-def annotator_remaining(*, study_id: int, annotator, now: datetime | None = None) -> int:
-    now = now or timezone.now()
-    done_by_me = Assignment.objects.filter(annotator=annotator, submitted_at__isnull=False).values("unit")
-    return (
-        Unit.objects.filter(study_id=study_id)
-        .exclude(pk__in=done_by_me)
-        .annotate(live=Count("assignments", filter=_live_filter(now, study_id) & ~Q(assignments__annotator=annotator)))
-        .filter(live__lt=F("needed"))
-        .count()
+        remaining=max(0, units_total - done - 1),
     )
 
 
@@ -564,51 +667,51 @@ def judgment_submit(
     rationale: str = "",
     active_ms: int | None = None,
     now: datetime | None = None,
-) -> Judgment:
+) -> tuple[Judgment, bool]:
     """Record an annotator's verdict on their assignment, in terms of outputs.
 
-    Repeating the same verdict (a double click, a retried request) returns the first
-    judgment; a different verdict on a submitted task is refused.  A lease that expired
-    is still accepted while the unit has a free place.
+    Returns ``(judgment, created)``.  Repeating the same verdict (a double click, a
+    retried request) returns the first judgment with ``created`` false; a different
+    verdict on a submitted task is refused.  A lease past its
+    time still holds its place until it is released; a released one is accepted when
+    its unit still has a free place.  The annotator's ``done`` counter moves with the
+    judgment, in the same transaction, and one leaderboard refresh is requested.
     """
-    if choice not in SIDE_CHOICES:
-        raise ServiceError(f"unknown choice {choice!r}; use one of {', '.join(SIDE_CHOICES)}")
+    try:
+        outcome = outcomes.STORED[outcomes.from_choice(choice, assignment.left_is_a)]
+    except ValueError as exc:
+        raise ServiceError(str(exc)) from None
     now = now or timezone.now()
-    if choice == "left":
-        outcome = Judgment.Outcome.A if assignment.left_is_a else Judgment.Outcome.B
-    elif choice == "right":
-        outcome = Judgment.Outcome.B if assignment.left_is_a else Judgment.Outcome.A
-    else:
-        outcome = Judgment.Outcome.TIE if choice == "tie" else Judgment.Outcome.BOTH_BAD
     try:
         with transaction.atomic():
-            locked = Assignment.objects.select_for_update().select_related("unit").get(pk=assignment.pk)
-            existing = Judgment.objects.filter(assignment=locked).first()
-            if existing is not None:
-                return _same_or_refuse(existing, outcome)
-            if locked.expires_at <= now:
-                taken = locked.unit.assignments.filter(
-                    _live_filter(now, locked.unit.study_id, prefix="")
-                ).exclude(pk=locked.pk)
-                if taken.count() >= locked.unit.needed:
+            closed = Assignment.objects.filter(
+                pk=assignment.pk, submitted_at__isnull=True, released=False
+            ).update(submitted_at=now)
+            if not closed:
+                state = Assignment.objects.filter(pk=assignment.pk).values("submitted_at", "released").get()
+                if state["submitted_at"] is not None:
+                    return _same_or_refuse(Judgment.objects.get(assignment_id=assignment.pk), outcome), False
+                if not Unit.objects.filter(pk=assignment.unit_id, taken__lt=F("needed")).update(taken=F("taken") + 1):
                     raise LeaseExpired("This task's lease expired and someone else has taken it.")
+                Assignment.objects.filter(pk=assignment.pk).update(submitted_at=now, released=False)
             judgment = Judgment.objects.create(
-                assignment=locked,
-                study_id=locked.unit.study_id,
-                unit=locked.unit,
-                annotator_id=locked.annotator_id,
+                assignment_id=assignment.pk,
+                study_id=assignment.study_id,
+                unit_id=assignment.unit_id,
+                annotator_id=assignment.annotator_id,
                 outcome=outcome,
-                left_is_a=locked.left_is_a,
+                left_is_a=assignment.left_is_a,
                 rationale=rationale.strip()[:5000],
-                served_at=locked.leased_at,
+                served_at=assignment.leased_at,
                 active_ms=active_ms,
             )
-            Assignment.objects.filter(pk=locked.pk).update(submitted_at=now)
+            StudyMember.objects.filter(study_id=assignment.study_id, user_id=assignment.annotator_id).update(
+                done=F("done") + 1
+            )
     except IntegrityError:
-        existing = Judgment.objects.get(assignment_id=assignment.pk)
-        return _same_or_refuse(existing, outcome)
-    _enqueue_ratings(judgment.study_id)
-    return judgment
+        return _same_or_refuse(Judgment.objects.get(assignment_id=assignment.pk), outcome), False
+    _request_ratings(judgment.study_id, vote=True)
+    return judgment, True
 
 
 def _same_or_refuse(existing: Judgment, outcome: str) -> Judgment:
@@ -617,10 +720,10 @@ def _same_or_refuse(existing: Judgment, outcome: str) -> Judgment:
     raise AlreadySubmitted("This task was already submitted with another answer.")
 
 
-def _enqueue_ratings(study_id: int, force: bool = False) -> None:
-    from arena.tasks import recompute_ratings
+def _request_ratings(study_id: int, *, vote: bool = False) -> None:
+    from arena.services import ratings_request
 
-    recompute_ratings.delay_on_commit(study_id, force=force)
+    ratings_request(study_id=study_id, vote=vote)
 
 
 # --- demo users ---------------------------------------------------------------------
@@ -636,8 +739,6 @@ def user_ensure(*, username: str, password: str, is_staff: bool = False):
 
 # --- battles from outside -----------------------------------------------------------
 
-BATTLE_OUTCOMES = {"model_a": Judgment.Outcome.A, "model_b": Judgment.Outcome.B,
-                   "tie": Judgment.Outcome.TIE, "tie (bothbad)": Judgment.Outcome.BOTH_BAD}
 IMPORT_USERNAME = "battle-import"
 
 
@@ -653,9 +754,12 @@ def battles_import(*, study: Study, model_a: Sequence[str], model_b: Sequence[st
     n = len(winner)
     if not (len(model_a) == len(model_b) == n):
         raise ServiceError("model_a, model_b and winner differ in length")
-    bad = next((i for i, w in enumerate(winner) if w not in BATTLE_OUTCOMES), None)
+    bad = next((i for i, w in enumerate(winner) if w not in outcomes.ARENA_CODE), None)
     if bad is not None:
         raise ServiceError(f"battle {bad}: unknown winner {winner[bad]!r}")
+    same = next((i for i in range(n) if model_a[i] == model_b[i]), None)
+    if same is not None:
+        raise ServiceError(f"battle {same}: {model_a[same]!r} against itself")
     prefix = f"{source}#"
     if study.prompts.filter(external_id__startswith=prefix).exists():
         raise ServiceError(f"battles from {source!r} are already in this study")
@@ -687,21 +791,23 @@ def battles_import(*, study: Study, model_a: Sequence[str], model_b: Sequence[st
                 flip = oa.pk > ob.pk
                 if flip:
                     oa, ob = ob, oa
-                units.append(Unit(study=study, prompt=p, output_a=oa, output_b=ob, needed=1))
+                c_lo, c_hi = sorted((oa.candidate_id, ob.candidate_id))
+                units.append(Unit(study=study, prompt=p, output_a=oa, output_b=ob, needed=1, taken=1,
+                                  cand_lo_id=c_lo, cand_hi_id=c_hi, a_is_lo=oa.candidate_id == c_lo))
                 flipped.append(flip)
             units = Unit.objects.bulk_create(units)
             assignments = Assignment.objects.bulk_create([
-                Assignment(unit=u, annotator=user, token=secrets.token_urlsafe(32), left_is_a=not flip,
+                Assignment(study=study, unit=u, annotator=user, token=secrets.token_urlsafe(32), left_is_a=not flip,
                            leased_at=now, expires_at=now, submitted_at=now)
                 for u, flip in zip(units, flipped)
             ])
             judgments = []
             for a, u, flip, i in zip(assignments, units, flipped, range(lo, hi)):
-                outcome = BATTLE_OUTCOMES[winner[i]]
-                if flip and outcome in (Judgment.Outcome.A, Judgment.Outcome.B):
-                    outcome = Judgment.Outcome.B if outcome == Judgment.Outcome.A else Judgment.Outcome.A
+                code = outcomes.ARENA_CODE[winner[i]]
+                outcome = outcomes.STORED[outcomes.swapped(code) if flip else code]
                 judgments.append(Judgment(assignment=a, study=study, unit=u, annotator=user, outcome=outcome,
                                           left_is_a=not flip, served_at=now))
             Judgment.objects.bulk_create(judgments)
-    _enqueue_ratings(study.pk)
+        Study.objects.filter(pk=study.pk).update(units_total=Unit.objects.filter(study=study).count())
+    _request_ratings(study.pk)
     return n

@@ -1,11 +1,14 @@
 """Celery tasks for generation: ids in, rows re-read, one service called."""
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 
 from . import services
 
 
-@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, soft_time_limit=1800, time_limit=1900)
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True,
+             soft_time_limit=settings.EVALSITE_GENERATION_SOFT_TIME_LIMIT,
+             time_limit=settings.EVALSITE_GENERATION_TIME_LIMIT)
 def generate_outputs(self, candidate_id: int, output_ids: list[int]) -> int:
     """Generate one batch of a candidate's outputs.
 

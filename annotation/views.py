@@ -6,6 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
@@ -212,43 +213,51 @@ def output_retry(request: HttpRequest, study_id: int, output_id: int) -> HttpRes
 # --- annotators ---------------------------------------------------------------------
 
 
-def _task_response(request: HttpRequest, study, assignment, *, error: str = "", status: int = 200) -> HttpResponse:
-    task = services.task_view(assignment=assignment) if assignment else None
-    ctx = {"study_id": study.pk, "study_name": study.name, "task": task, "error": error}
-    if request.htmx:
-        return render(request, "annotation/partials/_task.html", ctx, status=status)
-    return render(request, "annotation/annotate.html", ctx, status=status)
+def _task_response(request: HttpRequest, study, assignment, *, done: int, error: str = "",
+                   status: int = 200) -> HttpResponse:
+    task = services.task_view(assignment=assignment, done=done, units_total=study.units_total) if assignment else None
+    ctx = {"study_id": study.pk, "study_name": study.name, "task": task, "error": error, "done": done}
+    template = "annotation/partials/_task.html" if request.htmx else "annotation/annotate.html"
+    return render(request, template, ctx, status=status)
 
 
+@never_cache
 @login_required
 def annotate(request: HttpRequest, study_id: int) -> HttpResponse:
-    """The annotator's page: the task they hold, or the next one."""
-    study = access.get_study_for_annotator(request.user, study_id)
-    assignment = services.assignment_next(study=study, annotator=request.user)
-    return _task_response(request, study, assignment)
+    """The annotator's page: the task they hold, or the next one.  Never cached: Back shows the current task."""
+    member = access.get_member_for_annotator(request.user, study_id)
+    assignment = services.assignment_next(study=member.study, annotator=request.user)
+    return _task_response(request, member.study, assignment, done=member.done)
 
 
+@never_cache
 @login_required
 @require_POST
 def judgment_submit(request: HttpRequest, token: str) -> HttpResponse:
-    """Record a verdict and answer with the next task in the same round trip."""
+    """Record a verdict and answer with the next task in the same round trip.
+
+    A refused vote (400: a bad form; 409: already answered otherwise, or the lease
+    expired and the place went to someone else) answers with its message and the
+    annotator's current task, which htmx swaps in like any other answer.
+    """
     assignment = access.get_assignment_for_annotator(request.user, token)
-    study = access.get_study_for_annotator(request.user, assignment.unit.study_id)
+    study, done = assignment.study, assignment.member_done
     form = JudgmentForm(request.POST)
     if not form.is_valid():
         errors = "; ".join(f"{field}: {' '.join(errs)}" for field, errs in form.errors.items())
-        return _task_response(request, study, assignment, error=f"Not recorded: {errors}", status=400)
+        current = services.assignment_next(study=study, annotator=request.user)
+        return _task_response(request, study, current, done=done, error=f"Not recorded: {errors}", status=400)
     try:
-        services.judgment_submit(
+        _, created = services.judgment_submit(
             assignment=assignment,
             choice=form.cleaned_data["choice"],
             rationale=form.cleaned_data["rationale"] or "",
             active_ms=form.cleaned_data["active_ms"],
         )
     except services.ServiceError as exc:
-        nxt = services.assignment_next(study=study, annotator=request.user)
-        return _task_response(request, study, nxt, error=str(exc), status=409)
-    nxt = services.assignment_next(study=study, annotator=request.user)
-    return _task_response(request, study, nxt)
-
-
+        current = services.assignment_next(study=study, annotator=request.user)
+        return _task_response(request, study, current, done=done, error=str(exc), status=409)
+    done += created
+    # The lease just closed was the annotator's only open one unless this was a repeat.
+    nxt = services.assignment_next(study=study, annotator=request.user, check_held=not created)
+    return _task_response(request, study, nxt, done=done)

@@ -1,15 +1,22 @@
 """Recompute and store leaderboard snapshots (run in a worker, never on a request)."""
 from __future__ import annotations
 
+import logging
 import math
+import time
+from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from annotation.models import Study
+
 from . import ratings, selectors
-from .models import RatingSnapshot
+from .models import RatingRequest, RatingSnapshot
+
+log = logging.getLogger(__name__)
 
 # Used only when the plain maximum-likelihood fit does not exist (a model that never
 # loses, or a comparison graph in pieces); the page states it when it is used.
@@ -26,8 +33,10 @@ def ratings_recompute(*, study_id: int, slice_key: str = selectors.ALL, force: b
     of votes queues many recomputes; they collapse into one), unless ``force``.  The
     bootstrap seed is derived from the data, so the same judgments give the same intervals.
     """
+    version = Study.objects.values_list("version", flat=True).get(pk=study_id)
     current = RatingSnapshot.objects.filter(study_id=study_id, slice_key=slice_key, method=BT).first()
-    if current and not force and current.last_judgment_id >= selectors.latest_judgment_id(study_id, slice_key):
+    if (current and not force and current.study_version == version
+            and current.last_judgment_id >= selectors.latest_judgment_id(study_id, slice_key)):
         return current
     table = selectors.battle_table(study_id, slice_key)
     payload = leaderboard_payload(table, rounds=rounds or settings.EVALSITE_BOOTSTRAP_ROUNDS,
@@ -35,9 +44,71 @@ def ratings_recompute(*, study_id: int, slice_key: str = selectors.ALL, force: b
     with transaction.atomic():
         snapshot, _ = RatingSnapshot.objects.update_or_create(
             study_id=study_id, slice_key=slice_key, method=BT,
-            defaults={"payload": payload, "n_judgments": table.n_judgments,
+            defaults={"payload": payload, "n_judgments": table.n_judgments, "study_version": version,
                       "last_judgment_id": table.last_judgment_id, "computed_at": timezone.now()},
         )
+    return snapshot
+
+
+def ratings_request(*, study_id: int, slice_key: str = selectors.ALL, vote: bool = False) -> bool:
+    """Ask for a refresh of one slice's leaderboard: the one place that requests a recompute.
+
+    Votes, exclusions, imports and the Recompute button all call this.  The request is
+    a marker row per (study, slice): the call that flips it from idle to pending (a
+    conditional UPDATE; its row count decides) enqueues one task on the ``aggregation``
+    queue, delayed so that a slice is refreshed at most once per
+    ``EVALSITE_RATINGS_MIN_INTERVAL`` seconds; calls that find it pending do nothing,
+    because the queued task has not yet claimed it and will count their votes.
+    ``vote=True`` (the vote path) trusts that the "all" marker exists, as
+    :func:`annotation.services.study_create` makes it, and so costs one UPDATE that
+    locks nothing while the marker is pending.  Returns whether a task was enqueued.
+    """
+    now = timezone.now()
+    flipped = RatingRequest.objects.filter(study_id=study_id, slice_key=slice_key, pending=False).update(
+        pending=True, requested_at=now
+    )
+    if flipped:
+        started = RatingRequest.objects.values_list("started_at", flat=True).get(
+            study_id=study_id, slice_key=slice_key)
+    else:
+        if vote:
+            return False
+        _, created = RatingRequest.objects.get_or_create(
+            study_id=study_id, slice_key=slice_key, defaults={"pending": True, "requested_at": now}
+        )
+        if not created:
+            return False
+        started = None
+    interval = timedelta(seconds=settings.EVALSITE_RATINGS_MIN_INTERVAL)
+    countdown = 0.0 if started is None else max(0.0, (started + interval - now).total_seconds())
+    from .tasks import recompute_ratings
+
+    transaction.on_commit(lambda: recompute_ratings.apply_async((study_id, slice_key), countdown=countdown))
+    return True
+
+
+def ratings_refresh(*, study_id: int, slice_key: str = selectors.ALL) -> RatingSnapshot | None:
+    """The worker's side of :func:`ratings_request`: claim the pending marker, then recompute.
+
+    The claim is a conditional UPDATE, so a task delivered twice or two workers racing
+    recompute once; judgments committed before the claim are all counted, and any vote
+    after it flips the marker again.  The "all" slice also advances the online-Elo
+    preview and requests every other slice (each its own task).  Returns None when
+    there was nothing to claim.
+    """
+    claimed = RatingRequest.objects.filter(study_id=study_id, slice_key=slice_key, pending=True).update(
+        pending=False, started_at=timezone.now()
+    )
+    if not claimed:
+        return None
+    started = time.perf_counter()
+    snapshot = ratings_recompute(study_id=study_id, slice_key=slice_key)
+    if slice_key == selectors.ALL:
+        online_elo_update(study_id=study_id)
+        for s in selectors.study_slices(study_id)[1:]:
+            ratings_request(study_id=study_id, slice_key=s.key)
+    log.info("ratings of study %s slice %s refreshed from %s judgments in %.2f s", study_id, slice_key,
+             snapshot.n_judgments, time.perf_counter() - started)
     return snapshot
 
 
@@ -175,15 +246,6 @@ def online_elo_reset(*, study_id: int) -> None:
     RatingSnapshot.objects.filter(study_id=study_id, method=ONLINE_ELO).delete()
 
 
-def stale_slices(study_id: int) -> list[str]:
-    """Slices other than "all" whose snapshot (already asked for once) misses newer judgments."""
-    out = []
-    for snap in RatingSnapshot.objects.filter(study_id=study_id, method=BT).exclude(slice_key=selectors.ALL):
-        if selectors.latest_judgment_id(study_id, snap.slice_key) > snap.last_judgment_id:
-            out.append(snap.slice_key)
-    return out
-
-
 def adaptive_state(study_id: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray] | None:
     """Ratings, their bootstrap covariance and battles per pair, for adaptive pair sampling."""
     snap = RatingSnapshot.objects.filter(study_id=study_id, slice_key=selectors.ALL, method=BT).first()
@@ -192,3 +254,46 @@ def adaptive_state(study_id: int) -> tuple[list[str], np.ndarray, np.ndarray, np
     p = snap.payload
     return (p["models"], np.array([r["rating"] for r in p["rows"]]), np.array(p["covariance"]),
             np.array(p["pair_battles"], dtype=float))
+
+
+_PAIR_ORDER_CACHE: dict[int, tuple[float, list[tuple[int, int]]]] = {}
+
+
+def adaptive_pair_order(study_id: int, *, max_age: float = 5.0) -> list[tuple[int, int]]:
+    """Candidate-id pairs (lo, hi), the most informative next vote first, for adaptive sampling.
+
+    Scores every candidate pair (O(candidates^2), never O(units)) from the last "all"
+    snapshot with :func:`arena.sampling.pair_scores`; pairs with a candidate not rated
+    yet come first, in random order.  Kept per process for ``max_age`` seconds, so a
+    lease does not re-read the snapshot.  Empty without a snapshot (uniform order).
+    """
+    now = time.monotonic()
+    hit = _PAIR_ORDER_CACHE.get(study_id)
+    if hit and now - hit[0] < max_age:
+        return hit[1]
+    from annotation.models import Candidate
+
+    from . import sampling
+
+    order: list[tuple[int, int]] = []
+    state = adaptive_state(study_id)
+    if state is not None:
+        models, rating, cov, pair_battles = state
+        ids = dict(Candidate.objects.filter(study_id=study_id).values_list("name", "pk"))
+        index = {name: i for i, name in enumerate(models)}
+        rng = np.random.default_rng()
+        known, new = [], []
+        names = sorted(ids)
+        for x in range(len(names)):
+            for y in range(x + 1, len(names)):
+                i, j = index.get(names[x]), index.get(names[y])
+                pair = tuple(sorted((ids[names[x]], ids[names[y]])))
+                (known if i is not None and j is not None else new).append((pair, i, j))
+        if known:
+            scores = sampling.pair_scores(rating, pair_battles, [(i, j) for _, i, j in known], cov=cov)
+            jitter = rng.random(len(known)) * 1e-9  # random among equal scores
+            order = [known[k][0] for k in np.argsort(-(scores + jitter))]
+        rng.shuffle(new)
+        order = [p for p, _, _ in new] + order
+    _PAIR_ORDER_CACHE[study_id] = (now, order)
+    return order

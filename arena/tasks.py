@@ -1,18 +1,17 @@
+"""Celery tasks for aggregation (queue ``aggregation``): ids in, rows re-read, one service called."""
 from celery import shared_task
+from django.conf import settings
 
 from . import selectors, services
 
 
-@shared_task(acks_late=True, soft_time_limit=600, time_limit=660)
-def recompute_ratings(study_id: int, slice_key: str = selectors.ALL, force: bool = False) -> int:
-    """Refresh a slice's leaderboard snapshot; a no-op when it is already current.
+@shared_task(acks_late=True, soft_time_limit=settings.EVALSITE_AGGREGATION_SOFT_TIME_LIMIT,
+             time_limit=settings.EVALSITE_AGGREGATION_TIME_LIMIT)
+def recompute_ratings(study_id: int, slice_key: str = selectors.ALL) -> int | None:
+    """Claim a slice's pending refresh request and recompute its leaderboard snapshot.
 
-    The "all" slice also advances the online-Elo preview and queues the other slices
-    that someone has opened before, each as its own task (they can run in parallel).
+    Enqueued only by :func:`arena.services.ratings_request`; a no-op when another run
+    already claimed the request, so a duplicate delivery costs one UPDATE.
     """
-    snapshot = services.ratings_recompute(study_id=study_id, slice_key=slice_key, force=force)
-    if slice_key == selectors.ALL:
-        services.online_elo_update(study_id=study_id)
-        for key in services.stale_slices(study_id):
-            recompute_ratings.delay(study_id, key)
-    return snapshot.n_judgments
+    snapshot = services.ratings_refresh(study_id=study_id, slice_key=slice_key)
+    return snapshot.n_judgments if snapshot else None

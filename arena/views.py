@@ -12,9 +12,8 @@ from django.views.decorators.http import require_POST
 from annotation import access
 
 from . import plots, selectors
-from .models import RatingSnapshot
-from .services import BT, ONLINE_ELO
-from .tasks import recompute_ratings
+from .models import RatingRequest, RatingSnapshot
+from .services import BT, ONLINE_ELO, ratings_request
 
 
 def leaderboard_context(study, slice_key: str) -> dict:
@@ -22,11 +21,11 @@ def leaderboard_context(study, slice_key: str) -> dict:
     if slice_key not in {s.key for s in slices}:
         slice_key = selectors.ALL
     snapshot = RatingSnapshot.objects.filter(study=study, slice_key=slice_key, method=BT).first()
-    latest = selectors.latest_judgment_id(study.pk, slice_key)
-    ctx = {
-        "study": study, "snapshot": snapshot, "slices": slices, "slice_key": slice_key,
-        "stale": bool(latest and (not snapshot or snapshot.last_judgment_id < latest)),
-    }
+    request = RatingRequest.objects.filter(study=study, slice_key=slice_key).first()
+    # Pending, or claimed by a worker that has not written its snapshot yet: O(1), no count.
+    stale = bool(request and (request.pending or (request.started_at and (
+        not snapshot or snapshot.computed_at < request.started_at))))
+    ctx = {"study": study, "snapshot": snapshot, "slices": slices, "slice_key": slice_key, "stale": stale}
     payload = snapshot.payload if snapshot else {}
     rows = payload.get("rows") or []
     if not rows:
@@ -56,9 +55,8 @@ def leaderboard_context(study, slice_key: str) -> dict:
 @login_required
 def leaderboard(request: HttpRequest, study_id: int) -> HttpResponse:
     study = access.get_study_for_manager(request.user, study_id)
+    # Reads only: the worker refreshes snapshots after votes; the page says how old this one is.
     ctx = leaderboard_context(study, request.GET.get("slice", selectors.ALL))
-    if ctx["stale"]:
-        recompute_ratings.delay(study.pk, ctx["slice_key"])
     template = "arena/partials/_leaderboard.html" if request.htmx else "arena/leaderboard.html"
     return render(request, template, ctx)
 
@@ -70,7 +68,7 @@ def recompute(request: HttpRequest, study_id: int) -> HttpResponse:
     slice_key = request.POST.get("slice", selectors.ALL)
     if slice_key not in {s.key for s in selectors.study_slices(study.pk)}:
         slice_key = selectors.ALL
-    recompute_ratings.delay(study.pk, slice_key, force=True)
+    ratings_request(study_id=study.pk, slice_key=slice_key)
     messages.success(request, "Recomputing; the page refreshes when the worker is done.")
     response = redirect("arena:leaderboard", study_id=study.pk)
     response["Location"] += "?" + urlencode({"slice": slice_key})

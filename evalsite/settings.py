@@ -104,7 +104,10 @@ WSGI_APPLICATION = "evalsite.wsgi.application"
 _SQLITE_PATH = VAR_DIR / "evalsite.sqlite3"
 DATABASES = {
     "default": dj_database_url.config(
-        env="DATABASE_URL", default=f"sqlite:///{_SQLITE_PATH}", conn_max_age=60
+        env="DATABASE_URL", default=f"sqlite:///{_SQLITE_PATH}",
+        # Persistent connections (a vote costs a handful of queries; a new connection costs more),
+        # checked before reuse so a restarted database does not fail the first request.
+        conn_max_age=envint("CONN_MAX_AGE", 600), conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -120,6 +123,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": os.environ.get("EVALSITE_TEST_SQLITE", str(VAR_DIR / "test_evalsite.sqlite3"))
     }
+
+# Sessions are read from the cache and written through to the database, so a vote does
+# not pay a session query.  CACHE_URL (redis://...) shares the cache between web
+# processes and machines; without it each process keeps its own (sessions still work,
+# a miss reads the database).
+CACHE_URL = os.environ.get("CACHE_URL", "")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+    if CACHE_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "evalsite"}
+}
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -174,17 +188,35 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_SOFT_TIME_LIMIT = envint("CELERY_TASK_SOFT_TIME_LIMIT", 1800)
-CELERY_TASK_TIME_LIMIT = envint("CELERY_TASK_TIME_LIMIT", 1900)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "evalsite")
 CELERY_TASK_ALWAYS_EAGER = False
+# Two queues: `generation` (models; GPU machines) and `aggregation` (ratings; any CPU), so a
+# long generation batch never delays a leaderboard refresh.  EVALSITE_QUEUE_PREFIX keeps test
+# runs and several deployments on one broker apart.
+EVALSITE_QUEUE_PREFIX = os.environ.get("EVALSITE_QUEUE_PREFIX", "")
+QUEUE_GENERATION = f"{EVALSITE_QUEUE_PREFIX}generation"
+QUEUE_AGGREGATION = f"{EVALSITE_QUEUE_PREFIX}aggregation"
+CELERY_TASK_DEFAULT_QUEUE = QUEUE_AGGREGATION
+CELERY_TASK_ROUTES = {
+    "annotation.tasks.*": {"queue": QUEUE_GENERATION},
+    "arena.tasks.*": {"queue": QUEUE_AGGREGATION},
+}
+# Task time limits, in one place: read by the task decorators and by the release of stale claims.
+EVALSITE_GENERATION_SOFT_TIME_LIMIT = envint("EVALSITE_GENERATION_SOFT_TIME_LIMIT", 1800)
+EVALSITE_GENERATION_TIME_LIMIT = envint("EVALSITE_GENERATION_TIME_LIMIT", 1900)
+EVALSITE_AGGREGATION_SOFT_TIME_LIMIT = envint("EVALSITE_AGGREGATION_SOFT_TIME_LIMIT", 600)
+EVALSITE_AGGREGATION_TIME_LIMIT = envint("EVALSITE_AGGREGATION_TIME_LIMIT", 660)
+# Queued outputs whose message never reached a worker are queued again after this long.
+EVALSITE_QUEUED_STALE_SECONDS = envint("EVALSITE_QUEUED_STALE_SECONDS", 6 * 3600)
 
 # --- Evalsite -----------------------------------------------------------------------
 EVALSITE_MODELS_DIR = Path(os.environ.get("EVALSITE_MODELS_DIR", VAR_DIR / "models"))
 EVALSITE_LEASE_MINUTES = envint("EVALSITE_LEASE_MINUTES", 30)
 EVALSITE_BOOTSTRAP_ROUNDS = envint("EVALSITE_BOOTSTRAP_ROUNDS", 1000)
 EVALSITE_GENERATION_BATCH = envint("EVALSITE_GENERATION_BATCH", 8)
+# While votes flow, a study's leaderboard is refreshed at most once per this many seconds,
+# and always once after the last vote.
+EVALSITE_RATINGS_MIN_INTERVAL = envint("EVALSITE_RATINGS_MIN_INTERVAL", 5)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

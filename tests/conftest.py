@@ -115,10 +115,11 @@ def _purge_queue() -> None:
         queue_dir.mkdir(parents=True, exist_ok=True)
         return
     with app.connection_for_write() as conn:
-        try:
-            conn.default_channel.queue_purge(settings.CELERY_TASK_DEFAULT_QUEUE)
-        except Exception:  # the queue does not exist yet
-            pass
+        for queue in (settings.QUEUE_GENERATION, settings.QUEUE_AGGREGATION):
+            try:
+                conn.default_channel.queue_purge(queue)
+            except Exception:  # the queue does not exist yet
+                pass
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +133,7 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
            "EVALSITE_TEST_LLM_KEY": WORKER_API_KEY}
     cmd = [sys.executable, "-m", "celery", "-A", "evalsite", "worker", "--loglevel", "INFO",
            "--concurrency", "1", "--without-mingle", "--without-gossip",
-           "--queues", settings.CELERY_TASK_DEFAULT_QUEUE, "--hostname", f"test-{os.getpid()}@%h"]
+           "--queues", f"{settings.QUEUE_GENERATION},{settings.QUEUE_AGGREGATION}", "--hostname", f"test-{os.getpid()}@%h"]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60

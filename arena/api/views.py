@@ -1,6 +1,7 @@
 """Read-only REST endpoints for dashboards and scripts."""
 from __future__ import annotations
 
+from django.utils import timezone
 from rest_framework.decorators import api_view
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -12,7 +13,6 @@ from annotation import selectors as annotation_selectors
 from .. import selectors
 from ..models import RatingSnapshot
 from ..services import BT
-from ..tasks import recompute_ratings
 
 
 @api_view(["GET"])
@@ -23,14 +23,15 @@ def leaderboard(request: Request, study_id: int) -> Response:
     if slice_key not in {s.key for s in selectors.study_slices(study.pk)}:
         raise ValidationError({"slice": f"unknown slice {slice_key!r} for this study"})
     snapshot = RatingSnapshot.objects.filter(study=study, slice_key=slice_key, method=BT).first()
-    if snapshot is None:
-        recompute_ratings.delay(study.pk, slice_key)
-        return Response({"study": study.pk, "slice": slice_key, "computed_at": None, "rows": []})
+    if snapshot is None:  # reads never enqueue work; the worker computes after votes
+        return Response({"study": study.pk, "slice": slice_key, "computed_at": None, "age_seconds": None,
+                         "rows": []})
     p = snapshot.payload
     return Response({
         "study": study.pk,
         "slice": slice_key,
         "computed_at": snapshot.computed_at,
+        "age_seconds": round((timezone.now() - snapshot.computed_at).total_seconds(), 1),
         "n_judgments": snapshot.n_judgments,
         "rounds": p.get("rounds"),
         "regularization": p.get("regularization"),

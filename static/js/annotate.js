@@ -30,6 +30,30 @@
 
   document.addEventListener("htmx:afterSwap", resetTimer);
 
+  // Errors htmx does not swap (403 excluded, 404 unknown task, 5xx) and lost connections:
+  // say so on the task itself, so no vote silently disappears.
+  function showProblem(text) {
+    var task = document.getElementById("task");
+    if (!task) return;
+    var box = document.getElementById("task-problem");
+    if (!box) {
+      box = document.createElement("p");
+      box.id = "task-problem";
+      box.className = "error-box";
+      box.setAttribute("role", "alert");
+      task.insertBefore(box, task.firstChild);
+    }
+    box.textContent = text;
+  }
+  document.addEventListener("htmx:responseError", function (event) {
+    var xhr = event.detail.xhr;
+    var reason = {403: "you may not judge in this study any more", 404: "this task is not yours or no longer exists"}[xhr.status] || "the server failed";
+    showProblem("Not recorded (" + xhr.status + "): " + reason + ". Reload the page for your current task.");
+  });
+  document.addEventListener("htmx:sendError", function () {
+    showProblem("Not recorded: the connection failed. Check your network and press the key again.");
+  });
+
   document.addEventListener("keydown", function (event) {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     var target = event.target;

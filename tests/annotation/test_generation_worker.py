@@ -20,7 +20,7 @@ def _study(evaluator, annotators, **settings):
 
 
 def _finished(study):
-    return not study.outputs.filter(status__in=[Output.Status.PENDING, Output.Status.RUNNING]).exists()
+    return not study.outputs.filter(status__in=[Output.Status.PENDING, Output.Status.QUEUED, Output.Status.RUNNING]).exists()
 
 
 def test_a_worker_generates_with_transformers_models(celery_worker_process, tiny_models, evaluator, annotators):

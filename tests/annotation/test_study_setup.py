@@ -158,8 +158,24 @@ def test_retry_all_failed_requeues_only_failed_outputs(client, study_factory, ev
     client.force_login(evaluator)
     response = client.post(reverse("annotation:retry_failed", args=[study.pk]))
     assert response.status_code == 302
-    assert study.outputs.filter(status=Output.Status.PENDING).count() == 2
+    queued = study.outputs.filter(status=Output.Status.QUEUED)
+    assert queued.count() == 2
+    assert len(set(queued.values_list("claim", flat=True))) == 1  # one batch for the candidate, not one per output
     assert study.outputs.filter(status=Output.Status.DONE).count() == 4
+
+
+def test_pressing_start_generation_twice_queues_each_output_once(client, study_factory, evaluator):
+    study = study_factory(candidates=("alpha-model",))
+    services.candidate_create(study=study, name="remote", backend="openai",
+                              spec={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    client.force_login(evaluator)
+    url = reverse("annotation:generate", args=[study.pk])
+    first = client.post(url, follow=True)
+    assert "4 outputs queued for generation" in first.content.decode()
+    second = client.post(url, follow=True)
+    assert "0 outputs queued for generation" in second.content.decode()
+    assert study.outputs.filter(status=Output.Status.QUEUED).count() == 4
+    assert services.generation_start(study=study) == 0
 
 
 def test_building_units_for_some_prompts_leaves_the_others_alone(study_factory):

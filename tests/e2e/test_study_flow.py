@@ -1,42 +1,15 @@
 """The whole study in a real headless Chromium: set up, generate, judge by keyboard, read."""
 import json
-import os
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.db import connections
 
 from annotation.demo_data import DEMO_IMPORTED, DEMO_PROMPTS
 from annotation.models import Judgment, Study
 
-# Playwright's sync API runs an event loop in this thread; the ORM calls below are plain
-# synchronous reads between browser steps.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+from .conftest import login
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def browser():
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
-        # Under Playwright the test body runs in another greenlet, which Django gives a
-        # database connection of its own; close it, or the test database cannot be dropped.
-        connections.close_all()
-
-
-def _login(page, base: str, username: str) -> None:
-    page.goto(f"{base}/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", f"{username}-pw")
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/")
 
 
 def test_a_study_from_upload_to_leaderboard(celery_worker_process, live_server, browser, tiny_models,
@@ -47,7 +20,7 @@ def test_a_study_from_upload_to_leaderboard(celery_worker_process, live_server, 
     page.set_default_timeout(30_000)
 
     # the evaluator creates the study from the demo files
-    _login(page, base, evaluator.username)
+    login(page, base, evaluator.username)
     page.click("text=New study")
     page.fill("#id_name", "Support bots, browser test")
     page.set_input_files("#id_prompts", str(DEMO_PROMPTS))
@@ -77,7 +50,7 @@ def test_a_study_from_upload_to_leaderboard(celery_worker_process, live_server, 
     assert study.units.count() == 40
 
     # an annotator casts ten votes with the keyboard alone
-    _login(page, base, annotators[0].username)
+    login(page, base, annotators[0].username)
     page.goto(f"{base}/studies/{study.pk}/annotate/")
     html = page.content()
     for secret in ("tiny-causal", "support-playbook", "transformers", "imported", tiny_models["causal"]):
@@ -90,7 +63,7 @@ def test_a_study_from_upload_to_leaderboard(celery_worker_process, live_server, 
     assert set(Judgment.objects.filter(study=study).values_list("outcome", flat=True)) >= {"a", "b", "tie", "both_bad"}
 
     # the manager reads the leaderboard the worker computed
-    _login(page, base, manager.username)
+    login(page, base, manager.username)
     page.goto(f"{base}/arena/studies/{study.pk}/leaderboard/")
     page.wait_for_selector("text=from 10 judgments", timeout=60_000)
     table = page.inner_text("#leaderboard-table")

@@ -27,7 +27,7 @@ class Command(BaseCommand):
         worker = [
             python, "-m", "celery", "-A", "evalsite", "worker", "--loglevel", "INFO",
             "--concurrency", str(concurrency), "--without-mingle", "--without-gossip",
-            "--queues", settings.CELERY_TASK_DEFAULT_QUEUE,
+            "--queues", f"{settings.QUEUE_GENERATION},{settings.QUEUE_AGGREGATION}",
         ]
         web = [python, "manage.py", "runserver", addr, "--noreload"]
         # Children get their own process group so Ctrl-C reaches only us; we stop them in order.
