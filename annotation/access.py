@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
-from django.db.models import F, FilteredRelation, Q
+from datetime import datetime
+from datetime import timezone as dt_timezone
+
+from django.db import connection
 from django.http import Http404
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from .models import Assignment, Study, StudyMember
 
@@ -73,23 +78,44 @@ def get_member_for_annotator(user: AbstractBaseUser, study_id: int) -> StudyMemb
     return member
 
 
+_ASSIGNMENT_SQL = f"""
+SELECT a.id, a.study_id, a.unit_id, a.left_is_a, s.name, s.units_total, s.overlap, s.adaptive_sampling,
+       s.lease_sweep_at, m.role, m.excluded, m.done
+FROM {Assignment._meta.db_table} a
+JOIN {Study._meta.db_table} s ON s.id = a.study_id
+LEFT JOIN {StudyMember._meta.db_table} m ON m.study_id = a.study_id AND m.user_id = a.annotator_id
+WHERE a.token = %s AND a.annotator_id = %s"""
+
+
 def get_assignment_for_annotator(user: AbstractBaseUser, token: str) -> Assignment:
     """An assignment is reachable only by its token and only by the annotator holding it.
 
-    One query: the assignment, its study and the annotator's membership (role,
-    exclusion, ``done`` counter, as ``member_*`` attributes).
+    One query on the vote path: the assignment, its study (``assignment.study``) and the
+    annotator's membership (``member_role``, ``member_excluded``, ``member_done``).
     """
-    assignment = (
-        Assignment.objects.select_related("study")
-        .annotate(me=FilteredRelation("study__members", condition=Q(study__members__user_id=user.pk)))
-        .annotate(member_role=F("me__role"), member_excluded=F("me__excluded"), member_done=F("me__done"))
-        .filter(token=token, annotator_id=user.pk)
-        .first()
-    ) if user.is_authenticated else None
-    if assignment is None:
+    row = None
+    if user.is_authenticated:
+        with connection.cursor() as cur:
+            cur.execute(_ASSIGNMENT_SQL, [token, user.pk])
+            row = cur.fetchone()
+    if row is None:
         raise Http404("No such task for you: the link is wrong or belongs to someone else.")
-    _check_annotator(assignment.member_role, assignment.member_excluded)
+    pk, study_id, unit_id, left_is_a, name, units_total, overlap, adaptive, sweep_at, role, excluded, done = row
+    _check_annotator(role, bool(excluded))
+    assignment = Assignment(id=pk, study_id=study_id, unit_id=unit_id, annotator_id=user.pk, token=token,
+                            left_is_a=bool(left_is_a))
+    assignment.study = Study(id=study_id, name=name, units_total=units_total, overlap=overlap,
+                             adaptive_sampling=bool(adaptive), lease_sweep_at=_datetime(sweep_at))
+    assignment.member_done = done
     return assignment
+
+
+def _datetime(value):
+    """A datetime column read by a raw query (SQLite gives text, PostgreSQL a datetime)."""
+    if value is None:
+        return None
+    parsed = value if isinstance(value, datetime) else parse_datetime(value)
+    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, dt_timezone.utc)
 
 
 def studies_for_user(user: AbstractBaseUser):

@@ -16,7 +16,7 @@ from itertools import combinations
 
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
@@ -250,6 +250,8 @@ def outputs_import(*, candidate: Candidate, data: bytes, filename: str) -> int:
             update_conflicts=True, unique_fields=["study", "prompt", "candidate", "sample_index"],
             update_fields=fields, batch_size=2000,
         )
+        # a re-import can change texts already judged (and so length bins): recount in full
+        Study.objects.filter(pk=study.pk).update(version=F("version") + 1)
     units_build(study=study)
     return len(rows)
 
@@ -575,36 +577,123 @@ def _renew(held: Assignment, now: datetime) -> Assignment:
     return held
 
 
+# The vote path's statements, written once in SQL that PostgreSQL and SQLite both run:
+# building and compiling the equivalent ORM queries cost more than running them.
+_UNIT, _ASSIGNMENT, _JUDGMENT, _MEMBER, _PROMPT, _OUTPUT = (
+    m._meta.db_table for m in (Unit, Assignment, Judgment, StudyMember, Prompt, Output)
+)
+_PICK_SQL = f"""
+SELECT u.id, u.taken, u.pair_seq, u.a_is_lo, u.prompt_id, u.output_a_id, u.output_b_id, p.text, oa.text, ob.text,
+       oa.candidate_id, ob.candidate_id
+FROM {_UNIT} u
+JOIN {_PROMPT} p ON p.id = u.prompt_id
+JOIN {_OUTPUT} oa ON oa.id = u.output_a_id
+JOIN {_OUTPUT} ob ON ob.id = u.output_b_id
+WHERE u.study_id = %s AND u.taken < u.needed {{pair}}
+  AND NOT EXISTS (SELECT 1 FROM {_ASSIGNMENT} a WHERE a.unit_id = u.id AND a.annotator_id = %s AND NOT a.released)
+ORDER BY u.taken, u.shuffle
+LIMIT 1 {{lock}}"""
+_TAKE_SQL = f"UPDATE {_UNIT} SET taken = taken + 1 WHERE id = %s AND taken < needed"
+_LEASE_SQL = f"""
+INSERT INTO {_ASSIGNMENT} (study_id, unit_id, annotator_id, token, left_is_a, leased_at, expires_at, released)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (unit_id, annotator_id) DO UPDATE SET token = excluded.token, left_is_a = excluded.left_is_a,
+  leased_at = excluded.leased_at, expires_at = excluded.expires_at, released = excluded.released
+RETURNING id"""
+_CLOSE_SQL = f"UPDATE {_ASSIGNMENT} SET submitted_at = %s WHERE id = %s AND submitted_at IS NULL AND NOT released"
+_JUDGMENT_SQL = f"""
+INSERT INTO {_JUDGMENT} (assignment_id, study_id, unit_id, annotator_id, outcome, left_is_a, rationale, served_at,
+                         submitted_at, active_ms)
+SELECT id, study_id, unit_id, annotator_id, %s, left_is_a, %s, leased_at, %s, %s FROM {_ASSIGNMENT} WHERE id = %s
+RETURNING id"""
+_DONE_SQL_BY_ASSIGNMENT = f"""
+UPDATE {_MEMBER} SET done = done + 1
+WHERE (study_id, user_id) = (SELECT study_id, annotator_id FROM {_ASSIGNMENT} WHERE id = %s)"""
+# PostgreSQL runs each half of the round trip as one statement: data-modifying CTEs save
+# two round trips per half.  The portable statements above stay the reference (SQLite).
+_LEASE_CTE_SQL = f"""
+WITH picked AS (
+  SELECT u.id, u.taken FROM {_UNIT} u
+  WHERE u.study_id = %s AND u.taken < u.needed {{pair}}
+    AND NOT EXISTS (SELECT 1 FROM {_ASSIGNMENT} a WHERE a.unit_id = u.id AND a.annotator_id = %s AND NOT a.released)
+  ORDER BY u.taken, u.shuffle
+  LIMIT 1 {{lock}}
+), took AS (
+  UPDATE {_UNIT} u SET taken = u.taken + 1 FROM picked WHERE u.id = picked.id AND u.taken < u.needed
+  RETURNING u.id, picked.taken AS before, u.pair_seq, u.a_is_lo, u.prompt_id, u.output_a_id, u.output_b_id
+), lease AS (
+  INSERT INTO {_ASSIGNMENT} (study_id, unit_id, annotator_id, token, left_is_a, leased_at, expires_at, released)
+  SELECT %s, took.id, %s, %s, ((took.pair_seq + took.before) %% 2 = 0) = took.a_is_lo, %s, %s, false FROM took
+  ON CONFLICT (unit_id, annotator_id) DO UPDATE SET token = excluded.token, left_is_a = excluded.left_is_a,
+    leased_at = excluded.leased_at, expires_at = excluded.expires_at, released = excluded.released
+  RETURNING id, unit_id, left_is_a
+)
+SELECT lease.id, lease.left_is_a, took.id, took.before, took.pair_seq, took.a_is_lo, took.prompt_id,
+       took.output_a_id, took.output_b_id, p.text, oa.text, ob.text, oa.candidate_id, ob.candidate_id
+FROM lease JOIN took ON took.id = lease.unit_id
+JOIN {_PROMPT} p ON p.id = took.prompt_id
+JOIN {_OUTPUT} oa ON oa.id = took.output_a_id
+JOIN {_OUTPUT} ob ON ob.id = took.output_b_id"""
+_SUBMIT_CTE_SQL = f"""
+WITH closed AS (
+  UPDATE {_ASSIGNMENT} SET submitted_at = %s WHERE id = %s AND submitted_at IS NULL AND NOT released
+  RETURNING id, study_id, unit_id, annotator_id, left_is_a, leased_at
+), judged AS (
+  INSERT INTO {_JUDGMENT} (assignment_id, study_id, unit_id, annotator_id, outcome, left_is_a, rationale, served_at,
+                           submitted_at, active_ms)
+  SELECT id, study_id, unit_id, annotator_id, %s, left_is_a, %s, leased_at, %s, %s FROM closed
+  RETURNING id, study_id, annotator_id
+), counted AS (
+  UPDATE {_MEMBER} m SET done = m.done + 1 FROM judged WHERE m.study_id = judged.study_id AND m.user_id = judged.annotator_id
+)
+SELECT id FROM judged"""
+
+
 def _lease_one(study: Study, annotator, now: datetime, *, pair: tuple[int, int] | None,
                skip_locked: bool) -> Assignment | None:
-    mine = Assignment.objects.filter(unit=OuterRef("pk"), annotator=annotator, released=False)
-    units = Unit.objects.filter(study=study, taken__lt=F("needed")).filter(~Exists(mine))
+    params: list = [study.pk]
+    pair_sql = ""
     if pair is not None:
-        units = units.filter(cand_lo=pair[0], cand_hi=pair[1])
-    with transaction.atomic():
-        unit = (
-            units.order_by("taken", "shuffle")
-            .select_related("prompt", "output_a", "output_b")
-            .select_for_update(skip_locked=skip_locked, of=("self",))
-            .first()
-        )
-        if unit is None:
-            return None
-        if not Unit.objects.filter(pk=unit.pk, taken__lt=F("needed")).update(taken=F("taken") + 1):
-            return None
-        # Sides alternate over the units of a candidate pair and over each unit's takers,
-        # so every candidate pair is shown each way round equally often.
-        lo_left = (unit.pair_seq + unit.taken) % 2 == 0
-        assignment = Assignment(
-            study=study, unit=unit, annotator=annotator, token=secrets.token_urlsafe(32),
-            left_is_a=lo_left == unit.a_is_lo, leased_at=now, expires_at=now + timedelta(seconds=_lease_seconds()),
-            released=False, submitted_at=None,
-        )
-        # A lease of this unit released earlier (it expired) is taken over in place.
-        Assignment.objects.bulk_create(
-            [assignment], update_conflicts=True, unique_fields=["unit", "annotator"],
-            update_fields=["token", "left_is_a", "leased_at", "expires_at", "released"],
-        )
+        pair_sql = "AND u.cand_lo_id = %s AND u.cand_hi_id = %s"
+        params += list(pair)
+    params.append(annotator.pk)
+    lock = ""
+    if connection.features.has_select_for_update:  # SQLite serialises writers instead
+        lock = "FOR UPDATE OF u SKIP LOCKED" if skip_locked else "FOR UPDATE OF u"
+    expires = now + timedelta(seconds=_lease_seconds())
+    token = secrets.token_urlsafe(32)
+    stamps = [connection.ops.adapt_datetimefield_value(now), connection.ops.adapt_datetimefield_value(expires)]
+    with transaction.atomic(), connection.cursor() as cur:
+        if connection.vendor == "postgresql":
+            cur.execute(_LEASE_CTE_SQL.format(pair=pair_sql, lock=lock), [*params, study.pk, annotator.pk, token, *stamps])
+            row = cur.fetchone()
+            if row is None:
+                return None
+            (assignment_id, left_is_a, unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text,
+             text_a, text_b, cand_a, cand_b) = row
+        else:
+            cur.execute(_PICK_SQL.format(pair=pair_sql, lock=lock), params)
+            row = cur.fetchone()
+            if row is None:
+                return None
+            unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text, text_a, text_b, cand_a, cand_b = row
+            cur.execute(_TAKE_SQL, [unit_id])
+            if cur.rowcount != 1:
+                return None
+            # Sides alternate over the units of a candidate pair and over each unit's takers,
+            # so every candidate pair is shown each way round equally often.
+            left_is_a = ((pair_seq + taken) % 2 == 0) == bool(a_is_lo)
+            # A lease of this unit released earlier (it expired) is taken over in place.
+            cur.execute(_LEASE_SQL, [study.pk, unit_id, annotator.pk, token, left_is_a, *stamps, False])
+            (assignment_id,) = cur.fetchone()
+    lo, hi = (cand_a, cand_b) if a_is_lo else (cand_b, cand_a)
+    unit = Unit(id=unit_id, study_id=study.pk, prompt_id=prompt_id, output_a_id=out_a, output_b_id=out_b,
+                cand_lo_id=lo, cand_hi_id=hi, taken=taken + 1, pair_seq=pair_seq, a_is_lo=bool(a_is_lo))
+    unit.prompt = Prompt(id=prompt_id, study_id=study.pk, text=prompt_text)
+    unit.output_a = Output(id=out_a, study_id=study.pk, prompt_id=prompt_id, candidate_id=cand_a, text=text_a)
+    unit.output_b = Output(id=out_b, study_id=study.pk, prompt_id=prompt_id, candidate_id=cand_b, text=text_b)
+    assignment = Assignment(id=assignment_id, study_id=study.pk, unit_id=unit_id, annotator_id=annotator.pk,
+                            token=token, left_is_a=bool(left_is_a), leased_at=now, expires_at=expires, released=False)
     assignment.unit = unit
     return assignment
 
@@ -682,36 +771,48 @@ def judgment_submit(
     except ValueError as exc:
         raise ServiceError(str(exc)) from None
     now = now or timezone.now()
+    stamp = connection.ops.adapt_datetimefield_value(now)
     try:
-        with transaction.atomic():
-            closed = Assignment.objects.filter(
-                pk=assignment.pk, submitted_at__isnull=True, released=False
-            ).update(submitted_at=now)
-            if not closed:
+        with transaction.atomic(), connection.cursor() as cur:
+            judgment_id = _close_and_judge(cur, assignment.pk, outcome, rationale, stamp, active_ms)
+            if judgment_id is None:  # the lease was not open: already judged, or released
                 state = Assignment.objects.filter(pk=assignment.pk).values("submitted_at", "released").get()
                 if state["submitted_at"] is not None:
                     return _same_or_refuse(Judgment.objects.get(assignment_id=assignment.pk), outcome), False
                 if not Unit.objects.filter(pk=assignment.unit_id, taken__lt=F("needed")).update(taken=F("taken") + 1):
                     raise LeaseExpired("This task's lease expired and someone else has taken it.")
-                Assignment.objects.filter(pk=assignment.pk).update(submitted_at=now, released=False)
-            judgment = Judgment.objects.create(
-                assignment_id=assignment.pk,
-                study_id=assignment.study_id,
-                unit_id=assignment.unit_id,
-                annotator_id=assignment.annotator_id,
-                outcome=outcome,
-                left_is_a=assignment.left_is_a,
-                rationale=rationale.strip()[:5000],
-                served_at=assignment.leased_at,
-                active_ms=active_ms,
-            )
-            StudyMember.objects.filter(study_id=assignment.study_id, user_id=assignment.annotator_id).update(
-                done=F("done") + 1
-            )
+                # closed in the same UPDATE, so it never counts as a second open lease
+                Assignment.objects.filter(pk=assignment.pk).update(released=False, submitted_at=now)
+                judgment_id = _judge(cur, assignment.pk, outcome, rationale, stamp, active_ms)
     except IntegrityError:
         return _same_or_refuse(Judgment.objects.get(assignment_id=assignment.pk), outcome), False
-    _request_ratings(judgment.study_id, vote=True)
+    _request_ratings(assignment.study_id, vote=True)
+    judgment = Judgment(id=judgment_id, assignment_id=assignment.pk, study_id=assignment.study_id,
+                        unit_id=assignment.unit_id, annotator_id=assignment.annotator_id, outcome=outcome,
+                        left_is_a=assignment.left_is_a, rationale=rationale.strip()[:5000], submitted_at=now,
+                        active_ms=active_ms)
     return judgment, True
+
+
+def _close_and_judge(cur, assignment_id: int, outcome: str, rationale: str, stamp, active_ms) -> int | None:
+    """Close an open lease, write its judgment and count it; None when the lease was not open."""
+    rationale = rationale.strip()[:5000]
+    if connection.vendor == "postgresql":
+        cur.execute(_SUBMIT_CTE_SQL, [stamp, assignment_id, outcome, rationale, stamp, active_ms])
+        row = cur.fetchone()
+        return row[0] if row else None
+    cur.execute(_CLOSE_SQL, [stamp, assignment_id])
+    if cur.rowcount != 1:
+        return None
+    return _judge(cur, assignment_id, outcome, rationale, stamp, active_ms)
+
+
+def _judge(cur, assignment_id: int, outcome: str, rationale: str, stamp, active_ms) -> int:
+    """Write the judgment of a just-closed lease and count it for its annotator."""
+    cur.execute(_JUDGMENT_SQL, [outcome, rationale.strip()[:5000], stamp, active_ms, assignment_id])
+    (judgment_id,) = cur.fetchone()
+    cur.execute(_DONE_SQL_BY_ASSIGNMENT, [assignment_id])
+    return judgment_id
 
 
 def _same_or_refuse(existing: Judgment, outcome: str) -> Judgment:
@@ -808,6 +909,8 @@ def battles_import(*, study: Study, model_a: Sequence[str], model_b: Sequence[st
                 judgments.append(Judgment(assignment=a, study=study, unit=u, annotator=user, outcome=outcome,
                                           left_is_a=not flip, served_at=now))
             Judgment.objects.bulk_create(judgments)
-        Study.objects.filter(pk=study.pk).update(units_total=Unit.objects.filter(study=study).count())
+        # One long transaction whose ids interleave with votes cast meanwhile: recount in full.
+        Study.objects.filter(pk=study.pk).update(units_total=Unit.objects.filter(study=study).count(),
+                                                 version=F("version") + 1)
     _request_ratings(study.pk)
     return n

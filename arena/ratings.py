@@ -46,6 +46,8 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.special import expit, log_expit
 
+from . import outcomes
+
 __all__ = [
     "A_WINS",
     "B_WINS",
@@ -76,11 +78,8 @@ __all__ = [
     "length_bias",
 ]
 
-A_WINS = "model_a"
-B_WINS = "model_b"
-TIE = "tie"
-BOTH_BAD = "tie (bothbad)"
-OUTCOMES = (A_WINS, B_WINS, TIE, BOTH_BAD)
+OUTCOMES = outcomes.ARENA  # Chatbot Arena's spelling, codes 0..3 (arena/outcomes.py)
+A_WINS, B_WINS, TIE, BOTH_BAD = OUTCOMES
 _OUTCOME_CODE = {outcome: code for code, outcome in enumerate(OUTCOMES)}
 
 _Z95 = 1.959963984540054  # scipy.stats.norm.ppf(0.975)
@@ -1442,7 +1441,7 @@ def length_bias(
     cut = np.asarray(edges, dtype=np.float64)
     if cut.ndim != 1 or cut.size < 2 or np.any(np.diff(cut) <= 0):
         raise RatingError("edges must be at least two increasing numbers")
-    score = np.array([1.0, 0.0, 0.5, 0.5])[code]
+    score = np.array(outcomes.SCORE)[code]
     where = np.searchsorted(cut, diff, side="right") - 1
     where[diff == cut[-1]] = cut.size - 2
     inside = (where >= 0) & (where < cut.size - 1)

@@ -8,14 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from django.db.models import Case, Count, F, IntegerField, Max, Q, QuerySet, When
+from django.db.models import Case, Count, F, IntegerField, Max, Min, Q, QuerySet, When
 from django.db.models.functions import Coalesce, NullIf
 
 from annotation.models import Candidate, Judgment, PromptTag, StudyMember
 
-# Outcome codes shared with arena.ratings: 0 A wins, 1 B wins, 2 tie, 3 both bad.
-OUTCOME_CODE = {Judgment.Outcome.A: 0, Judgment.Outcome.B: 1, Judgment.Outcome.TIE: 2, Judgment.Outcome.BOTH_BAD: 3}
-OUTCOME_NAMES = ("model_a", "model_b", "tie", "tie (bothbad)")
+from . import outcomes
 
 # The normalised length difference (a - b) / (a + b) is grouped in SQL into bins this
 # wide; the style-controlled fit uses each bin's centre (an error of at most 1/40).
@@ -90,50 +88,121 @@ def _length_bin() -> Case:
 
 
 # Outcome code and screen side of each counted column, in this order.
-_COLUMNS = [(code, left) for code in range(4) for left in (True, False)]
-_OUTCOME_OF_CODE = {code: outcome for outcome, code in OUTCOME_CODE.items()}
+_COLUMNS = [(code, left) for code in outcomes.CODES for left in (True, False)]
 
 
-def battle_table(study_id: int, slice_key: str = ALL) -> BattleTable:
-    """One ``GROUP BY`` over the slice's judgments; everything the leaderboard shows derives from it.
+@dataclass(frozen=True)
+class Cells:
+    """A slice's judgments counted by (output_a's candidate id, output_b's candidate id, length bin).
+
+    ``counts[:, k]`` is column ``k`` of ``_COLUMNS`` (outcome x screen side).  Cells add
+    up, so a refresh counts only the judgments cast since the last one and adds them to
+    the cells its snapshot kept.
+    """
+
+    keys: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Cells:
+        return cls(np.zeros((0, 3), dtype=np.int64), np.zeros((0, len(_COLUMNS)), dtype=np.int64))
+
+    @classmethod
+    def from_rows(cls, rows) -> Cells:
+        table = np.array(rows, dtype=np.int64).reshape(-1, 3 + len(_COLUMNS))
+        return cls(table[:, :3], table[:, 3:])
+
+    def rows(self) -> list[list[int]]:
+        """Plain lists, for a JSON field."""
+        return np.hstack([self.keys, self.counts]).tolist()
+
+    def __add__(self, other: Cells) -> Cells:
+        if not len(other.keys):
+            return self
+        if not len(self.keys):
+            return other
+        keys, inverse = np.unique(np.vstack([self.keys, other.keys]), axis=0, return_inverse=True)
+        counts = np.zeros((len(keys), len(_COLUMNS)), dtype=np.int64)
+        np.add.at(counts, inverse.reshape(-1), np.vstack([self.counts, other.counts]))
+        return Cells(keys, counts)
+
+    @property
+    def n_judgments(self) -> int:
+        return int(self.counts.sum())
+
+
+def judgment_cells(study_id: int, slice_key: str = ALL, *, after_id: int = 0,
+                   upto_id: int | None = None) -> tuple[Cells, int]:
+    """One ``GROUP BY`` over the slice's judgments with ``after_id < id <= upto_id``.
 
     Groups by candidate pair and length bin with eight filtered counts (outcome x screen
     side), which keeps the result small; lengths come from the stored ``text_chars``.
+    Returns the cells and the largest judgment id counted (``after_id`` when none).
     """
     counts = {
-        f"c{k}": Count("id", filter=Q(outcome=_OUTCOME_OF_CODE[code], left_is_a=left))
+        f"c{k}": Count("id", filter=Q(outcome=outcomes.STORED[code], left_is_a=left))
         for k, (code, left) in enumerate(_COLUMNS)
     }
+    qs = study_judgments(study_id, slice_key)
+    if after_id:
+        qs = qs.filter(id__gt=after_id)
+    if upto_id is not None:
+        qs = qs.filter(id__lte=upto_id)
     rows = list(
-        study_judgments(study_id, slice_key)
-        .annotate(length_bin=_length_bin())
+        qs.annotate(length_bin=_length_bin())
         .values("unit__output_a__candidate_id", "unit__output_b__candidate_id", "length_bin")
         .annotate(last=Max("id"), **counts)
         .order_by()
-        .values_list("unit__output_a__candidate_id", "unit__output_b__candidate_id", "length_bin", "last",
-                     *counts)
+        .values_list("unit__output_a__candidate_id", "unit__output_b__candidate_id", "length_bin", "last", *counts)
     )
+    last = max((r[3] for r in rows), default=after_id)
+    return Cells.from_rows([r[:3] + r[4:] for r in rows]), last
+
+
+def settled_judgment_id(study_id: int, slice_key: str, *, after_id: int, cutoff) -> int:
+    """The largest id L such that every judgment of the slice up to L is surely committed.
+
+    Ids are given at INSERT, so a judgment may commit after one with a larger id.  A
+    judgment submitted before ``cutoff`` (a minute ago, say) has committed, or never
+    will; so L is the largest id submitted before ``cutoff`` that no younger judgment
+    precedes.  Judgments above L are counted afresh at each refresh until they settle.
+    """
+    agg = study_judgments(study_id, slice_key).filter(id__gt=after_id).aggregate(
+        old=Max("id", filter=Q(submitted_at__lte=cutoff)), young=Min("id", filter=Q(submitted_at__gt=cutoff))
+    )
+    if agg["old"] is None:
+        return after_id
+    if agg["young"] is None:
+        return agg["old"]
+    return max(after_id, min(agg["old"], agg["young"] - 1))
+
+
+def battle_table(study_id: int, slice_key: str = ALL, cells: Cells | None = None,
+                 last_judgment_id: int | None = None) -> BattleTable:
+    """The leaderboard's input: counted cells (all of the slice's judgments when not given)
+    turned into parallel arrays over candidate positions in ``models``."""
+    if cells is None:
+        cells, last_judgment_id = judgment_cells(study_id, slice_key)
     names = dict(Candidate.objects.filter(study_id=study_id).values_list("pk", "name"))
     models = sorted(names.values())
-    table = np.array(rows, dtype=np.int64).reshape(-1, 4 + len(_COLUMNS))
-    if len(table):  # candidate primary keys -> positions in `models`
-        lookup = np.full(max(names) + 1, -1, dtype=np.int64)
+    keys = cells.keys.copy()
+    if len(keys):  # candidate primary keys -> positions in `models`
+        lookup = np.full(max(max(names), int(keys[:, :2].max())) + 1, -1, dtype=np.int64)
         lookup[list(names)] = [models.index(name) for name in names.values()]
-        table[:, 0], table[:, 1] = lookup[table[:, 0]], lookup[table[:, 1]]
-    cells = table[:, 4:]
-    k, col = np.nonzero(cells)
+        keys[:, 0], keys[:, 1] = lookup[keys[:, 0]], lookup[keys[:, 1]]
+    k, col = np.nonzero(cells.counts)
     codes = np.array([c for c, _ in _COLUMNS], dtype=np.intp)
     sides = np.array([left for _, left in _COLUMNS], dtype=bool)
     return BattleTable(
         models=models,
-        a=table[k, 0].astype(np.intp),
-        b=table[k, 1].astype(np.intp),
+        a=keys[k, 0].astype(np.intp),
+        b=keys[k, 1].astype(np.intp),
         outcome=codes[col],
         left_is_a=sides[col],
-        length_bin=table[k, 2],
-        count=cells[k, col],
-        n_judgments=int(cells.sum()),
-        last_judgment_id=int(table[:, 3].max()) if len(table) else 0,
+        length_bin=keys[k, 2],
+        count=cells.counts[k, col],
+        n_judgments=cells.n_judgments,
+        last_judgment_id=int(last_judgment_id or 0),
     )
 
 
@@ -152,9 +221,9 @@ def battles_since(study_id: int, after_id: int, limit: int = 200_000):
         [r[0] for r in rows],
         [names[r[1]] for r in rows],
         [names[r[2]] for r in rows],
-        [OUTCOME_NAMES[OUTCOME_CODE[r[3]]] for r in rows],
+        [outcomes.ARENA[outcomes.STORED_CODE[r[3]]] for r in rows],
     )
 
 
-__all__ = ["ALL", "BattleTable", "LENGTH_BIN", "Slice", "battle_table", "battles_since", "latest_judgment_id",
+__all__ = ["ALL", "BattleTable", "Cells", "judgment_cells", "settled_judgment_id", "LENGTH_BIN", "Slice", "battle_table", "battles_since", "latest_judgment_id",
            "study_judgments", "study_slices"]

@@ -15,18 +15,26 @@ Shape of the study (seeded, so the same arguments give the same rows):
   600 characters, a per-candidate verbosity), stored in a random order per prompt so that
   ``output_a`` (the lower id) is any candidate;
 * units: distinct random pairs of outputs on the same prompt, each judged by two
-  different annotators (overlap 2): 500,000 units for 1,000,000 judgments;
-* 200 annotators in four groups, a submitted assignment per judgment (random 43-character
-  token, like ``secrets.token_urlsafe(32)``), judgments in a random unit order over 60 days;
+  different annotators (overlap 2): 500,000 units for 1,000,000 judgments; each with the
+  copies and counters the vote path keeps: its candidate pair (``cand_lo < cand_hi``,
+  ``a_is_lo``), ``pair_seq`` (0, 1, ... among its pair's units in id order), a random
+  ``shuffle`` in [0, 2^31) and ``taken`` (its judgments, so every unit but the last of an
+  odd count is full and the partial ``unit_open`` indexes are near empty);
+* 200 annotators in four groups, a submitted, unreleased assignment per judgment (random
+  43-character token, like ``secrets.token_urlsafe(32)``), judgments in a random unit order
+  over 60 days; ``StudyMember.done`` is each member's judgment count, ``Study.units_total``
+  the unit count, ``Study.version`` 0, and the study has its idle ``"all"`` ``RatingRequest``;
 * outcomes drawn from the Bradley-Terry model with ties and both-bad votes as in
   ``ratings_bench.simulate_battles``, screen side (``left_is_a``) a fair coin.
 
 The load is one transaction: TRUNCATE, then ``COPY ... WITH (FREEZE)`` per table from
-text generated in chunks with numpy, with the secondary indexes and unique constraints
-of the four big tables dropped first and rebuilt after (the schema ends up exactly as
-``migrate`` made it), then VACUUM ANALYZE. Foreign-key triggers are off during the load
-(``session_replication_role = replica``: the data is consistent by construction);
-check constraints are enforced by COPY and unique ones when they are rebuilt.
+text generated in chunks with numpy, with the secondary indexes (the partial ones, such
+as ``unit_open`` and the unique ``assignment_one_open_lease``, included) and the unique
+constraints of the four big tables dropped first and rebuilt after (the schema ends up
+exactly as ``migrate`` made it), then VACUUM ANALYZE. Foreign-key triggers are off
+during the load (``session_replication_role = replica``: the data is consistent by
+construction); check constraints (``unit_candidates_ordered`` among them) are enforced
+by COPY and unique ones when they are rebuilt.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from psycopg import sql
 DEFAULT_SERVER = "postgres://postgres@127.0.0.1:5432"
 DEFAULT_DATABASE = "evalsite_bench"
 STUDY_NAME = "bench: leaderboard at scale"
-LAYOUT = 1  # bump when the generated shape changes, so an old kept database is reloaded
+LAYOUT = 2  # bump when the generated shape changes, so an old kept database is reloaded
 N_PROMPTS = 2000
 N_ANNOTATORS = 200
 OVERLAP = 2
@@ -65,6 +73,7 @@ TABLES = (
     "annotation_unit",
     "annotation_assignment",
     "annotation_judgment",
+    "arena_ratingrequest",
 )
 
 
@@ -155,12 +164,24 @@ def outcome_codes(
     return np.where(u < p_a - p_tie / 2, 0, np.where(u < p_a + p_tie / 2, tie_code, 1))
 
 
+def _pair_seq(pair: np.ndarray) -> np.ndarray:
+    """Each element's rank among the equal elements before it: 0, 1, ... per value, in index order."""
+    order = np.argsort(pair, kind="stable")
+    ranks = np.arange(pair.size)
+    start = np.r_[True, pair[order][1:] != pair[order][:-1]]
+    seq = np.empty(pair.size, dtype=np.int64)
+    seq[order] = ranks - np.maximum.accumulate(np.where(start, ranks, 0))
+    return seq
+
+
 def _drop_secondary_indexes(cur: psycopg.Cursor, tables: Sequence[str]) -> list[str]:
     """Drop the indexes COPY would otherwise update row by row; returns the statements that rebuild them.
 
-    Plain indexes, and unique constraints that no foreign key depends on, are rebuilt in
-    one sort each after the load (several times faster than 1,000,000 random inserts
-    into, say, the unique index on the random assignment token). Primary keys stay.
+    Indexes that back no constraint (plain, partial or unique: ``unit_open``,
+    ``assignment_one_open_lease``), and unique constraints that no foreign key depends on,
+    are rebuilt in one sort each after the load (several times faster than 1,000,000
+    random inserts into, say, the unique index on the random assignment token). Primary
+    keys stay.
     """
     rebuild = []
     for table in tables:
@@ -259,6 +280,10 @@ def load_study(url: str, *, n_models: int, n_judgments: int, seed: int) -> tuple
     unit_out_b = 1 + unit_prompt * M + slot_b
     unit_cand_a = perm[unit_prompt, slot_a]
     unit_cand_b = perm[unit_prompt, slot_b]
+    unit_lo = np.minimum(unit_cand_a, unit_cand_b)
+    unit_hi = np.maximum(unit_cand_a, unit_cand_b)
+    unit_a_is_lo = unit_cand_a < unit_cand_b
+    unit_pair_seq = _pair_seq(unit_lo * M + unit_hi)
 
     # judgments: OVERLAP different annotators per unit, cast in a random order
     first = rng.integers(0, A, n_units)
@@ -277,6 +302,10 @@ def load_study(url: str, *, n_models: int, n_judgments: int, seed: int) -> tuple
     rationale_pick = np.where(rng.random(n_judgments) < 0.05, rng.integers(1, 4, n_judgments), 0)
     rationales = ("", "More complete answer.", "The other one ignores the question.", "Shorter and correct.")
     outcome_names = ("a", "b", "tie", "both_bad")
+    token = _tokens(rng, n_judgments)
+    unit_shuffle = rng.integers(0, 2**31, n_units)
+    unit_taken = np.bincount(j_unit, minlength=n_units)  # every assignment is submitted and none released
+    member_done = np.bincount(j_annot, minlength=A)
     t_generate = time.perf_counter() - t0
 
     study_id, owner = 1, 1
@@ -302,13 +331,13 @@ def load_study(url: str, *, n_models: int, n_judgments: int, seed: int) -> tuple
                              for u in range(A))]))
         copy("annotation_study",
              ("id", "name", "description", "created_at", "overlap", "samples_per_prompt", "generation_settings",
-              "adaptive_sampling", "created_by_id"),
+              "adaptive_sampling", "created_by_id", "units_total", "version", "lease_sweep_at"),
              iter([f"{study_id}\t{STUDY_NAME}\tSynthetic study written by bench/ratings_bench.py --db.\t{created}\t"
-                   f"{OVERLAP}\t1\t{json.dumps(settings)}\tf\t{owner}\n"]))
-        copy("annotation_studymember", ("id", "role", "group", "excluded", "study_id", "user_id"),
-             iter([f"1\tevaluator\t\tf\t{study_id}\t{owner}\n"
-                   + "".join(f"{u + 2}\tannotator\t{GROUPS[u % len(GROUPS)]}\tf\t{study_id}\t{u + 2}\n"
-                             for u in range(A))]))
+                   f"{OVERLAP}\t1\t{json.dumps(settings)}\tf\t{owner}\t{n_units}\t0\t\\N\n"]))
+        copy("annotation_studymember", ("id", "role", "group", "excluded", "study_id", "user_id", "done"),
+             iter([f"1\tevaluator\t\tf\t{study_id}\t{owner}\t0\n"
+                   + "".join(f"{u + 2}\tannotator\t{GROUPS[u % len(GROUPS)]}\tf\t{study_id}\t{u + 2}\t{done}\n"
+                             for u, done in enumerate(member_done.tolist()))]))
         copy("annotation_prompt",
              ("id", "external_id", "text", "reference", "tags", "image", "is_gold", "gold_answer", "position",
               "study_id"),
@@ -339,14 +368,19 @@ def load_study(url: str, *, n_models: int, n_judgments: int, seed: int) -> tuple
                                    flat_tok[lo:hi].tolist(),
                                    (flat_tok[lo:hi] * 6e-7).round(8).tolist())))
         copy("annotation_unit",
-             ("id", "kind", "needed", "is_gold", "created_at", "output_a_id", "output_b_id", "prompt_id", "study_id"),
-             _rows("{}\tpairwise\t" + str(OVERLAP) + "\tf\t" + created + "\t{}\t{}\t{}\t" + str(study_id), n_units,
+             ("id", "kind", "needed", "is_gold", "created_at", "output_a_id", "output_b_id", "prompt_id", "study_id",
+              "taken", "cand_lo_id", "cand_hi_id", "a_is_lo", "pair_seq", "shuffle"),
+             _rows("{}\tpairwise\t" + str(OVERLAP) + "\tf\t" + created + "\t{}\t{}\t{}\t" + str(study_id)
+                   + "\t{}\t{}\t{}\t{}\t{}\t{}", n_units,
                    lambda lo, hi: (range(lo + 1, hi + 1), unit_out_a[lo:hi].tolist(), unit_out_b[lo:hi].tolist(),
-                                   (unit_prompt[lo:hi] + 1).tolist())))
-        token = _tokens(rng, n_judgments)
+                                   (unit_prompt[lo:hi] + 1).tolist(), unit_taken[lo:hi].tolist(),
+                                   (unit_lo[lo:hi] + 1).tolist(), (unit_hi[lo:hi] + 1).tolist(),
+                                   _bool(unit_a_is_lo[lo:hi]), unit_pair_seq[lo:hi].tolist(),
+                                   unit_shuffle[lo:hi].tolist())))
         copy("annotation_assignment",
-             ("id", "token", "left_is_a", "leased_at", "expires_at", "submitted_at", "annotator_id", "unit_id"),
-             _rows("{}\t{}\t{}\t{}+00\t{}+00\t{}+00\t{}\t{}", n_judgments,
+             ("id", "token", "left_is_a", "leased_at", "expires_at", "submitted_at", "annotator_id", "unit_id",
+              "study_id", "released"),
+             _rows("{}\t{}\t{}\t{}+00\t{}+00\t{}+00\t{}\t{}\t" + str(study_id) + "\tf", n_judgments,
                    lambda lo, hi: (range(lo + 1, hi + 1), token[lo:hi], _bool(left[lo:hi]), _stamp(served[lo:hi]),
                                    _stamp(expires[lo:hi]), _stamp(submitted[lo:hi]),
                                    (j_annot[lo:hi] + 2).tolist(), (j_unit[lo:hi] + 1).tolist())))
@@ -358,6 +392,8 @@ def load_study(url: str, *, n_models: int, n_judgments: int, seed: int) -> tuple
                                    (j_annot[lo:hi] + 2).tolist(), [outcome_names[c] for c in code[lo:hi].tolist()],
                                    _bool(left[lo:hi]), [rationales[r] for r in rationale_pick[lo:hi].tolist()],
                                    _stamp(served[lo:hi]), _stamp(submitted[lo:hi]), active[lo:hi].tolist())))
+        copy("arena_ratingrequest", ("id", "study_id", "slice_key", "pending", "requested_at", "started_at"),
+             iter([f"1\t{study_id}\tall\tf\t\\N\t\\N\n"]))
         t_index = time.perf_counter()
         for statement in deferred:
             cur.execute(statement)

@@ -110,6 +110,10 @@ DATABASES = {
         conn_max_age=envint("CONN_MAX_AGE", 600), conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and envbool("DATABASE_PREPARED", True):
+    # Server-side parameter binding lets psycopg prepare a statement after its fifth use on a
+    # connection, so the vote path's statements are planned once per connection.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=5)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web process read while the worker writes; IMMEDIATE takes the write
     # lock at BEGIN so two writers queue instead of failing with "database is locked".
@@ -130,7 +134,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # a miss reads the database).
 CACHE_URL = os.environ.get("CACHE_URL", "")
 CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+    "default": {"BACKEND": "evalsite.cache.RedisCache", "LOCATION": CACHE_URL}
     if CACHE_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "evalsite"}
 }
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
@@ -217,6 +221,10 @@ EVALSITE_GENERATION_BATCH = envint("EVALSITE_GENERATION_BATCH", 8)
 # While votes flow, a study's leaderboard is refreshed at most once per this many seconds,
 # and always once after the last vote.
 EVALSITE_RATINGS_MIN_INTERVAL = envint("EVALSITE_RATINGS_MIN_INTERVAL", 5)
+# Other slices (per tag, per annotator group) less often: each is a pass of its own.
+EVALSITE_SLICE_MIN_INTERVAL = envint("EVALSITE_SLICE_MIN_INTERVAL", 30)
+# A judgment older than this has surely committed; refreshes add newer ones afresh each time.
+EVALSITE_SETTLE_SECONDS = envint("EVALSITE_SETTLE_SECONDS", 60)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

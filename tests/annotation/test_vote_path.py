@@ -139,6 +139,7 @@ def test_counters_follow_expiry_exclusion_and_readmission(study_factory, annotat
     assert services.leases_release_expired(study_id=study.pk, now=later) == 1
     assert Unit.objects.get(pk=walked_away.unit_id).taken == Unit.objects.get(pk=walked_away.unit_id).judgments.count()
     _assert_counters_match_rows(study)
+    study.refresh_from_db()
     version = study.version
     services.member_exclude(study=study, user=annotators[0])
     study.refresh_from_db()
@@ -215,10 +216,11 @@ def test_an_exclusion_makes_the_next_refresh_recount(study_factory, annotators):
     for annotator in annotators[:2]:
         services.judgment_submit(assignment=services.assignment_next(study=study, annotator=annotator), choice="left")
     assert ratings_recompute(study_id=study.pk, rounds=20).n_judgments == 2
+    version = StudyMember.objects.get(study=study, user=annotators[0]).study.version
     services.member_exclude(study=study, user=annotators[0])
     snapshot = ratings_recompute(study_id=study.pk, rounds=20)  # no new judgment, but a new study version
     assert snapshot.n_judgments == 1
-    assert RatingSnapshot.objects.get(study=study, slice_key="all", method="bt").study_version == 1
+    assert RatingSnapshot.objects.get(study=study, slice_key="all", method="bt").study_version == version + 1
 
 
 # --- concurrent clients, on the real database ------------------------------------------
@@ -297,3 +299,16 @@ def test_a_unit_locked_by_another_lease_is_waited_for_not_reported_as_all_done(s
 
     _, lease = _in_threads(2, lambda i: (hold_lock, ask)[i](i))
     assert lease is not None and lease.unit.study_id == study.pk
+
+
+def test_an_old_tab_voting_on_a_released_lease_while_a_new_one_is_held_is_recorded(study_factory, annotators):
+    study = study_factory(candidates=("alpha-model", "beta-model"), overlap=2, prompts=_prompts(3))
+    old = services.assignment_next(study=study, annotator=annotators[0])
+    services.leases_release_expired(study_id=study.pk, now=timezone.now() + timedelta(hours=1))
+    Unit.objects.filter(pk=old.unit_id).update(shuffle=2**31 - 1)  # served last from now on
+    new = services.assignment_next(study=study, annotator=annotators[0])
+    assert new.unit_id != old.unit_id
+    judgment, created = services.judgment_submit(assignment=old, choice="left")
+    assert created and judgment.assignment_id == old.pk
+    assert services.lease_held(study=study, annotator=annotators[0]).pk == new.pk  # still the one open lease
+    _assert_counters_match_rows(study)

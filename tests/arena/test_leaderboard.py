@@ -1,11 +1,13 @@
 """The manager's leaderboard against an independent Bradley-Terry fit of the same votes."""
+from datetime import timedelta
 from itertools import cycle
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from annotation import services
-from annotation.models import StudyMember
+from annotation.models import Judgment, StudyMember
 from arena.models import RatingSnapshot
 from arena.services import ratings_recompute
 from tests.helpers.reference import logistic_elo
@@ -85,6 +87,8 @@ def test_excluded_annotators_drop_out_of_the_ratings(judged_study, annotators):
 
 def test_a_recompute_with_no_new_votes_is_skipped(judged_study):
     study, _ = judged_study
+    # once every judgment is older than the settle window, nothing can still join them
+    Judgment.objects.filter(study=study).update(submitted_at=timezone.now() - timedelta(minutes=10))
     first = ratings_recompute(study_id=study.pk, rounds=50)
     again = ratings_recompute(study_id=study.pk, rounds=50)
     assert again.computed_at == first.computed_at
