@@ -12,8 +12,9 @@ class RatingSnapshot(models.Model):
     n_judgments = models.PositiveIntegerField(default=0)
     last_judgment_id = models.BigIntegerField(default=0)
     study_version = models.PositiveIntegerField(default=0, help_text="Study.version the snapshot was computed at.")
-    cells = models.JSONField(
-        null=True, blank=True, help_text="Counted cells of the judgments up to settled_judgment_id (selectors.Cells)."
+    cells = models.BinaryField(
+        null=True, blank=True,
+        help_text="Counted cells of the judgments up to settled_judgment_id (selectors.Cells.to_bytes).",
     )
     settled_judgment_id = models.BigIntegerField(
         default=0, help_text="Every judgment of the slice up to this id is in cells; later ones are counted afresh."

@@ -46,7 +46,7 @@ def ratings_recompute(*, study_id: int, slice_key: str = selectors.ALL, force: b
         return current
     incremental = (current is not None and not force and current.study_version == version
                    and current.cells is not None)
-    base = selectors.Cells.from_rows(current.cells) if incremental else selectors.Cells.empty()
+    base = selectors.Cells.from_bytes(bytes(current.cells)) if incremental else selectors.Cells.empty()
     settled_from = current.settled_judgment_id if incremental else 0
     cutoff = timezone.now() - timedelta(seconds=settings.EVALSITE_SETTLE_SECONDS)
     settled_to = selectors.settled_judgment_id(study_id, slice_key, after_id=settled_from, cutoff=cutoff)
@@ -61,7 +61,7 @@ def ratings_recompute(*, study_id: int, slice_key: str = selectors.ALL, force: b
             study_id=study_id, slice_key=slice_key, method=BT,
             defaults={"payload": payload, "n_judgments": table.n_judgments, "study_version": version,
                       "last_judgment_id": table.last_judgment_id, "computed_at": timezone.now(),
-                      "cells": settled.rows(), "settled_judgment_id": settled_to},
+                      "cells": settled.to_bytes(), "settled_judgment_id": settled_to},
         )
     return snapshot
 

@@ -186,6 +186,59 @@ class _QueryLog:
             self.queries.append((time.perf_counter() - start, sql, params))
 
 
+def _incremental_refresh(study_id: int, *, rounds: int, full_s: float, new_votes: int) -> dict[str, float]:
+    """Cast ``new_votes`` votes through the vote path, then time the refresh that counts only them.
+
+    The overlap goes up by one so that places open; afterwards the votes are deleted and
+    the overlap and counters restored, so a kept database stays reusable.
+    """
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    from annotation import services
+    from annotation.models import Assignment, Study, StudyMember, Unit
+    from arena import services as arena_services
+
+    study = Study.objects.get(pk=study_id)
+    overlap = study.overlap
+    services.study_update_settings(study=study, overlap=overlap + 1, adaptive_sampling=False)
+    crowd = list(get_user_model().objects.filter(
+        pk__in=StudyMember.objects.filter(study=study, role="annotator").values("user")))
+    start_id = Assignment.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    start = time.perf_counter()
+    cast = 0
+    while cast < new_votes:
+        for user in crowd:
+            lease = services.assignment_next(study=study, annotator=user)
+            if lease is not None:
+                services.judgment_submit(assignment=lease, choice=("left", "right", "tie")[cast % 3])
+                cast += 1
+            if cast >= new_votes:
+                break
+    t_votes = time.perf_counter() - start
+    try:
+        snapshot, t_inc = _timed(arena_services.ratings_recompute, study_id=study_id, rounds=rounds)
+        full, _ = _timed(arena_services.ratings_recompute, study_id=study_id, rounds=rounds, force=True)
+        same = [(r["model"], r["rating"], r["lower"], r["upper"]) for r in snapshot.payload["rows"]] == [
+            (r["model"], r["rating"], r["lower"], r["upper"]) for r in full.payload["rows"]]
+    finally:  # put the kept database back as it was loaded
+        with connection.cursor() as cur:
+            cur.execute("DELETE FROM annotation_judgment WHERE assignment_id > %s", [start_id])
+            cur.execute("DELETE FROM annotation_assignment WHERE id > %s", [start_id])
+        Unit.objects.filter(study=study, taken__gt=overlap).update(taken=overlap)
+        for member in StudyMember.objects.filter(study=study, role="annotator"):
+            member.done = member.user.judgments.filter(study=study).count()
+            member.save(update_fields=["done"])
+        services.study_update_settings(study=study, overlap=overlap, adaptive_sampling=False)
+        arena_services.ratings_recompute(study_id=study_id, rounds=rounds, force=True)
+    print(f"incremental refresh after {new_votes:,} new votes (cast through the vote path in {t_votes:.1f} s, "
+          f"{new_votes / t_votes:,.0f}/s, one process)")
+    print(f"  {'ratings_recompute (incremental)':<31}{t_inc:8.3f} s  against a full pass {full_s:.3f} s; "
+          f"same ratings and intervals as the full pass: {'yes' if same else 'NO'}")
+    print(f"  goal: at most 1 s end to end, equal to a full pass: {'met' if t_inc <= 1.0 and same else 'NOT met'}")
+    return {"incremental_s": t_inc, "votes_per_s_one_process": new_votes / t_votes}
+
+
 def bench_db(
     *,
     n_models: int = 50,
@@ -198,6 +251,7 @@ def bench_db(
     server: str = _db_study.DEFAULT_SERVER,
     database: str = _db_study.DEFAULT_DATABASE,
     explain: bool = False,
+    new_votes: int = 10_000,
 ) -> dict[str, float]:
     """Time ``ratings_recompute`` on a PostgreSQL study of ``n_judgments`` judgments, and FastChat on the same rows.
 
@@ -283,6 +337,8 @@ def bench_db(
             print(f"  goal (1,000,000 judgments, 50 models): end to end at most 5 s: "
                   f"{'met' if e2e <= 5.0 else 'NOT met'}")
 
+        incremental = _incremental_refresh(study_id, rounds=rounds, full_s=e2e, new_votes=new_votes)
+
         # FastChat: every battle out of the database, one design row per battle, refit per round.
         names = dict(Candidate.objects.filter(study_id=study_id).values_list("pk", "name"))
         position = {pk: models.index(name) for pk, name in names.items()}
@@ -331,6 +387,7 @@ def bench_db(
             "fastchat_round_s": t_fc_round,
             "fastchat_total_extrapolated_s": theirs,
             "speed_ratio": theirs / e2e,
+            **incremental,
         }
         if load:
             result["load_s"] = load["total_s"]
@@ -358,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help=f"keep the bench database ({_db_study.DEFAULT_DATABASE})")
     parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE the slowest recompute query")
+    parser.add_argument("--new-votes", type=int, default=10_000,
+                        help="votes cast through the vote path before timing the incremental refresh")
     parser.add_argument("--server", default=os.environ.get("EVALSITE_BENCH_SERVER", _db_study.DEFAULT_SERVER),
                         help="PostgreSQL server URL without a database name (a superuser: the bench creates "
                              "and drops its database)")
@@ -386,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
             server=args.server,
             database=args.database,
             explain=args.explain,
+            new_votes=args.new_votes,
         )
 
 

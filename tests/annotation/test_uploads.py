@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from annotation import uploads
 from annotation.uploads import (
     BATTLE_WINNERS,
     MAX_REPORTED_ERRORS,
@@ -578,6 +579,256 @@ def test_it_parses_many_battles_with_one_entry_per_row():
     assert len(battles) == 20_000
     assert len(set(map(id, battles.model_a))) == 7
     assert battles.line[-1] == 20_000
+
+
+
+# Every kind of valid battle row: padded names that strip to a name seen before, escapes,
+# non-ASCII and U+2028 (JSON allows it raw in strings; JSON Lines split on "\n" only),
+# a name that looks like a number, keys in any order, extra fields of every JSON type
+# (one even holds "model_a" and "winner" keys of its own), and every winner.
+VALID_BATTLES = [
+    {"model_a": "alpha", "model_b": "beta", "winner": "model_a"},
+    {"model_a": "  beta\t", "model_b": " gamma ", "winner": "model_b"},
+    {
+        "question_id": "q3",
+        "model_a": "gamma",
+        "model_b": "alpha",
+        "winner": "tie",
+        "turn": 2,
+        "anony": False,
+        "tstamp": 1.5,
+        "judge": None,
+        "conv_metadata": {"model_a": "x", "nested": [1, {"winner": "no"}]},
+        "tags": ["a", "b"],
+    },
+    {"winner": "tie (bothbad)", "model_b": "alpha", "model_a": "delta"},
+    {"model_a": 'modèle-β "🚀" \\ back', "model_b": "line\u2028separator", "winner": "model_a"},
+    {"model_a": "123", "model_b": "alpha", "winner": "model_b"},
+    {"model_a": "delta", "model_b": "123", "winner": "tie"},
+]
+VALID_BATTLE_FILES = {
+    "indented JSON list": (json.dumps(VALID_BATTLES, indent=2, ensure_ascii=False), "b.json"),
+    "one-line JSON list": (json.dumps(VALID_BATTLES), "b.json"),
+    "JSON list with whitespace around": ("\n " + json.dumps(VALID_BATTLES) + " \n\n", "b.json"),
+    "JSON Lines": (
+        "\n".join(json.dumps(b, ensure_ascii=False) for b in VALID_BATTLES) + "\n",
+        "b.jsonl",
+    ),
+    "JSON Lines with CRLF": (
+        "\r\n".join(json.dumps(b) for b in VALID_BATTLES) + "\r\n",
+        "b.ndjson",
+    ),
+    "JSON Lines in a .json file": ("\n".join(json.dumps(b) for b in VALID_BATTLES), "b.json"),
+    "CSV": (
+        " Winner ,judge,MODEL_B,model_a,\n"
+        "model_a,x,beta,alpha,\n"
+        "model_b,,  gamma , beta,\n"
+        "tie,y,alpha,gamma,\n"
+        "tie (bothbad),z,alpha,delta,\n"
+        "model_a,,line\u2028separator,modèle-β 🚀,\n"
+        "model_b,,alpha,123,\n",
+        "b.csv",
+    ),
+    "CSV with CRLF and no final newline": (
+        "model_a,model_b,winner\r\n"
+        "alpha,beta,model_a\r\n"
+        " beta ,gamma,tie\r\n"
+        "123,alpha,tie (bothbad)",
+        "b.csv",
+    ),
+    "TSV": ("model_a\tmodel_b\twinner\nalpha, v2\tbeta\ttie\nbeta\talpha, v2\tmodel_b\n", "b.tsv"),
+}
+
+
+_COLUMN_READERS = ("_json_list_battle_columns", "_json_lines_battle_columns", "_csv_battle_columns")
+
+
+def _parse_row_by_row(monkeypatch, data: bytes, filename: str):
+    with monkeypatch.context() as patch:
+        for reader in _COLUMN_READERS:
+            patch.setattr(uploads, reader, lambda source: None)
+        return parse_battles(data, filename)
+
+
+def _parse_column_by_column(monkeypatch, data: bytes, filename: str):
+    def row_by_row(source):
+        raise AssertionError("the file went to the row-by-row reader")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(uploads, "_parse_battle_rows", row_by_row)
+        return parse_battles(data, filename)
+
+
+@pytest.mark.parametrize("kind", VALID_BATTLE_FILES)
+def test_the_column_reader_and_the_row_reader_give_the_same_battles(kind, monkeypatch):
+    text, filename = VALID_BATTLE_FILES[kind]
+    fast = _parse_column_by_column(monkeypatch, text.encode(), filename)
+    slow = _parse_row_by_row(monkeypatch, text.encode(), filename)
+    assert fast == slow
+    assert (fast.model_a, fast.model_b, fast.winner, fast.line) == (
+        slow.model_a,
+        slow.model_b,
+        slow.winner,
+        slow.line,
+    )
+    assert fast.models == slow.models
+    assert [fast.models[k] for k in fast.a] == fast.model_a
+    assert [fast.winners[k] for k in fast.winner_code] == fast.winner
+    assert all(name == name.strip() for name in fast.models)
+    assert len(set(fast.models)) == len(fast.models)
+
+
+def test_the_column_reader_strips_and_merges_names_as_the_row_reader_does(monkeypatch):
+    text, filename = VALID_BATTLE_FILES["indented JSON list"]
+    battles = _parse_column_by_column(monkeypatch, text.encode(), filename)
+    # First appearances in the model_a column, then in the model_b column.
+    assert battles.models == (
+        "alpha", "beta", "gamma", "delta", 'modèle-β "🚀" \\ back', "123", "line\u2028separator"
+    )
+    assert battles.model_a[:2] == ["alpha", "beta"]
+    assert battles.model_b[1] == "gamma"
+    assert battles.winner == [b["winner"] for b in VALID_BATTLES]
+    # json.dumps(indent=2) opens each element of the list with a line of its own: "  {".
+    assert battles.line == [n for n, line in enumerate(text.split("\n"), 1) if line == "  {"]
+    assert battles.model_a[1] is battles.model_b[0]
+
+
+_AB = '{"model_a": "a", "model_b": "b", "winner": "tie"}'
+_BA = '{"model_a": "b", "model_b": "a", "winner": "tie"}'
+
+
+@pytest.mark.parametrize(
+    ("text", "filename", "lines"),
+    [
+        (f"\n{_AB}\n\n  {_BA}", "b.jsonl", [2, 4]),  # blank lines, leading whitespace
+        (f"{_AB} \n{_BA}", "b.jsonl", [1, 2]),  # whitespace after the value
+        ('model_a,model_b,winner\n"a\nstill a",b,tie\n\n ,\nb,a,tie\n', "b.csv", [2, 6]),
+        ("\nmodel_a,model_b,winner\na,b,tie\n", "b.csv", [3]),
+        ("model_a,model_b,winner\ra,b,tie\rb,a,tie\r", "b.csv", [2, 3]),  # old Mac line ends
+        ("model_a,model_b,winner\r\na,b,tie\rb,a,tie\r\n", "b.csv", [2, 3]),
+        ("model_a,model_b,winner,note\na,b,tie\nb,a,tie,x\n", "b.csv", [2, 3]),
+    ],
+)
+def test_valid_files_the_column_reader_cannot_split_still_parse_row_by_row(text, filename, lines):
+    assert parse_battles(text.encode(), filename).line == lines
+
+
+def _big_battle_file(fmt: str, bad: dict[int, dict]) -> tuple[bytes, str]:
+    """60,000 battles, one per line, as a JSON list ("[" on line 1), JSON Lines or CSV
+    (header on line 1), with the rows in ``bad`` (keyed by line) put in."""
+    first = {"json": 2, "jsonl": 1, "csv": 2}[fmt]
+    rows = [
+        bad.get(
+            first + i,
+            {"model_a": f"m{i % 7}", "model_b": f"m{(i + 1) % 7}", "winner": BATTLE_WINNERS[i % 3]},
+        )
+        for i in range(60_000)
+    ]
+    if fmt == "json":
+        return ("[\n" + ",\n".join(map(json.dumps, rows)) + "\n]\n").encode(), "big.json"
+    if fmt == "jsonl":
+        return ("\n".join(map(json.dumps, rows)) + "\n").encode(), "big.jsonl"
+    body = "\n".join(f"{r['model_a']},{r['model_b']},{r['winner']}" for r in rows)
+    return ("model_a,model_b,winner\n" + body + "\n").encode(), "big.csv"
+
+
+_ALLOWED = ", ".join(repr(w) for w in BATTLE_WINNERS)
+BAD_BATTLES = {
+    "unknown winner": (
+        {"model_a": "m1", "model_b": "m2", "winner": "draw"},
+        f", field 'winner': must be one of {_ALLOWED}, not 'draw'",
+    ),
+    "model against itself": (
+        {"model_a": "m3", "model_b": " m3", "winner": "tie"},
+        ", field 'model_b': is the same model as model_a ('m3')",
+    ),
+    "empty model": (
+        {"model_a": " ", "model_b": "m2", "winner": "tie"},
+        ", field 'model_a': is empty",
+    ),
+    "model not a string": (
+        {"model_a": "m1", "model_b": 7, "winner": "tie"},
+        ", field 'model_b': must be a string, not a number",
+    ),
+    "winner missing": ({"model_a": "m1", "model_b": "m2"}, ", field 'winner': is missing"),
+    "winner not a string": (
+        {"model_a": "m1", "model_b": "m2", "winner": ["tie"]},
+        f", field 'winner': must be one of {_ALLOWED}, not a list",
+    ),
+    "not an object": (["m1", "m2", "tie"], ": is not a JSON object (found a list)"),
+}
+_CSV_BAD_BATTLES = ("unknown winner", "model against itself", "empty model")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "kind"),
+    [(fmt, kind) for fmt in ("json", "jsonl") for kind in BAD_BATTLES]
+    + [("csv", kind) for kind in _CSV_BAD_BATTLES],
+)
+def test_one_bad_battle_deep_in_a_big_file_is_named_by_line_and_field(fmt, kind):
+    row, message = BAD_BATTLES[kind]
+    data, filename = _big_battle_file(fmt, {50_000: row})
+    [error] = errors_of(parse_battles, data, filename, max_bytes=None)
+    where = "line 50000 (index 49998)" if fmt == "json" else "line 50000"
+    assert str(error) == where + message
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv"])
+def test_every_bad_battle_in_a_big_file_is_named_in_file_order(fmt):
+    bad = {
+        50_000: {"model_a": "m1", "model_b": "m2", "winner": "draw"},
+        59_000: {"model_a": "m3", "model_b": " m3", "winner": "tie"},
+        59_999: {"model_a": "", "model_b": "m2", "winner": "tie"},
+    }
+    data, filename = _big_battle_file(fmt, bad)
+    with pytest.raises(UploadError) as info:
+        parse_battles(data, filename, max_bytes=None)
+    where = {
+        "json": [
+            "line 50000 (index 49998)",
+            "line 59000 (index 58998)",
+            "line 59999 (index 59997)",
+        ],
+        "jsonl": ["line 50000", "line 59000", "line 59999"],
+        "csv": ["line 50000", "line 59000", "line 59999"],
+    }[fmt]
+    assert str(info.value) == "\n".join(
+        [
+            f"{where[0]}, field 'winner': must be one of {_ALLOWED}, not 'draw'",
+            f"{where[1]}, field 'model_b': is the same model as model_a ('m3')",
+            f"{where[2]}, field 'model_a': is empty",
+        ]
+    )
+    assert [(e.line, e.field) for e in info.value.errors] == [
+        (50_000, "winner"),
+        (59_000, "model_b"),
+        (59_999, "model_a"),
+    ]
+
+
+def test_a_big_json_list_with_many_bad_battles_reports_the_first_ones_and_counts_the_rest():
+    bad = {
+        line: {"model_a": "m1", "model_b": 7, "winner": "tie"}
+        for line in range(1_000, 61_000, 1_000)
+    }
+    data, filename = _big_battle_file("json", bad)
+    with pytest.raises(UploadError) as info:
+        parse_battles(data, filename, max_bytes=None)
+    assert info.value.total == 60
+    assert len(info.value.errors) == MAX_REPORTED_ERRORS
+    assert str(info.value.errors[0]) == (
+        "line 1000 (index 998), field 'model_b': must be a string, not a number"
+    )
+    assert str(info.value).endswith(f"…and {60 - MAX_REPORTED_ERRORS} more")
+
+
+def test_a_big_clean_file_is_read_column_by_column_with_its_lines(monkeypatch):
+    data, filename = _big_battle_file("json", {})
+    battles = _parse_column_by_column(monkeypatch, data, filename)
+    assert len(battles) == 60_000
+    assert battles.models == tuple(f"m{k}" for k in (0, 1, 2, 3, 4, 5, 6))
+    assert battles.line[:2] == [2, 3] and battles.line[-1] == 60_001
+    assert battles.winner[:3] == list(BATTLE_WINNERS[:3])
 
 
 # --- demo data -------------------------------------------------------------------------

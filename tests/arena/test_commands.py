@@ -7,6 +7,9 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from annotation.models import Judgment
+from annotation.uploads import BATTLE_WINNERS, parse_battles
+from arena import ratings
+from arena.management.commands.arena_ratings import count_parsed_battles
 from arena.services import ratings_recompute
 from tests.helpers.reference import logistic_elo
 
@@ -95,6 +98,51 @@ def test_arena_ratings_names_the_bad_line(tmp_path):
         call_command("arena_ratings", str(path), "--anchor", "oops")
     with pytest.raises(CommandError, match="no such file"):
         call_command("arena_ratings", str(tmp_path / "missing.json"))
+
+
+def test_arena_ratings_counts_the_parsed_codes_as_count_battles_counts_the_names(arena_json):
+    path, battles = arena_json
+    battles.append({"model_a": " gpt-y ", "model_b": "claude-x", "winner": "tie (bothbad)"})
+    path.write_text(json.dumps(battles, indent=1))
+    parsed = parse_battles(path.read_bytes(), path.name)
+    mine = count_parsed_battles(parsed)
+    theirs = ratings.count_battles(
+        [b["model_a"].strip() for b in battles], [b["model_b"].strip() for b in battles],
+        [b["winner"] for b in battles],
+    )
+    assert mine.models == theirs.models
+    for matrix in ("wins", "ties", "both_bad"):
+        assert np.array_equal(getattr(mine, matrix), getattr(theirs, matrix)), matrix
+    assert mine.n_battles == 1501
+
+
+def test_arena_ratings_prints_the_leaderboard_of_the_battles_counted_by_name(arena_json, capsys):
+    path, battles = arena_json
+    call_command("arena_ratings", str(path), "--rounds", "100", "--seed", "7", "--json")
+    rows = json.loads(capsys.readouterr().out)
+    counts = ratings.count_battles(
+        [b["model_a"] for b in battles], [b["model_b"] for b in battles], [b["winner"] for b in battles]
+    )
+    board = ratings.leaderboard(counts, rounds=100, rng=np.random.default_rng(7))
+    assert [(r["model"], r["rating"], r["lower"], r["upper"], r["battles"]) for r in rows] == [
+        (r.model, r.rating, r.lower, r.upper, r.battles) for r in board
+    ]
+
+
+def test_arena_ratings_names_a_bad_battle_deep_in_a_big_file(tmp_path):
+    rows = [
+        {"model_a": f"m{i % 7}", "model_b": f"m{(i + 1) % 7}", "winner": BATTLE_WINNERS[i % 3]}
+        for i in range(60_000)
+    ]
+    rows[49_998]["winner"] = "draw"  # "[" is line 1, so element 49,998 is on line 50,000
+    path = tmp_path / "big.json"
+    path.write_text("[\n" + ",\n".join(map(json.dumps, rows)) + "\n]\n")
+    allowed = ", ".join(repr(w) for w in BATTLE_WINNERS)
+    with pytest.raises(CommandError) as info:
+        call_command("arena_ratings", str(path), "--json")
+    assert str(info.value) == (
+        f"{path}:\nline 50000 (index 49998), field 'winner': must be one of {allowed}, not 'draw'"
+    )
 
 
 def test_import_battles_loads_judgments_that_rate_like_the_file(arena_json, study_factory, capsys):
