@@ -3,6 +3,8 @@ import json
 from django import forms
 from django.contrib.auth import get_user_model
 
+from arena import outcomes
+
 from .models import Candidate
 
 User = get_user_model()
@@ -81,6 +83,6 @@ class MemberForm(forms.Form):
 
 
 class JudgmentForm(forms.Form):
-    choice = forms.ChoiceField(choices=[(c, c) for c in ("left", "right", "tie", "both_bad")])
+    choice = forms.ChoiceField(choices=[(c, c) for c in outcomes.CHOICES])
     rationale = forms.CharField(required=False, max_length=5000)
     active_ms = forms.IntegerField(required=False, min_value=0)

@@ -1,6 +1,8 @@
 """Cached leaderboards: the web process reads these and never recomputes on a request."""
 from django.db import models
 
+from .board import Board
+
 
 class RatingSnapshot(models.Model):
     study = models.ForeignKey(
@@ -30,6 +32,11 @@ class RatingSnapshot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.study} {self.slice_key} {self.method}"
+
+    @property
+    def board(self) -> Board | None:
+        """The Bradley-Terry payload, typed (None for an empty one or another method's)."""
+        return Board.from_json(self.payload) if self.method == "bt" else None
 
 
 class RatingRequest(models.Model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 from datetime import timedelta
 
 import numpy as np
@@ -14,6 +15,7 @@ from django.utils import timezone
 from annotation.models import Study
 
 from . import outcomes, ratings, selectors
+from .board import Board, BoardRow
 from .models import RatingRequest, RatingSnapshot
 
 log = logging.getLogger(__name__)
@@ -145,54 +147,59 @@ def _proportion(p: ratings.Proportion) -> dict:
 
 
 def leaderboard_payload(table: selectors.BattleTable, *, rounds: int, seed: int) -> dict:
-    """Plain-JSON leaderboard of one slice: ratings, matrices and bias diagnostics."""
-    payload: dict = {"rounds": rounds, "seed": seed, "n_battles": int(table.count.sum()),
-                     "regularization": 0.0, "note": "", "rows": []}
+    """Plain-JSON leaderboard of one slice (a :class:`arena.board.Board`): ratings, matrices, bias checks."""
+    empty = Board(rounds=rounds, seed=seed, n_battles=int(table.count.sum()))
     used = np.union1d(table.a, table.b)
     if used.size < 2:
-        payload["note"] = "No judgments yet." if not table.count.size else \
-            "Ratings need judgments between at least two candidates."
-        return payload
+        note = ("No judgments yet." if not table.count.size
+                else "Ratings need judgments between at least two candidates.")
+        return replace(empty, note=note).to_json()
     models = [table.models[i] for i in used]
     remap = np.full(len(table.models), -1, dtype=np.intp)
     remap[used] = np.arange(used.size)
     a, b = remap[table.a], remap[table.b]
     counts = ratings.counts_from_cells(models, a, b, table.outcome, table.count)
+    regularization, note = 0.0, ""
     try:
         board = ratings.leaderboard(counts, rounds=rounds, rng=np.random.default_rng(seed))
     except ratings.RatingError as exc:
         board = ratings.leaderboard(counts, rounds=rounds, rng=np.random.default_rng(seed),
                                     regularization=FALLBACK_REGULARIZATION)
-        payload["regularization"] = FALLBACK_REGULARIZATION
-        payload["note"] = (
+        regularization = FALLBACK_REGULARIZATION
+        note = (
             f"The plain maximum-likelihood fit does not exist ({exc}); ratings use a weak "
             f"Gaussian prior (L2 penalty {FALLBACK_REGULARIZATION} on log-strengths), which pulls "
             "undefeated or unconnected models towards the mean."
         )
     else:
         if board.fallback_rounds:
-            payload["note"] = (
+            note = (
                 f"{board.fallback_rounds} of {rounds} bootstrap resamples left a model undefeated; those "
                 f"rounds were fitted with a weak prior (L2 penalty {board.fallback_regularization}), "
                 "so the intervals are slightly narrower than a plain fit would give."
             )
     order = [counts.index(r.model) for r in board]
-    payload["models"] = [r.model for r in board]
-    payload["rows"] = [
-        {"model": r.model, "rating": r.rating, "lower": r.lower, "upper": r.upper, "median": r.median,
-         "rank": r.rank, "battles": r.battles, "wins": r.wins, "losses": r.losses, "ties": r.ties,
-         "both_bad": r.both_bad, "win_rate": _finite(r.win_rate), "both_bad_rate": _finite(r.both_bad_rate)}
-        for r in board
-    ]
+    best_first = [r.model for r in board]
     observed = ratings.observed_win_matrix(counts)[np.ix_(order, order)]
-    payload["observed"] = [[_finite(v) for v in row] for row in observed]
-    payload["predicted"] = ratings.predicted_win_matrix(np.array([r.rating for r in board])).round(4).tolist()
-    payload["covariance"] = board.covariance[np.ix_(order, order)].round(4).tolist()
-    payload["pair_battles"] = counts.pair_battles[np.ix_(order, order)].astype(int).tolist()
-    payload["style"] = _style_control(counts, models, a, b, table, payload["models"])
-    payload["position_bias"] = _position_bias(table)
-    payload["length_bias"] = _length_bias(table)
-    return payload
+    return replace(
+        empty,
+        regularization=regularization,
+        note=note,
+        models=tuple(best_first),
+        rows=tuple(
+            BoardRow(model=r.model, rating=r.rating, lower=r.lower, upper=r.upper, median=r.median, rank=r.rank,
+                     battles=r.battles, wins=r.wins, losses=r.losses, ties=r.ties, both_bad=r.both_bad,
+                     win_rate=_finite(r.win_rate), both_bad_rate=_finite(r.both_bad_rate))
+            for r in board
+        ),
+        observed=tuple(tuple(_finite(v) for v in row) for row in observed),
+        predicted=tuple(map(tuple, ratings.predicted_win_matrix(np.array([r.rating for r in board])).round(4).tolist())),
+        covariance=tuple(map(tuple, board.covariance[np.ix_(order, order)].round(4).tolist())),
+        pair_battles=tuple(map(tuple, counts.pair_battles[np.ix_(order, order)].astype(int).tolist())),
+        style=_style_control(counts, models, a, b, table, best_first),
+        position_bias=_position_bias(table),
+        length_bias=_length_bias(table),
+    ).to_json()
 
 
 def _style_control(counts, models, a, b, table, best_first) -> dict:
@@ -272,11 +279,11 @@ def online_elo_reset(*, study_id: int) -> None:
 def adaptive_state(study_id: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray] | None:
     """Ratings, their bootstrap covariance and battles per pair, for adaptive pair sampling."""
     snap = RatingSnapshot.objects.filter(study_id=study_id, slice_key=selectors.ALL, method=BT).first()
-    if not snap or not snap.payload.get("covariance"):
+    board = snap.board if snap else None
+    if board is None or not board.covariance:
         return None
-    p = snap.payload
-    return (p["models"], np.array([r["rating"] for r in p["rows"]]), np.array(p["covariance"]),
-            np.array(p["pair_battles"], dtype=float))
+    return (list(board.models), np.array([r.rating for r in board.rows]), np.array(board.covariance),
+            np.array(board.pair_battles, dtype=float))
 
 
 _PAIR_ORDER_CACHE: dict[int, tuple[float, list[tuple[int, int]]]] = {}

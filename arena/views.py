@@ -1,6 +1,7 @@
 """The manager's leaderboard: reads the last snapshot, never fits on the request path."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -26,28 +27,27 @@ def leaderboard_context(study, slice_key: str) -> dict:
     stale = bool(request and (request.pending or (request.started_at and (
         not snapshot or snapshot.computed_at < request.started_at))))
     ctx = {"study": study, "snapshot": snapshot, "slices": slices, "slice_key": slice_key, "stale": stale}
-    payload = snapshot.payload if snapshot else {}
-    rows = payload.get("rows") or []
-    if not rows:
+    board = snapshot.board if snapshot else None
+    ctx["board"] = board
+    if board is None or not board.rows:
         return ctx
-    style = payload.get("style") or {}
+    lc = board.style.get("ratings") or {}
     elo = RatingSnapshot.objects.filter(study=study, slice_key=selectors.ALL, method=ONLINE_ELO).first()
-    for r in rows:
-        r["lc_rating"] = (style.get("ratings") or {}).get(r["model"])
-        r["online_elo"] = elo.payload["ratings"].get(r["model"]) if elo and slice_key == selectors.ALL else None
-    names = [r["model"] for r in rows]
+    live = elo.payload.get("ratings", {}) if elo and slice_key == selectors.ALL else {}
+    rows = [{**asdict(r), "lc_rating": lc.get(r.model), "online_elo": live.get(r.model)} for r in board.rows]
+    names = [r.model for r in board.rows]
     ctx.update(
-        rows=rows, style=style, position=payload.get("position_bias"), length=payload.get("length_bias"),
+        rows=rows, style=board.style, position=board.position_bias, length=board.length_bias,
         online_elo=elo if slice_key == selectors.ALL else None,
-        interval_svg=plots.interval_plot(names, [r["rating"] for r in rows], [r["lower"] for r in rows],
-                                         [r["upper"] for r in rows]),
-        heatmap_svg=plots.heatmap(payload["models"], payload["observed"],
+        interval_svg=plots.interval_plot(names, [r.rating for r in board.rows], [r.lower for r in board.rows],
+                                         [r.upper for r in board.rows]),
+        heatmap_svg=plots.heatmap(list(board.models), [list(r) for r in board.observed],
                                   title="Observed: row beats column (ties half)"),
-        predicted_svg=plots.heatmap(payload["models"], payload["predicted"],
+        predicted_svg=plots.heatmap(list(board.models), [list(r) for r in board.predicted],
                                     title="Predicted by the ratings: row beats column"),
-        both_bad_svg=plots.bar_chart(names, [r["both_bad_rate"] or 0.0 for r in rows],
+        both_bad_svg=plots.bar_chart(names, [r.both_bad_rate or 0.0 for r in board.rows],
                                      title="Share of a model's battles voted 'both bad'"),
-        length_svg=plots.length_bias_plot(payload.get("length_bias") or {}),
+        length_svg=plots.length_bias_plot(board.length_bias or {}),
     )
     return ctx
 

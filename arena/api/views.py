@@ -11,6 +11,7 @@ from annotation import access
 from annotation import selectors as annotation_selectors
 
 from .. import selectors
+from ..board import Board
 from ..models import RatingSnapshot
 from ..services import BT
 
@@ -26,20 +27,21 @@ def leaderboard(request: Request, study_id: int) -> Response:
     if snapshot is None:  # reads never enqueue work; the worker computes after votes
         return Response({"study": study.pk, "slice": slice_key, "computed_at": None, "age_seconds": None,
                          "rows": []})
-    p = snapshot.payload
+    board = snapshot.board or Board(rounds=0, seed=0, n_battles=0)
+    data = board.to_json()
     return Response({
         "study": study.pk,
         "slice": slice_key,
         "computed_at": snapshot.computed_at,
         "age_seconds": round((timezone.now() - snapshot.computed_at).total_seconds(), 1),
         "n_judgments": snapshot.n_judgments,
-        "rounds": p.get("rounds"),
-        "regularization": p.get("regularization"),
-        "note": p.get("note"),
-        "rows": p.get("rows", []),
-        "length_controlled": p.get("style"),
-        "position_bias": p.get("position_bias"),
-        "length_bias": p.get("length_bias"),
+        "rounds": board.rounds,
+        "regularization": board.regularization,
+        "note": board.note,
+        "rows": data["rows"],
+        "length_controlled": board.style,
+        "position_bias": board.position_bias,
+        "length_bias": board.length_bias,
         "slices": [s.key for s in selectors.study_slices(study.pk)],
     })
 

@@ -88,3 +88,18 @@ def test_a_slice_refresh_is_incremental_too(study_factory, annotators):
         study=study, unit__prompt__tag_rows__tag="a").count()
     assert _rows(part) == _rows(full)
     assert RatingSnapshot.objects.filter(study=study).count() == 1
+
+
+def test_the_pure_modules_import_without_django_and_a_board_round_trips():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, json; import arena.board, arena.outcomes, arena.ratings, arena.sampling; "
+            "assert 'django' not in sys.modules, 'django imported'; "
+            "b = arena.board.Board(rounds=5, seed=1, n_battles=2, rows=(arena.board.BoardRow('m', 1010.0, 990.0, "
+            "1030.0, 1010.0, 1, 2, 1.0, 1.0, 0.0, 0.0, 0.5, 0.0),), models=('m',), observed=((None,),)); "
+            "assert arena.board.Board.from_json(json.loads(json.dumps(b.to_json()))) == b")
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
