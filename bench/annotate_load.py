@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 
+import aiohttp
 from yarl import URL
 from pathlib import Path
 
@@ -191,10 +192,20 @@ async def annotator(session, base: str, study_id: int, deadline: float, think: f
             if time.monotonic() >= deadline:
                 return
         t = time.perf_counter()
-        async with session.post(f"{base}/tasks/{m.group(1)}/", data={"choice": rng.choice(("left", "right", "tie"))},
-                                headers=headers) as r:
-            html = await r.text()
-            status = r.status
+        choice = rng.choice(("left", "right", "tie"))
+        for attempt in range(3):
+            try:
+                async with session.post(f"{base}/tasks/{m.group(1)}/", data={"choice": choice},
+                                        headers=headers) as r:
+                    html = await r.text()
+                    status = r.status
+                break
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+                # a kept-alive connection the server had closed: send again, as browsers do
+                # (a repeated vote with the same answer is recorded once)
+                stats["resent"] = stats.get("resent", 0) + 1
+                if attempt == 2:
+                    raise
         lat.append(time.perf_counter() - t)
         if status == 200:
             stats["acknowledged"] += 1
@@ -203,7 +214,7 @@ async def annotator(session, base: str, study_id: int, deadline: float, think: f
 
 
 async def drive(base: str, study_id: int, session_keys: list[str], seconds: float, think: float) -> dict:
-    import aiohttp
+
 
     lat: list[float] = []
     stats = {"acknowledged": 0, "pages": 0, "all_done": 0}
@@ -267,7 +278,8 @@ def start_servers(env: dict, port: int, workers: int, threads: int, log_dir: Pat
     py = sys.executable
     gunicorn = subprocess.Popen(
         [str(Path(py).parent / "gunicorn"), "evalsite.wsgi", "-w", str(workers), "-k", "gthread", "--threads",
-         str(threads), "-b", f"127.0.0.1:{port}", "--backlog", "4096", "--log-level", "warning"],
+         str(threads), "-b", f"127.0.0.1:{port}", "--backlog", "4096", "--keep-alive", "75",
+         "--worker-connections", "2000", "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=open(log_dir / "gunicorn.log", "wb"), stderr=subprocess.STDOUT,
         start_new_session=True)
     worker = subprocess.Popen(
@@ -353,7 +365,7 @@ def main() -> None:
             votes = max(1, stats["acknowledged"])
             print("  server CPU per vote " + ", ".join(f"{k} {v / votes * 1000:.2f} ms" for k, v in cpu_used.items())
                   + f" (2 cores = {2 * stats['wall'] / votes * 1000:.2f} ms of CPU per vote available)")
-            other = {k: v for k, v in stats.items() if k.startswith("status_") or k == "all_done"}
+            other = {k: v for k, v in stats.items() if k.startswith("status_") or k in ("all_done", "resent")}
             if any(other.values()):
                 print(f"  other answers      {other}")
             print(f"  integrity          {'OK' if check['ok'] else 'FAILED'}: " +
