@@ -120,8 +120,10 @@ def reset_study(study) -> None:
         cur.execute("DELETE FROM arena_ratingsnapshot WHERE study_id = %s", [study.pk])
         cur.execute("UPDATE arena_ratingrequest SET pending = false, started_at = NULL WHERE study_id = %s",
                     [study.pk])
-        cur.execute("VACUUM ANALYZE annotation_unit")
-        cur.execute("VACUUM ANALYZE annotation_assignment")
+        # vacuum now, so that autovacuum does not run during the measurement
+        for table in ("annotation_unit", "annotation_assignment", "annotation_judgment", "annotation_studymember",
+                      "arena_ratingsnapshot", "arena_ratingrequest"):
+            cur.execute(f"VACUUM ANALYZE {table}")
 
 
 def sessions_for(study, n: int) -> list[str]:
