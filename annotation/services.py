@@ -17,7 +17,7 @@ from itertools import combinations
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from arena import outcomes

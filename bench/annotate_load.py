@@ -355,7 +355,7 @@ def main() -> None:
             cpu_used = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_by_group().items()}
             lat = stats["latencies"]
             check = integrity(study, stats["acknowledged"])
-            label = f"{n} annotators, " + (f"closed loop" if kind == "closed" else f"think time {think:g} s (exp.)")
+            label = f"{n} annotators, " + ("closed loop" if kind == "closed" else f"think time {think:g} s (exp.)")
             print(f"\n== {label}, {seconds:g} s ==")
             print(f"  judgments/s        {stats['acknowledged'] / stats['wall']:8.1f}   ({stats['acknowledged']:,} in "
                   f"{stats['wall']:.1f} s)")
