@@ -266,6 +266,8 @@ def bench_db(
         raise SystemExit(f"database part: cannot reach PostgreSQL at {server} ({error}); "
                          "set --server or EVALSITE_BENCH_SERVER, or run with --pure-only") from error
     os.environ["DATABASE_URL"] = url
+    # its own broker folder: the refresh requests its votes make must not reach a `make run` worker
+    os.environ.setdefault("EVALSITE_VAR_DIR", str(Path(__file__).resolve().parent.parent / "var" / "bench"))
     os.environ["DJANGO_SETTINGS_MODULE"] = "evalsite.settings"
     import django
 
