@@ -137,3 +137,26 @@ def test_a_vote_on_a_task_that_is_not_the_annotators_shows_a_problem_and_keeps_t
     assert _token(page) == token
     assert page.locator("#task-form button:disabled").count() == 0
     assert not Judgment.objects.filter(study=study).exists()
+
+
+def test_back_and_forward_never_show_a_judged_pair_as_open(live_server, browser, study_factory, annotators):
+    study = study_factory()
+    base = live_server.url
+    page = browser.new_context().new_page()
+    page.set_default_timeout(30_000)
+    login(page, base, annotators[0].username)  # the home page is the entry before the task
+    _open_annotate(page, base, study)
+    judged = _token(page)
+    assert _press(page, "1").status == 200
+    page.wait_for_selector('#done-count:text-is("1")')
+    current = _token(page)
+    assert current != judged
+    page.go_back()
+    page.wait_for_url(f"{base}/")
+    response = page.go_forward()
+    page.wait_for_selector("#task-form")
+    # the page came from the server again (no-store), so it shows the open task, not the judged one
+    assert response is not None and response.status == 200
+    assert _token(page) == current
+    assert page.inner_text("#done-count") == "1"
+    assert Judgment.objects.filter(assignment__token=judged).count() == 1
