@@ -37,7 +37,6 @@ import sys
 import time
 
 import aiohttp
-from yarl import URL
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +47,6 @@ N_CANDIDATES = 8
 BASE_PROMPTS = 2000
 OVERLAP = 3
 STUDY_NAME = "bench: crowd annotation"
-TOKEN = re.compile(r'action="/tasks/([^"/]+)/"')
 
 
 def _django(db_url: str, cache_url: str) -> None:
@@ -177,15 +175,25 @@ def integrity(study, acknowledged: int) -> dict:
     return out
 
 
-async def annotator(session, base: str, study_id: int, deadline: float, think: float, lat: list, stats: dict,
-                    rng: random.Random) -> None:
-    async with session.get(f"{base}/studies/{study_id}/annotate/") as r:
-        html = await r.text()
+TOKEN_BYTES = re.compile(rb'action="/tasks/([^"/]+)/"')
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+async def annotator(session, base: str, study_id: int, session_key: str, deadline: float, think: float,
+                    lat: list, stats: dict, rng: random.Random) -> None:
+    """One annotator as a browser: its own session cookie, the page, then votes by key.
+
+    Cookies are sent by hand (one shared client, no cookie jar), which keeps the load
+    generator's own CPU per request low enough not to cap the server.
+    """
+    async with session.get(f"{base}/studies/{study_id}/annotate/", headers={"Cookie": f"sessionid={session_key}"}) as r:
+        html = await r.read()
+        csrf = r.cookies["csrftoken"].value if "csrftoken" in r.cookies else ""
         stats["pages"] += 1
-    csrf = session.cookie_jar.filter_cookies(URL(base)).get("csrftoken")
-    headers = {"HX-Request": "true", "X-CSRFToken": csrf.value if csrf else ""}
+    headers = {**FORM, "HX-Request": "true", "X-CSRFToken": csrf,
+               "Cookie": f"sessionid={session_key}; csrftoken={csrf}"}
     while time.monotonic() < deadline:
-        m = TOKEN.search(html)
+        m = TOKEN_BYTES.search(html)
         if m is None:
             stats["all_done"] += 1
             return
@@ -194,12 +202,12 @@ async def annotator(session, base: str, study_id: int, deadline: float, think: f
             if time.monotonic() >= deadline:
                 return
         t = time.perf_counter()
-        choice = rng.choice(("left", "right", "tie"))
+        body = (b"choice=left", b"choice=right", b"choice=tie")[rng.randrange(3)]
+        url = f"{base}/tasks/{m.group(1).decode()}/"
         for attempt in range(3):
             try:
-                async with session.post(f"{base}/tasks/{m.group(1)}/", data={"choice": choice},
-                                        headers=headers) as r:
-                    html = await r.text()
+                async with session.post(url, data=body, headers=headers) as r:
+                    html = await r.read()
                     status = r.status
                 break
             except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
@@ -216,31 +224,22 @@ async def annotator(session, base: str, study_id: int, deadline: float, think: f
 
 
 async def drive(base: str, study_id: int, session_keys: list[str], seconds: float, think: float) -> dict:
-
-
     lat: list[float] = []
     stats = {"acknowledged": 0, "pages": 0, "all_done": 0}
     connector = aiohttp.TCPConnector(limit=0)
-    sessions = []
-    for key in session_keys:
-        jar = aiohttp.CookieJar(unsafe=True)
-        jar.update_cookies({"sessionid": key}, response_url=URL(base))
-        sessions.append(aiohttp.ClientSession(base_url=None, connector=connector, connector_owner=False, cookie_jar=jar))
+    session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
     cpu0, t0 = time.process_time(), time.monotonic()
     deadline = t0 + seconds
-    rngs = [random.Random(i) for i in range(len(sessions))]
-    if think:  # spread the arrivals over one think time, as a crowd logs in
-        async def staggered(i, s):
+    rngs = [random.Random(i) for i in range(len(session_keys))]
+
+    async def one(i: int, key: str) -> None:
+        if think:  # spread the arrivals over one think time, as a crowd logs in
             await asyncio.sleep(rngs[i].uniform(0, think))
-            await annotator(s, base, study_id, deadline, think, lat, stats, rngs[i])
-        await asyncio.gather(*(staggered(i, s) for i, s in enumerate(sessions)))
-    else:
-        await asyncio.gather(*(annotator(s, base, study_id, deadline, 0.0, lat, stats, rngs[i])
-                               for i, s in enumerate(sessions)))
+        await annotator(session, base, study_id, key, deadline, think, lat, stats, rngs[i])
+
+    await asyncio.gather(*(one(i, key) for i, key in enumerate(session_keys)))
     wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
-    for s in sessions:
-        await s.close()
-    await connector.close()
+    await session.close()
     stats.update(wall=wall, client_cpu=cpu, latencies=lat)
     return stats
 
