@@ -253,6 +253,7 @@ def outputs_import(*, candidate: Candidate, data: bytes, filename: str) -> int:
         # a re-import can change texts already judged (and so length bins): recount in full
         Study.objects.filter(pk=study.pk).update(version=F("version") + 1)
     units_build(study=study)
+    _request_ratings(study.pk)
     return len(rows)
 
 
