@@ -58,3 +58,10 @@ def failed_outputs(study: Study, limit: int = 50):
 
 def generation_finished(progress: list[CandidateProgress]) -> bool:
     return bool(progress) and all(p.pending == 0 and p.running == 0 for p in progress)
+
+
+def generation_pending(study_id: int) -> bool:
+    """Whether any output of the study is still to be generated (one indexed EXISTS)."""
+    return Output.objects.filter(
+        study_id=study_id, status__in=[Output.Status.PENDING, Output.Status.QUEUED, Output.Status.RUNNING]
+    ).exists()

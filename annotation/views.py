@@ -216,7 +216,10 @@ def output_retry(request: HttpRequest, study_id: int, output_id: int) -> HttpRes
 def _task_response(request: HttpRequest, study, assignment, *, done: int, error: str = "",
                    status: int = 200) -> HttpResponse:
     task = services.task_view(assignment=assignment, done=done, units_total=study.units_total) if assignment else None
-    ctx = {"study_id": study.pk, "study_name": study.name, "task": task, "error": error, "done": done}
+    # Only when there is no pair: outputs still being generated mean "not yet", not "all done".
+    generating = task is None and selectors.generation_pending(study.pk)
+    ctx = {"study_id": study.pk, "study_name": study.name, "task": task, "error": error, "done": done,
+           "generating": generating}
     template = "annotation/partials/_task.html" if request.htmx else "annotation/annotate.html"
     return render(request, template, ctx, status=status)
 

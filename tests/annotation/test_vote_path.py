@@ -317,3 +317,16 @@ def test_an_old_tab_voting_on_a_released_lease_while_a_new_one_is_held_is_record
     assert created and judgment.assignment_id == old.pk
     assert services.lease_held(study=study, annotator=annotators[0]).pk == new.pk  # still the one open lease
     _assert_counters_match_rows(study)
+
+
+def test_an_annotator_waiting_for_generation_is_told_not_yet_rather_than_all_done(client, study_factory, annotators):
+    study = study_factory(candidates=("alpha-model",))  # one candidate: no pair yet
+    remote = services.candidate_create(study=study, name="remote", backend="openai",
+                                       spec={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    services.generation_start(study=study, candidates=[remote])
+    client.force_login(annotators[0])
+    html = client.get(reverse("annotation:annotate", args=[study.pk])).content.decode()
+    assert "Not ready yet" in html and "All done" not in html and 'hx-trigger="every 10s"' in html
+    study.outputs.filter(candidate=remote).update(status="failed")
+    html = client.get(reverse("annotation:annotate", args=[study.pk]), HTTP_HX_REQUEST="true").content.decode()
+    assert "All done" in html and "Not ready yet" not in html
