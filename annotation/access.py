@@ -54,10 +54,6 @@ def get_study_for_manager(user: AbstractBaseUser, study_id: int) -> Study:
     return _get_study(user, study_id, {Role.MANAGER, Role.EVALUATOR})
 
 
-def get_study_for_annotator(user: AbstractBaseUser, study_id: int) -> Study:
-    return get_member_for_annotator(user, study_id).study
-
-
 def _check_annotator(role: str, excluded: bool) -> None:
     if role != Role.ANNOTATOR:
         raise PermissionDenied(f"This page needs one of: {Role.ANNOTATOR}")

@@ -497,18 +497,13 @@ def leases_release_expired(*, study_id: int, now: datetime | None = None) -> int
         if not expired:
             return 0
         Assignment.objects.filter(pk__in=[pk for pk, _ in expired]).update(released=True)
-        _units_move_taken([unit_id for _, unit_id in expired])
+        # a unit may lose several leases at once: one UPDATE per number lost
+        by_count: dict[int, list[int]] = {}
+        for unit_id, lost in Counter(unit_id for _, unit_id in expired).items():
+            by_count.setdefault(lost, []).append(unit_id)
+        for lost, unit_ids in by_count.items():
+            Unit.objects.filter(pk__in=unit_ids).update(taken=F("taken") - lost)
     return len(expired)
-
-
-def _units_move_taken(unit_ids: Sequence[int], step: int = -1) -> None:
-    """Move ``taken`` by ``step`` for each occurrence of a unit id (one UPDATE per multiplicity)."""
-    per_unit = Counter(unit_ids)
-    by_times: dict[int, list[int]] = {}
-    for unit_id, times in per_unit.items():
-        by_times.setdefault(times, []).append(unit_id)
-    for times, ids in by_times.items():
-        Unit.objects.filter(pk__in=ids).update(taken=F("taken") + step * times)
 
 
 def _sweep_if_due(study: Study, now: datetime) -> None:

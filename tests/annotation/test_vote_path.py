@@ -330,3 +330,14 @@ def test_an_annotator_waiting_for_generation_is_told_not_yet_rather_than_all_don
     study.outputs.filter(candidate=remote).update(status="failed")
     html = client.get(reverse("annotation:annotate", args=[study.pk]), HTTP_HX_REQUEST="true").content.decode()
     assert "All done" in html and "Not ready yet" not in html
+
+
+def test_a_sweep_gives_back_every_place_a_unit_lost(study_factory, annotators):
+    study = study_factory(candidates=("alpha-model", "beta-model"), overlap=3, prompts=b"id,prompt\nq1,Hello?\n")
+    for annotator in annotators:  # one unit, three leases on it
+        services.assignment_next(study=study, annotator=annotator)
+    assert Unit.objects.get().taken == 3
+    assert services.leases_release_expired(study_id=study.pk, now=timezone.now() + timedelta(hours=1)) == 3
+    assert Unit.objects.get().taken == 0
+    _assert_counters_match_rows(study)
+    assert services.assignment_next(study=study, annotator=annotators[0]) is not None  # the place is free again
