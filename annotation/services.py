@@ -562,7 +562,8 @@ def assignment_next(*, study: Study, annotator, now: datetime | None = None,
                 return assignment
         if attempt == 0:
             leases_release_expired(study_id=study.pk, now=now)
-    return None
+    # Nothing left to lease; a concurrent request of this annotator may have leased the last pair.
+    return lease_held(study=study, annotator=annotator)
 
 
 def _renew(held: Assignment, now: datetime) -> Assignment:
@@ -595,6 +596,7 @@ INSERT INTO {_ASSIGNMENT} (study_id, unit_id, annotator_id, token, left_is_a, le
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (unit_id, annotator_id) DO UPDATE SET token = excluded.token, left_is_a = excluded.left_is_a,
   leased_at = excluded.leased_at, expires_at = excluded.expires_at, released = excluded.released
+  WHERE {_ASSIGNMENT}.released
 RETURNING id"""
 _CLOSE_SQL = f"UPDATE {_ASSIGNMENT} SET submitted_at = %s WHERE id = %s AND submitted_at IS NULL AND NOT released"
 _JUDGMENT_SQL = f"""
@@ -622,11 +624,12 @@ WITH picked AS (
   SELECT %s, took.id, %s, %s, ((took.pair_seq + took.before) %% 2 = 0) = took.a_is_lo, %s, %s, false FROM took
   ON CONFLICT (unit_id, annotator_id) DO UPDATE SET token = excluded.token, left_is_a = excluded.left_is_a,
     leased_at = excluded.leased_at, expires_at = excluded.expires_at, released = excluded.released
+    WHERE {_ASSIGNMENT}.released
   RETURNING id, unit_id, left_is_a
 )
 SELECT lease.id, lease.left_is_a, took.id, took.before, took.pair_seq, took.a_is_lo, took.prompt_id,
        took.output_a_id, took.output_b_id, p.text, oa.text, ob.text, oa.candidate_id, ob.candidate_id
-FROM lease JOIN took ON took.id = lease.unit_id
+FROM took LEFT JOIN lease ON lease.unit_id = took.id
 JOIN {_PROMPT} p ON p.id = took.prompt_id
 JOIN {_OUTPUT} oa ON oa.id = took.output_a_id
 JOIN {_OUTPUT} ob ON ob.id = took.output_b_id"""
@@ -643,6 +646,12 @@ WITH closed AS (
   UPDATE {_MEMBER} m SET done = m.done + 1 FROM judged WHERE m.study_id = judged.study_id AND m.user_id = judged.annotator_id
 )
 SELECT id FROM judged"""
+
+
+class _LeaseClash(IntegrityError):
+    """The annotator already holds an open lease on the unit just taken (a concurrent request of
+    theirs won it: PostgreSQL rechecks a row it waited for, but not the NOT EXISTS beside it).
+    Raised inside the lease's transaction, so the place taken is given back."""
 
 
 def _lease_one(study: Study, annotator, now: datetime, *, pair: tuple[int, int] | None,
@@ -667,6 +676,8 @@ def _lease_one(study: Study, annotator, now: datetime, *, pair: tuple[int, int] 
                 return None
             (assignment_id, left_is_a, unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text,
              text_a, text_b, cand_a, cand_b) = row
+            if assignment_id is None:
+                raise _LeaseClash()
         else:
             cur.execute(_PICK_SQL.format(pair=pair_sql, lock=lock), params)
             row = cur.fetchone()
@@ -679,9 +690,12 @@ def _lease_one(study: Study, annotator, now: datetime, *, pair: tuple[int, int] 
             # Sides alternate over the units of a candidate pair and over each unit's takers,
             # so every candidate pair is shown each way round equally often.
             left_is_a = ((pair_seq + taken) % 2 == 0) == bool(a_is_lo)
-            # A lease of this unit released earlier (it expired) is taken over in place.
+            # A lease of this unit released earlier (it expired) is taken over in place; an open one never is.
             cur.execute(_LEASE_SQL, [study.pk, unit_id, annotator.pk, token, left_is_a, *stamps, False])
-            (assignment_id,) = cur.fetchone()
+            inserted = cur.fetchone()
+            if inserted is None:
+                raise _LeaseClash()
+            (assignment_id,) = inserted
     lo, hi = (cand_a, cand_b) if a_is_lo else (cand_b, cand_a)
     unit = Unit(id=unit_id, study_id=study.pk, prompt_id=prompt_id, output_a_id=out_a, output_b_id=out_b,
                 cand_lo_id=lo, cand_hi_id=hi, taken=taken + 1, pair_seq=pair_seq, a_is_lo=bool(a_is_lo))

@@ -341,3 +341,29 @@ def test_a_sweep_gives_back_every_place_a_unit_lost(study_factory, annotators):
     assert Unit.objects.get().taken == 0
     _assert_counters_match_rows(study)
     assert services.assignment_next(study=study, annotator=annotators[0]) is not None  # the place is free again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_waiting_on_the_pair_its_annotator_just_leased_takes_no_second_place(study_factory, annotators):
+    # PostgreSQL: the second request skips the locked pair, finds nothing, then waits for it;
+    # once the first commits, the row is rechecked but the NOT EXISTS beside it is not.
+    # SQLite: the second request waits for the first's write lock, then sees its lease.
+    study = study_factory(candidates=("alpha-model", "beta-model"), overlap=2, prompts=b"id,prompt\nq1,Hello?\n")
+    leased, release = threading.Event(), threading.Event()
+
+    def first(_):
+        with transaction.atomic():
+            lease = services.assignment_next(study=study, annotator=annotators[0])
+            leased.set()
+            release.wait(10)
+        return lease
+
+    def second(_):
+        leased.wait(10)
+        threading.Timer(0.5, release.set).start()
+        return services.assignment_next(study=study, annotator=annotators[0])
+
+    a, b = _in_threads(2, lambda i: (first, second)[i](i))
+    assert a is not None and b is not None and a.pk == b.pk
+    assert Unit.objects.get().taken == 1
+    _assert_counters_match_rows(study)
