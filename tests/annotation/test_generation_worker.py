@@ -42,7 +42,11 @@ def test_a_worker_generates_with_transformers_models(celery_worker_process, tiny
             assert o.cost == pytest.approx((o.prompt_tokens * 0.5 + o.completion_tokens * 1.5) / 1000)
         else:
             assert o.cost is None
-    assert Unit.objects.filter(study=study).count() == 4  # one pair per prompt, built by the worker
+    # the worker builds the units right after it records a batch's outputs, in its own statements
+    # (a batch of another candidate may commit in between), so they can trail the last output
+    wait_for(lambda: Unit.objects.filter(study=study).count() == 4, what="units built by the worker",
+             worker=celery_worker_process)
+    assert Unit.objects.filter(study=study).count() == 4  # one pair per prompt, never more
 
 
 def test_a_worker_generates_from_an_openai_compatible_server(celery_worker_process, evaluator, annotators):
