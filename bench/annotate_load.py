@@ -1,9 +1,10 @@
-"""Crowd-scale annotation load: real pages, real sessions, gunicorn on PostgreSQL.
+"""Crowd-scale annotation load: real pages, real sessions, a WSGI server on PostgreSQL.
 
 Creates (or reuses) a study in its own PostgreSQL database: 8 imported candidates x
 2,000 prompts (56,000 pairs, overlap 3; ``--scale 10`` gives 20,000 prompts and 560,000
-pairs) and one annotator account per simulated annotator.  Starts gunicorn
-(``-w 4 -k gthread --threads 8``, ``DEBUG=0``) and a ratings worker (Celery on Redis,
+pairs) and one annotator account per simulated annotator.  Starts the web server
+(granian ``--interface wsgi --workers 2 --blocking-threads 8`` by default; ``--server
+gunicorn`` for ``-k gthread``; ``DEBUG=0``) and a ratings worker (Celery on Redis,
 queue ``aggregation``), then drives the pages as a browser does: each simulated
 annotator has its own account and session cookie, opens the annotate page, votes with
 a key (an htmx POST carrying the CSRF token) and takes the next pair from the same
@@ -22,6 +23,7 @@ to the rows).  Example::
 
     .venv/bin/python bench/annotate_load.py --scenarios closed:200:60 closed:50:30 open:1000:60:5
     .venv/bin/python bench/annotate_load.py --scale 10 --scenarios closed:200:60
+    .venv/bin/python bench/annotate_load.py --scenarios closed:50:10 --explain   # plans of the vote's statements
 """
 from __future__ import annotations
 
@@ -244,10 +246,44 @@ async def drive(base: str, study_id: int, session_keys: list[str], seconds: floa
     return stats
 
 
+def explain_vote(study) -> None:
+    """``EXPLAIN (ANALYZE, BUFFERS)`` of the two statements of a vote round trip, as the
+    last scenario left the study: the submit CTE (close the lease, store the judgment, count
+    it) and the lease CTE (take a place, open the lease).  Run in a transaction that is
+    rolled back, so the study is unchanged."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from annotation import services
+    from annotation.models import Assignment
+    from arena import outcomes
+
+    user = get_user_model().objects.get(username="bench-ann-0000")
+    now = timezone.now()
+    stamp = connection.ops.adapt_datetimefield_value(now)
+    later = connection.ops.adapt_datetimefield_value(now + timezone.timedelta(minutes=30))
+    lease_sql = services._LEASE_CTE_SQL.format(pair="", lock="FOR UPDATE OF u SKIP LOCKED")
+    with transaction.atomic(), connection.cursor() as cur:
+        held = Assignment.objects.filter(study=study, annotator=user, submitted_at__isnull=True, released=False).first()
+        if held is None:
+            held = services.assignment_next(study=study, annotator=user)
+        for name, sql, params in (
+            ("submit (close lease, insert judgment, count)", services._SUBMIT_CTE_SQL,
+             [stamp, held.pk, outcomes.STORED[outcomes.A], "", stamp, 1200]),
+            ("lease (take a place, open a lease)", lease_sql,
+             [study.pk, user.pk, study.pk, user.pk, "explain-token", stamp, later]),
+        ):
+            cur.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, params)
+            print(f"\n== EXPLAIN ANALYZE: {name} ==")
+            print("\n".join(row[0] for row in cur.fetchall()))
+        transaction.set_rollback(True)
+
+
 def cpu_by_group() -> dict[str, float]:
     """CPU seconds used so far by the processes of each part: web, database, ratings worker, Redis."""
     tick = os.sysconf("SC_CLK_TCK")
-    out = {"web (gunicorn)": 0.0, "PostgreSQL": 0.0, "ratings worker": 0.0, "Redis": 0.0}
+    out = {"web": 0.0, "PostgreSQL": 0.0, "ratings worker": 0.0, "Redis": 0.0}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
@@ -256,8 +292,8 @@ def cpu_by_group() -> dict[str, float]:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
         seconds = (int(fields[11]) + int(fields[12])) / tick
-        if "gunicorn" in cmd:
-            out["web (gunicorn)"] += seconds
+        if "gunicorn" in cmd or "granian" in cmd:
+            out["web"] += seconds
         elif cmd.startswith("postgres"):
             out["PostgreSQL"] += seconds
         elif "celery" in cmd and "worker" in cmd:
@@ -274,13 +310,22 @@ def percentile(values: list[float], p: float) -> float:
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
 
 
-def start_servers(env: dict, port: int, workers: int, threads: int, log_dir: Path):
+def server_command(server: str, port: int, workers: int, threads: int) -> list[str]:
+    bin_dir = Path(sys.executable).parent
+    if server == "granian":
+        return [str(bin_dir / "granian"), "--interface", "wsgi", "evalsite.wsgi:application", "--host", "127.0.0.1",
+                "--port", str(port), "--workers", str(workers), "--blocking-threads", str(threads),
+                "--runtime-threads", "1", "--backlog", "4096", "--no-access-log", "--log-level", "warning"]
+    return [str(bin_dir / "gunicorn"), "evalsite.wsgi", "-w", str(workers), "-k", "gthread", "--threads",
+            str(threads), "-b", f"127.0.0.1:{port}", "--backlog", "4096", "--keep-alive", "75",
+            "--worker-connections", "2000", "--log-level", "warning"]
+
+
+def start_servers(env: dict, port: int, workers: int, threads: int, log_dir: Path, server: str = "gunicorn"):
     log_dir.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     gunicorn = subprocess.Popen(
-        [str(Path(py).parent / "gunicorn"), "evalsite.wsgi", "-w", str(workers), "-k", "gthread", "--threads",
-         str(threads), "-b", f"127.0.0.1:{port}", "--backlog", "4096", "--keep-alive", "75",
-         "--worker-connections", "2000", "--log-level", "warning"],
+        server_command(server, port, workers, threads),
         cwd=ROOT, env=env, stdout=open(log_dir / "gunicorn.log", "wb"), stderr=subprocess.STDOUT,
         start_new_session=True)
     worker = subprocess.Popen(
@@ -297,7 +342,7 @@ def start_servers(env: dict, port: int, workers: int, threads: int, log_dir: Pat
         except Exception:
             time.sleep(0.1)
     else:
-        raise SystemExit(f"gunicorn did not start; see {log_dir / 'gunicorn.log'}")
+        raise SystemExit(f"the web server did not start; see {log_dir / 'gunicorn.log'}")
     return [gunicorn, worker]
 
 
@@ -319,9 +364,13 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=1, help="prompts = 2,000 x scale (1: 56,000 pairs)")
     ap.add_argument("--scenarios", nargs="+", default=["closed:200:60", "closed:50:30", "open:1000:60:5"])
     ap.add_argument("--port", type=int, default=8077)
-    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--server", choices=["gunicorn", "granian"], default="granian",
+                    help="the WSGI server (granian: --threads is its blocking threads per worker)")
     ap.add_argument("--database", default="evalsite_annotate_bench")
+    ap.add_argument("--explain", action="store_true",
+                    help="after the scenarios, print EXPLAIN ANALYZE of the vote's two statements")
     args = ap.parse_args()
 
     db_url = f"{SERVER}/{args.database}"
@@ -337,13 +386,13 @@ def main() -> None:
            "ALLOWED_HOSTS": "127.0.0.1", "CELERY_BROKER_URL": "redis://127.0.0.1:6379/12",
            "CELERY_RESULT_BACKEND": "redis://127.0.0.1:6379/12", "EVALSITE_QUEUE_PREFIX": "bench-",
            "EVALSITE_VAR_DIR": str(ROOT / "var" / "bench"), "LOG_LEVEL": "WARNING"}
-    procs = start_servers(env, args.port, args.workers, args.threads, ROOT / "var" / "bench" / "logs")
+    procs = start_servers(env, args.port, args.workers, args.threads, ROOT / "var" / "bench" / "logs", args.server)
     base = f"http://127.0.0.1:{args.port}"
     try:
         import uvloop
 
-        print(f"study {study.pk}: {study.units.count():,} pairs, overlap {OVERLAP}; gunicorn -w {args.workers} "
-              f"-k gthread --threads {args.threads}, DEBUG=0, PostgreSQL, Redis; a ratings worker running", flush=True)
+        print(f"study {study.pk}: {study.units.count():,} pairs, overlap {OVERLAP}; {args.server} -w {args.workers} "
+              f"threads {args.threads}, DEBUG=0, PostgreSQL, Redis; a ratings worker running", flush=True)
         for spec in args.scenarios:
             kind, n, seconds, *rest = spec.split(":")
             n, seconds, think = int(n), float(seconds), float(rest[0]) if rest else 0.0
@@ -371,6 +420,8 @@ def main() -> None:
                 print(f"  other answers      {other}")
             print(f"  integrity          {'OK' if check['ok'] else 'FAILED'}: " +
                   ", ".join(f"{k} {v}" for k, v in check.items() if k != "ok"), flush=True)
+        if args.explain:
+            explain_vote(study)
     finally:
         stop(procs)
 
