@@ -8,6 +8,9 @@ PYTEST_ARGS ?=
 
 .PHONY: run test install static chromium bench clean
 
+# The local demo runs with DEBUG on (known demo passwords, a development key); a deployment leaves
+# it off and sets SECRET_KEY and ALLOWED_HOSTS (README: Deployment).
+run: export DEBUG ?= 1
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py load_demo
@@ -35,6 +38,8 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "Install Debian's chromium (sudo apt-get install chromium) for the browser tests" >&2; exit 1; fi; }
 
+# The suite runs with DEBUG off, as a deployment does; evalsite/test_settings.py (pytest's settings
+# module) generates a strong SECRET_KEY for the run unless the environment has one.
 test: install chromium
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 EVALSITE_VAR_DIR=$(CURDIR)/var/test EVALSITE_QUEUE_PREFIX=test- \
 	  $(BIN)/python -m pytest $(PYTEST_ARGS)

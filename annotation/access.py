@@ -22,12 +22,15 @@ Role = StudyMember.Role
 
 
 def study_roles(user: AbstractBaseUser, study: Study) -> set[str]:
+    """The user's roles in the study: membership is the only source, whoever created it
+    (``services.study_create`` makes the creator an evaluator member). Superusers are
+    evaluators of every study; ``is_staff`` grants nothing here."""
     if not user.is_authenticated:
         return set()
     roles = set(
         StudyMember.objects.filter(study=study, user=user).values_list("role", flat=True)
     )
-    if study.created_by_id == user.pk or user.is_superuser:
+    if user.is_superuser:
         roles.add(Role.EVALUATOR)
     return roles
 
@@ -120,5 +123,5 @@ def studies_for_user(user: AbstractBaseUser):
         return []
     qs = Study.objects.all() if user.is_superuser else Study.objects.filter(
         pk__in=StudyMember.objects.filter(user=user).values("study")
-    ) | Study.objects.filter(created_by=user)
-    return [(study, study_roles(user, study)) for study in qs.distinct().order_by("-created_at")]
+    )
+    return [(study, study_roles(user, study)) for study in qs.order_by("-created_at")]

@@ -2,6 +2,7 @@ from django.contrib import admin
 
 from .models import (
     Assignment,
+    AuditEntry,
     Candidate,
     Judgment,
     Output,
@@ -83,3 +84,24 @@ class JudgmentAdmin(admin.ModelAdmin):
     list_display = ["id", "study", "annotator", "outcome", "left_is_a", "submitted_at"]
     list_filter = ["outcome"]
     raw_id_fields = ["assignment", "unit", "annotator", "study"]
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """Read-only: an audit log that staff could edit would prove nothing."""
+
+    list_display = ["at", "study", "actor_name", "action", "target"]
+    list_filter = ["action"]
+    search_fields = ["actor_name", "target", "study__name"]
+    date_hierarchy = "at"
+    readonly_fields = ["study", "actor", "actor_name", "at", "action", "target", "detail"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # The admin asks this when a study is deleted with its entries: let superusers do that.
+        return request.user.is_superuser

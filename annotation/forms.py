@@ -1,23 +1,72 @@
-import json
-
 from django import forms
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.validators import ProhibitNullCharactersValidator
 
 from arena import outcomes
 
+from . import usertext
+from .generation.base import GenerationSettings
 from .models import Candidate
 
 User = get_user_model()
 
+# PositiveIntegerField's upper bound on PostgreSQL (and the bound Django checks on SQLite).
+MAX_POSITIVE_INT = 2**31 - 1
+
+
+# --- checks on what people type and upload -------------------------------------------
+
+
+def validate_user_text(value: str) -> None:
+    """Refuse text no database can store (see annotation.usertext)."""
+    problem = usertext.text_problem(value)
+    if problem:
+        raise forms.ValidationError(problem, code="unstorable")
+
+
+class TextField(forms.CharField):
+    """A CharField whose text can be stored: Django's NUL check, replaced by one that also
+    refuses lone surrogates and says where the character is."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.validators = [v for v in self.validators if not isinstance(v, ProhibitNullCharactersValidator)]
+        self.validators.append(validate_user_text)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def upload_size_error(upload) -> str | None:
+    """Why an uploaded file is too big to read, from its size alone, or ``None``."""
+    limit = settings.EVALSITE_UPLOAD_MAX_BYTES
+    if upload.size > limit:
+        return (f"the file is {_megabytes(upload.size)}; the limit is {_megabytes(limit)} "
+                "(EVALSITE_UPLOAD_MAX_BYTES)")
+    return None
+
+
+class UploadField(forms.FileField):
+    """A file field that refuses a file over ``EVALSITE_UPLOAD_MAX_BYTES`` before it is read."""
+
+    def validate(self, value) -> None:
+        super().validate(value)
+        if value:
+            error = upload_size_error(value)
+            if error:
+                raise forms.ValidationError(error, code="too_big")
+
 
 class StudyCreateForm(forms.Form):
-    name = forms.CharField(max_length=200)
-    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
-    prompts = forms.FileField(help_text="CSV or JSONL with id, prompt, optional reference and tags.")
+    name = TextField(max_length=200)
+    description = TextField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    prompts = UploadField(help_text="CSV or JSONL with id, prompt, optional reference and tags.")
     overlap = forms.IntegerField(min_value=1, max_value=20, initial=1, help_text="Annotators per pair.")
-    max_new_tokens = forms.IntegerField(min_value=1, max_value=8192, initial=128)
+    max_new_tokens = forms.IntegerField(min_value=1, max_value=GenerationSettings.MAX_NEW_TOKENS, initial=128)
     temperature = forms.FloatField(min_value=0.0, max_value=5.0, initial=0.0, help_text="0 = greedy.")
-    seed = forms.IntegerField(initial=0)
+    seed = forms.IntegerField(min_value=0, max_value=GenerationSettings.MAX_SEED, initial=0)
     adaptive_sampling = forms.BooleanField(
         required=False,
         help_text="Serve next the pairs whose vote most narrows the rating intervals (close ratings, few battles).",
@@ -42,22 +91,22 @@ class StudySettingsForm(forms.Form):
 
 
 class CandidateForm(forms.Form):
-    name = forms.CharField(max_length=200)
+    name = TextField(max_length=200)
     backend = forms.ChoiceField(choices=Candidate.Backend.choices)
-    spec = forms.CharField(
+    spec = TextField(
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
         required=False,
-        help_text='JSON, e.g. {"model": "/models/my-llm"} or '
-        '{"base_url": "http://127.0.0.1:8001/v1", "model": "llama3", "api_key_env": "VLLM_KEY"}',
+        help_text='JSON, e.g. {"model": "/models/my-llm"} (a directory under a model root) or '
+        '{"base_url": "http://127.0.0.1:8001/v1", "model": "llama3", "api_key_env": "EVALSITE_KEY_VLLM"}',
     )
-    outputs = forms.FileField(required=False, help_text="Imported candidates: JSONL with prompt_id, output.")
+    outputs = UploadField(required=False, help_text="Imported candidates: JSONL with prompt_id, output.")
 
     def clean_spec(self) -> dict:
         raw = self.cleaned_data["spec"].strip() or "{}"
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"spec is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        try:  # bounded depth, storable strings: the spec is stored as JSON and read by workers
+            value = usertext.loads(raw)
+        except usertext.JSONTextError as exc:
+            raise forms.ValidationError(f"spec{exc}" if str(exc).startswith("[") else f"spec {exc}")
         if not isinstance(value, dict):
             raise forms.ValidationError("spec must be a JSON object")
         return value
@@ -70,9 +119,9 @@ class CandidateForm(forms.Form):
 
 
 class MemberForm(forms.Form):
-    username = forms.CharField(max_length=150)
+    username = TextField(max_length=150)
     role = forms.ChoiceField(choices=[("annotator", "Annotator"), ("manager", "Manager"), ("evaluator", "Evaluator")])
-    group = forms.CharField(max_length=100, required=False)
+    group = TextField(max_length=100, required=False)
 
     def clean_username(self):
         name = self.cleaned_data["username"].strip()
@@ -84,5 +133,5 @@ class MemberForm(forms.Form):
 
 class JudgmentForm(forms.Form):
     choice = forms.ChoiceField(choices=[(c, c) for c in outcomes.CHOICES])
-    rationale = forms.CharField(required=False, max_length=5000)
-    active_ms = forms.IntegerField(required=False, min_value=0)
+    rationale = TextField(required=False, max_length=5000)
+    active_ms = forms.IntegerField(required=False, min_value=0, max_value=MAX_POSITIVE_INT)

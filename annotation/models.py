@@ -120,6 +120,18 @@ class Candidate(models.Model):
     spec = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    class Check(models.TextChoices):
+        """Whether the spec's model path was seen on a machine that will load it."""
+
+        NOT_NEEDED = "", "Not needed"  # nothing to look for (an endpoint, imported outputs)
+        PENDING = "pending", "Waiting for a worker to look"
+        OK = "ok", "Found"
+        FAILED = "failed", "Not usable"
+
+    check_state = models.CharField(max_length=10, choices=Check.choices, default=Check.NOT_NEEDED, blank=True)
+    check_error = models.TextField(blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+
     class Meta:
         ordering = ["study", "name"]
         constraints = [
@@ -159,6 +171,9 @@ class Output(models.Model):
         max_length=64, blank=True, help_text="Id of the task run that holds this output."
     )
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # Which worker start holds the output (WorkerHeartbeat.worker_id), from receiving its batch
+    # to finishing it: freed as soon as that worker is gone, not only after the task time limit.
+    claimed_by = models.CharField(max_length=40, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -170,10 +185,36 @@ class Output(models.Model):
                 name="output_unique_per_sample",
             )
         ]
-        indexes = [models.Index(fields=["study", "status"])]
+        indexes = [
+            models.Index(fields=["study", "status"]),
+            # the workers' sweep for stale claims reads, across studies, only the running outputs
+            # and the queued ones a worker has received: two small partial indexes
+            models.Index(fields=["claimed_at"], condition=Q(status="running"), name="output_running_claimed"),
+            models.Index(fields=["claimed_by"], condition=Q(status="queued") & ~Q(claimed_by=""),
+                         name="output_queued_received"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.candidate} on {self.prompt} #{self.sample_index}"
+
+
+class WorkerHeartbeat(models.Model):
+    """One start of a Celery worker: registered at start, beaten while it lives.
+
+    A worker that stops beating for ``EVALSITE_WORKER_DEAD_SECONDS``, stops cleanly, or is
+    replaced by a new start under the same node name (Celery node names are unique among
+    live workers) is gone; the other workers free the outputs it held.
+    """
+
+    worker_id = models.CharField(max_length=40, unique=True)
+    nodename = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.nodename} pid {self.pid} ({self.worker_id})"
 
 
 class Unit(models.Model):
@@ -302,3 +343,41 @@ class Judgment(models.Model):
 
     def __str__(self) -> str:
         return f"judgment {self.pk}: {self.outcome}"
+
+
+class AuditEntry(models.Model):
+    """One change to a study: who made it, when, and what (read by the study's evaluators).
+
+    Written by the services that make the change, in the same transaction; never edited.
+    ``actor_name`` keeps the name if the account is later deleted.
+    """
+
+    class Action(models.TextChoices):
+        STUDY_CREATED = "study_created", "Study created"
+        SETTINGS_CHANGED = "settings_changed", "Settings changed"
+        CANDIDATE_ADDED = "candidate_added", "Candidate added"
+        SPEC_CHANGED = "spec_changed", "Candidate spec changed"
+        MEMBER_ADDED = "member_added", "Member added"
+        MEMBER_REMOVED = "member_removed", "Member removed"
+        MEMBER_EXCLUDED = "member_excluded", "Annotator excluded"
+        MEMBER_READMITTED = "member_readmitted", "Annotator re-admitted"
+        PROMPTS_ADDED = "prompts_added", "Prompts added"
+        OUTPUTS_IMPORTED = "outputs_imported", "Outputs imported"
+        GENERATION_STARTED = "generation_started", "Generation started"
+        OUTPUTS_RETRIED = "outputs_retried", "Outputs retried"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="audit_entries")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                              related_name="+")
+    actor_name = models.CharField(max_length=150, blank=True)
+    at = models.DateTimeField(auto_now_add=True)
+    action = models.CharField(max_length=32, choices=Action.choices)
+    target = models.CharField(max_length=200, blank=True, help_text="What changed: a candidate, a member...")
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["study", "-at"], name="audit_study_at")]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor_name or '-'} {self.action} {self.target}"

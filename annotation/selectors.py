@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import Avg, Count, Q, Sum
+from django.utils import timezone
 
-from .models import Candidate, Output, Study
+from .models import Candidate, Output, Study, WorkerHeartbeat
 
 
 @dataclass(frozen=True)
@@ -21,17 +24,49 @@ class CandidateProgress:
     mean_latency_ms: float | None
     tokens: int
     cost: float | None
+    stuck: int = 0  # running longer than the task time limit, or held by a worker that is gone
+
+
+def workers_gone(now: datetime):
+    """Worker starts that are over: stopped, replaced under their node name, or silent too long."""
+    dead_after = timedelta(seconds=settings.EVALSITE_WORKER_DEAD_SECONDS)
+    return WorkerHeartbeat.objects.filter(Q(stopped_at__isnull=False) | Q(beat_at__lt=now - dead_after))
+
+
+def workers_alive(now: datetime | None = None) -> int:
+    """How many worker processes have beaten within ``EVALSITE_WORKER_DEAD_SECONDS``."""
+    dead_after = timedelta(seconds=settings.EVALSITE_WORKER_DEAD_SECONDS)
+    now = now or timezone.now()
+    return WorkerHeartbeat.objects.filter(stopped_at__isnull=True, beat_at__gte=now - dead_after).count()
+
+
+def stuck_q(now: datetime, prefix: str = "") -> Q:
+    """Outputs that are stuck: running for longer than the hard task time limit (the task was
+    killed), or held (received or running) by a worker that is gone.  A live worker's sweep
+    queues them again within a heartbeat or so (a minute past the limit, for clock skew); the
+    page offers Retry meanwhile."""
+    limit = timedelta(seconds=settings.EVALSITE_GENERATION_TIME_LIMIT)
+    status, claimed_at, claimed_by = (f"{prefix}status", f"{prefix}claimed_at", f"{prefix}claimed_by")
+    return (Q(**{status: Output.Status.RUNNING, f"{claimed_at}__lt": now - limit})) | (
+        Q(**{f"{status}__in": [Output.Status.RUNNING, Output.Status.QUEUED]})
+        & ~Q(**{claimed_by: ""})
+        & Q(**{f"{claimed_by}__in": workers_gone(now).values("worker_id")})
+    )
 
 
 def generation_progress(study: Study) -> list[CandidateProgress]:
+    now = timezone.now()
+    stuck = stuck_q(now, prefix="outputs__")
     rows = (
         Candidate.objects.filter(study=study)
         .annotate(
             total=Count("outputs"),
             done=Count("outputs", filter=Q(outputs__status=Output.Status.DONE)),
             failed=Count("outputs", filter=Q(outputs__status=Output.Status.FAILED)),
-            running=Count("outputs", filter=Q(outputs__status=Output.Status.RUNNING)),
-            pending=Count("outputs", filter=Q(outputs__status__in=[Output.Status.PENDING, Output.Status.QUEUED])),
+            running=Count("outputs", filter=Q(outputs__status=Output.Status.RUNNING) & ~stuck),
+            stuck=Count("outputs", filter=stuck),
+            pending=Count("outputs", filter=Q(outputs__status__in=[Output.Status.PENDING, Output.Status.QUEUED])
+                          & ~stuck),
             mean_latency=Avg("outputs__latency_ms", filter=Q(outputs__status=Output.Status.DONE)),
             tokens=Sum("outputs__completion_tokens"),
             cost=Sum("outputs__cost"),
@@ -42,7 +77,7 @@ def generation_progress(study: Study) -> list[CandidateProgress]:
         CandidateProgress(
             candidate_id=c.pk, name=c.name, backend=c.backend, total=c.total, done=c.done,
             failed=c.failed, running=c.running, pending=c.pending,
-            mean_latency_ms=c.mean_latency, tokens=c.tokens or 0, cost=c.cost,
+            mean_latency_ms=c.mean_latency, tokens=c.tokens or 0, cost=c.cost, stuck=c.stuck,
         )
         for c in rows
     ]
@@ -56,8 +91,16 @@ def failed_outputs(study: Study, limit: int = 50):
     )
 
 
+def stuck_outputs(study: Study, limit: int = 50):
+    return list(
+        Output.objects.filter(Q(study=study) & stuck_q(timezone.now()))
+        .select_related("candidate", "prompt")
+        .order_by("candidate__name", "prompt__position")[:limit]
+    )
+
+
 def generation_finished(progress: list[CandidateProgress]) -> bool:
-    return bool(progress) and all(p.pending == 0 and p.running == 0 for p in progress)
+    return bool(progress) and all(p.pending == 0 and p.running == 0 and p.stuck == 0 for p in progress)
 
 
 def generation_pending(study_id: int) -> bool:

@@ -6,10 +6,13 @@ none of them writes study rows on its own.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import secrets
+import traceback
 from collections import Counter
 from collections.abc import Iterable, Sequence
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import combinations
@@ -22,7 +25,7 @@ from django.utils import timezone
 
 from arena import outcomes
 
-from . import uploads
+from . import audit, selectors, uploads
 from .generation import base as generation_base
 from .models import (
     Assignment,
@@ -34,6 +37,7 @@ from .models import (
     Study,
     StudyMember,
     Unit,
+    WorkerHeartbeat,
 )
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,7 @@ def study_create(
     *,
     name: str,
     created_by,
-    prompts_data: bytes,
+    prompts_data: uploads.UploadData,
     prompts_filename: str,
     description: str = "",
     overlap: int = 1,
@@ -65,7 +69,8 @@ def study_create(
 
     Raises ``uploads.UploadError`` (nothing written) when any prompt row is bad.
     """
-    rows = uploads.parse_prompts(prompts_data, prompts_filename).rows
+    rows = uploads.parse_prompts(prompts_data, prompts_filename,
+                                 max_bytes=django_settings.EVALSITE_UPLOAD_MAX_BYTES).rows
     gen = generation_settings_validate(generation_settings or {})
     if overlap < 1:
         raise ServiceError("overlap must be at least 1")
@@ -82,10 +87,17 @@ def study_create(
         StudyMember.objects.create(study=study, user=created_by, role=StudyMember.Role.EVALUATOR)
         _ratings_marker_create(study)
         _prompts_write(study, rows, start=0)
+        annotators, managers = list(annotators), list(managers)
         for user in annotators:
-            member_set(study=study, user=user, role=StudyMember.Role.ANNOTATOR)
+            _member_write(study, user, StudyMember.Role.ANNOTATOR, "")
         for user in managers:
-            member_set(study=study, user=user, role=StudyMember.Role.MANAGER)
+            _member_write(study, user, StudyMember.Role.MANAGER, "")
+        audit.record(study, created_by, audit.Action.STUDY_CREATED, study.name, {
+            "prompts": len(rows), "file": prompts_filename, "overlap": overlap,
+            "samples_per_prompt": samples_per_prompt, "adaptive_sampling": adaptive_sampling,
+            "generation_settings": gen, "annotators": [u.get_username() for u in annotators],
+            "managers": [u.get_username() for u in managers],
+        })
     return study
 
 
@@ -96,13 +108,17 @@ def _ratings_marker_create(study: Study) -> None:
     RatingRequest.objects.get_or_create(study=study, slice_key="all")
 
 
-def study_update_settings(*, study: Study, overlap: int, adaptive_sampling: bool) -> Study:
+def study_update_settings(*, study: Study, overlap: int, adaptive_sampling: bool, actor=None) -> Study:
     """Change overlap (applied to every unit, judged ones included) and adaptive sampling."""
     if overlap < 1:
         raise ServiceError("overlap must be at least 1")
     with transaction.atomic():
+        before = Study.objects.select_for_update().filter(pk=study.pk).values("overlap", "adaptive_sampling").get()
         Study.objects.filter(pk=study.pk).update(overlap=overlap, adaptive_sampling=adaptive_sampling)
         Unit.objects.filter(study=study).update(needed=overlap)
+        changed = audit.changes(before, {"overlap": overlap, "adaptive_sampling": adaptive_sampling})
+        if changed:
+            audit.record(study, actor, audit.Action.SETTINGS_CHANGED, study.name, changed)
     study.refresh_from_db()
     return study
 
@@ -114,17 +130,51 @@ def generation_settings_validate(raw: dict) -> dict:
         raise ServiceError(f"generation settings: {exc}") from None
 
 
-def member_set(*, study: Study, user, role: str, group: str = "") -> StudyMember:
+def member_set(*, study: Study, user, role: str, group: str = "", actor=None) -> StudyMember:
     """Give ``user`` a role in the study (one role per user and study)."""
     if role not in StudyMember.Role.values:
         raise ServiceError(f"unknown role {role!r}")
+    with transaction.atomic():
+        before = StudyMember.objects.select_for_update().filter(study=study, user=user).values("role", "group").first()
+        member = _member_write(study, user, role, group)
+        if before is None:
+            audit.record(study, actor, audit.Action.MEMBER_ADDED, user.get_username(), {"role": role, "group": group})
+        elif changed := audit.changes(before, {"role": role, "group": group}):
+            audit.record(study, actor, audit.Action.MEMBER_ADDED, user.get_username(), changed)
+    return member
+
+
+def _member_write(study: Study, user, role: str, group: str) -> StudyMember:
     member, _ = StudyMember.objects.update_or_create(
         study=study, user=user, defaults={"role": role, "group": group}
     )
     return member
 
 
-def member_exclude(*, study: Study, user, excluded: bool = True) -> None:
+def member_remove(*, study: Study, user, actor=None) -> None:
+    """Take a person out of the study.
+
+    Refused for the study's creator (who always keeps the study) and for an annotator
+    who has judged or holds a task here: their judgments must keep their membership,
+    so exclude them instead.
+    """
+    if user.pk == study.created_by_id:
+        raise ServiceError(f"{user.get_username()} created this study and cannot be removed")
+    with transaction.atomic():
+        member = StudyMember.objects.select_for_update().filter(study=study, user=user).first()
+        if member is None:
+            raise ServiceError(f"{user.get_username()} is not a member of this study")
+        if Assignment.objects.filter(study=study, annotator=user).exists():
+            raise ServiceError(
+                f"{user.get_username()} has judged or holds a task in this study; exclude them instead, "
+                "which keeps their judgments out of the results"
+            )
+        member.delete()
+        audit.record(study, actor, audit.Action.MEMBER_REMOVED, user.get_username(),
+                     {"role": member.role, "group": member.group})
+
+
+def member_exclude(*, study: Study, user, excluded: bool = True, actor=None) -> None:
     """Exclude (or re-admit) an annotator: the judgments stay, aggregates leave them out.
 
     An excluded annotator's judgments and lease free their places, so others judge
@@ -151,6 +201,9 @@ def member_exclude(*, study: Study, user, excluded: bool = True) -> None:
         Unit.objects.filter(pk__in=holding.values("unit_id")).update(taken=F("taken") + step)
         holding.update(released=excluded)
         Study.objects.filter(pk=study.pk).update(version=F("version") + 1)
+        judged = Judgment.objects.filter(study=study, annotator=user).count()
+        action = audit.Action.MEMBER_EXCLUDED if excluded else audit.Action.MEMBER_READMITTED
+        audit.record(study, actor, action, user.get_username(), {"judgments": judged})
     online_elo_reset(study_id=study.pk)  # the sequential preview cannot un-count votes; replay it
     _request_ratings(study.pk)
 
@@ -158,9 +211,9 @@ def member_exclude(*, study: Study, user, excluded: bool = True) -> None:
 # --- prompts -------------------------------------------------------------------------
 
 
-def prompts_import(*, study: Study, data: bytes, filename: str) -> int:
+def prompts_import(*, study: Study, data: uploads.UploadData, filename: str, actor=None) -> int:
     """Add prompts from an upload; an id that the study already has is an error."""
-    rows = uploads.parse_prompts(data, filename).rows
+    rows = uploads.parse_prompts(data, filename, max_bytes=django_settings.EVALSITE_UPLOAD_MAX_BYTES).rows
     existing = set(study.prompts.values_list("external_id", flat=True))
     clashes = [
         uploads.RowError(line=row.line, field="id", message=f"{row.external_id!r} already exists in this study")
@@ -172,6 +225,7 @@ def prompts_import(*, study: Study, data: bytes, filename: str) -> int:
     with transaction.atomic():
         start = study.prompts.count()
         _prompts_write(study, rows, start=start)
+        audit.record(study, actor, audit.Action.PROMPTS_ADDED, filename, {"prompts": len(rows), "file": filename})
     return len(rows)
 
 
@@ -203,28 +257,123 @@ def _prompts_write(study: Study, rows: Sequence, *, start: int) -> None:
 # --- candidates and outputs ---------------------------------------------------------
 
 
-def candidate_create(*, study: Study, name: str, backend: str, spec: dict) -> Candidate:
-    """Add a candidate model; its spec is checked now, without loading any model."""
+def spec_policy() -> generation_base.SpecPolicy:
+    """The operator's candidate-spec policy, from this process's settings.
+
+    The web applies it when a candidate is added; each worker applies its own again before
+    it checks or loads anything, so a worker configured more strictly still refuses.
+    """
+    s = django_settings
+    return generation_base.SpecPolicy(
+        api_key_envs=tuple(s.EVALSITE_API_KEY_ENVS),
+        trust_remote_code=bool(s.EVALSITE_TRUST_REMOTE_CODE),
+        model_roots=tuple(str(root) for root in s.EVALSITE_MODEL_ROOTS),
+        allow_hub_ids=bool(s.EVALSITE_ALLOW_HUB_IDS),
+        base_urls=tuple(s.EVALSITE_BASE_URLS),
+    )
+
+
+def error_scrubber(spec: dict | None = None) -> generation_base.Scrubber:
+    """The scrubber for error text of one candidate: its key and this process's credentials."""
+    policy = spec_policy()
+    key_env = (spec or {}).get("api_key_env")
+    key = os.environ.get(key_env) if isinstance(key_env, str) and policy.key_env_allowed(key_env) else None
+    return generation_base.Scrubber([key, *generation_base.environment_secrets(policy)])
+
+
+def candidate_create(*, study: Study, name: str, backend: str, spec: dict, actor=None) -> Candidate:
+    """Add a candidate model; its spec is checked now against the operator's policy.
+
+    No model is loaded. A model directory is looked for now when its model root exists on
+    this machine (refused if missing); otherwise (a root mounted only on the GPU workers,
+    a hub id) the candidate is saved with ``check_state=pending`` and a worker looks
+    (``candidate_check_run``); generation waits for that check to pass.
+    """
     name = name.strip()
     if not name:
         raise ServiceError("a candidate needs a name")
     if backend not in Candidate.Backend.values:
         raise ServiceError(f"unknown backend {backend!r}; use one of {', '.join(Candidate.Backend.values)}")
+    check_state = Candidate.Check.NOT_NEEDED
     if backend != Candidate.Backend.IMPORTED:
+        policy = spec_policy()
         try:
-            spec = generation_base.validate_spec(backend, spec)
+            spec = generation_base.validate_spec(backend, spec, policy)
+            check_state = generation_base.check_files(backend, spec, policy)
         except generation_base.BackendError as exc:
             raise ServiceError(f"candidate {name!r}: {exc}") from None
     if study.candidates.filter(name=name).exists():
         raise ServiceError(f"this study already has a candidate named {name!r}")
     try:
         with transaction.atomic():
-            return Candidate.objects.create(study=study, name=name, backend=backend, spec=spec)
+            candidate = Candidate.objects.create(
+                study=study, name=name, backend=backend, spec=spec, check_state=check_state,
+                checked_at=timezone.now() if check_state == Candidate.Check.OK else None,
+            )
+            audit.record(study, actor, audit.Action.CANDIDATE_ADDED, name,
+                         {"backend": backend, "spec": audit.redact(spec)})
+            if check_state == Candidate.Check.PENDING:
+                _enqueue_candidate_check(candidate.pk)
+            return candidate
     except IntegrityError:
         raise ServiceError(f"this study already has a candidate named {name!r}") from None
 
 
-def outputs_import(*, candidate: Candidate, data: bytes, filename: str) -> int:
+def _enqueue_candidate_check(candidate_id: int) -> None:
+    from .tasks import check_candidate
+
+    check_candidate.delay_on_commit(candidate_id)
+
+
+def candidate_check_run(*, candidate_id: int, worker: str = "") -> str:
+    """Look, on this worker, for the files a pending candidate names; the body of its task.
+
+    Records ``ok`` or ``failed`` with the reason (scrubbed) under this worker's own policy.
+    Only a pending check is written (a conditional UPDATE), so a re-run changes nothing.
+    Returns the state recorded, or ``""`` when there was nothing to do.
+    """
+    candidate = Candidate.objects.filter(pk=candidate_id, check_state=Candidate.Check.PENDING).first()
+    if candidate is None:
+        return ""
+    policy = spec_policy()
+    where = f" (checked on worker {worker})" if worker else ""
+    try:
+        spec = generation_base.validate_spec(candidate.backend, candidate.spec, policy)
+        generation_base.check_files(candidate.backend, spec, policy, on_worker=True)
+    except generation_base.BackendError as exc:
+        state, error = Candidate.Check.FAILED, error_scrubber(candidate.spec)(f"{exc}{where}")
+    except Exception as exc:  # an unexpected failure is a failed check, visibly, not a stuck one
+        log.error("checking candidate %s failed: %s", candidate_id,
+                  error_scrubber(candidate.spec)(traceback.format_exc(), limit=4000))
+        state, error = Candidate.Check.FAILED, error_scrubber(candidate.spec)(f"{type(exc).__name__}: {exc}{where}")
+    else:
+        state, error = Candidate.Check.OK, ""
+    Candidate.objects.filter(pk=candidate_id, check_state=Candidate.Check.PENDING).update(
+        check_state=state, check_error=error, checked_at=timezone.now()
+    )
+    return state
+
+
+def _refuse_unchecked(candidates: Sequence[Candidate]) -> None:
+    """Generation waits for every model check; a failed check is queued again, for after a fix."""
+    problems = []
+    for cand in candidates:
+        if cand.check_state == Candidate.Check.PENDING:
+            problems.append(f"{cand.name!r} is waiting for a worker on the generation queue to check its model")
+        elif cand.check_state == Candidate.Check.FAILED:
+            problems.append(f"{cand.name!r} failed its model check: {cand.check_error} (checking again now)")
+    if not problems:
+        return
+    with transaction.atomic():
+        for cand in candidates:
+            if cand.check_state == Candidate.Check.FAILED and Candidate.objects.filter(
+                pk=cand.pk, check_state=Candidate.Check.FAILED
+            ).update(check_state=Candidate.Check.PENDING):
+                _enqueue_candidate_check(cand.pk)
+    raise ServiceError("generation cannot start yet: " + "; ".join(problems))
+
+
+def outputs_import(*, candidate: Candidate, data: uploads.UploadData, filename: str, actor=None) -> int:
     """Load an imported candidate's outputs; validated whole, written in one transaction.
 
     Re-importing replaces the text of outputs with the same (prompt, sample index).
@@ -233,7 +382,8 @@ def outputs_import(*, candidate: Candidate, data: bytes, filename: str) -> int:
         raise ServiceError(f"{candidate.name!r} generates its outputs; only imported candidates take uploads")
     study = candidate.study
     prompts = dict(study.prompts.values_list("external_id", "pk"))
-    rows = uploads.parse_imported_outputs(data, filename, known_prompt_ids=set(prompts)).rows
+    rows = uploads.parse_imported_outputs(data, filename, known_prompt_ids=set(prompts),
+                                          max_bytes=django_settings.EVALSITE_UPLOAD_MAX_BYTES).rows
     now = timezone.now()
     fields = ["status", "text", "error", "latency_ms", "cost", "prompt_tokens", "completion_tokens", "finished_at",
               "settings"]
@@ -252,6 +402,8 @@ def outputs_import(*, candidate: Candidate, data: bytes, filename: str) -> int:
         )
         # a re-import can change texts already judged (and so length bins): recount in full
         Study.objects.filter(pk=study.pk).update(version=F("version") + 1)
+        audit.record(study, actor, audit.Action.OUTPUTS_IMPORTED, candidate.name,
+                     {"outputs": len(rows), "file": filename})
     units_build(study=study)
     _request_ratings(study.pk)
     return len(rows)
@@ -261,7 +413,7 @@ def _output_seed(study: Study, sample_index: int) -> int:
     return int(study.generation_settings.get("seed", 0)) + sample_index
 
 
-def generation_start(*, study: Study, candidates: Sequence[Candidate] | None = None) -> int:
+def generation_start(*, study: Study, candidates: Sequence[Candidate] | None = None, actor=None) -> int:
     """Create the pending outputs of every generating candidate and enqueue their batches.
 
     Safe to press twice, or from two tabs at once: outputs are unique per (prompt,
@@ -274,6 +426,8 @@ def generation_start(*, study: Study, candidates: Sequence[Candidate] | None = N
     prompt_ids = list(study.prompts.order_by("position").values_list("pk", flat=True))
     if not prompt_ids:
         raise ServiceError("the study has no prompts")
+    # check states as they are now (a worker may have just recorded one), not as passed in
+    _refuse_unchecked(list(Candidate.objects.filter(pk__in=[c.pk for c in generating]).order_by("name")))
     Output.objects.bulk_create(
         [
             Output(
@@ -291,7 +445,13 @@ def generation_start(*, study: Study, candidates: Sequence[Candidate] | None = N
         ignore_conflicts=True,
     )
     _release_stale_claims(study)
-    return sum(_queue_pending(cand) for cand in generating)
+    with transaction.atomic():  # batches are enqueued on commit, with the audit entry
+        queued = {cand.name: _queue_pending(cand) for cand in generating}
+        total = sum(queued.values())
+        if total:
+            audit.record(study, actor, audit.Action.GENERATION_STARTED, study.name,
+                         {"queued": total, "candidates": {name: n for name, n in queued.items() if n}})
+    return total
 
 
 def _queue_pending(candidate: Candidate) -> int:
@@ -302,7 +462,7 @@ def _queue_pending(candidate: Candidate) -> int:
     """
     token = f"queued:{secrets.token_hex(8)}"
     moved = Output.objects.filter(candidate=candidate, status=Output.Status.PENDING, claim="").update(
-        status=Output.Status.QUEUED, claim=token, claimed_at=timezone.now()
+        status=Output.Status.QUEUED, claim=token, claimed_at=timezone.now(), claimed_by=""
     )
     if not moved:
         return 0
@@ -318,19 +478,140 @@ def _queue_pending(candidate: Candidate) -> int:
 
 
 def _release_stale_claims(study: Study) -> int:
-    """Free outputs whose task died without a redelivery (e.g. a killed worker whose broker
-    cannot redeliver): running for longer than the hard task time limit means nobody holds
-    them; queued for longer than ``EVALSITE_QUEUED_STALE_SECONDS`` means the message is lost."""
+    """Free a study's outputs for "Start generation" to queue again: those whose holder is gone
+    (see ``_stale_held``), and queued ones whose message seems lost (queued for longer than
+    ``EVALSITE_QUEUED_STALE_SECONDS``)."""
     now = timezone.now()
-    limit = timedelta(seconds=django_settings.EVALSITE_GENERATION_TIME_LIMIT + 60)
-    running = Output.objects.filter(
-        study=study, status=Output.Status.RUNNING, claimed_at__lt=now - limit
-    ).update(status=Output.Status.PENDING, claim="")
+    held = len(_release_held([qs.filter(study=study) for qs in _stale_held(now)], now))
     queued = Output.objects.filter(
         study=study, status=Output.Status.QUEUED,
         claimed_at__lt=now - timedelta(seconds=django_settings.EVALSITE_QUEUED_STALE_SECONDS),
-    ).update(status=Output.Status.PENDING, claim="")
-    return running + queued
+    ).update(status=Output.Status.PENDING, claim="", claimed_by="")
+    return held + queued
+
+
+# How far apart two machines' clocks may be, on top of the time limit, before a claim is stale.
+_CLOCK_MARGIN = timedelta(seconds=60)
+
+
+def _stale_held(now: datetime) -> tuple:
+    """Outputs that a worker holds but nobody will generate: (running, queued) querysets.
+
+    A worker holds an output from receiving its batch's message (queued, ``claimed_by`` set)
+    through generating it (running).  Stale when the holder is gone (stopped, replaced under
+    its node name, silent for ``EVALSITE_WORKER_DEAD_SECONDS``), or was never recorded and
+    took it longer ago than that (its row was cleaned up); a running output also when claimed
+    longer ago than the hard task time limit, past which its task was killed whoever ran it.
+    Two queries, each served by a small partial index.
+    """
+    dead_after = timedelta(seconds=django_settings.EVALSITE_WORKER_DEAD_SECONDS)
+    limit = timedelta(seconds=django_settings.EVALSITE_GENERATION_TIME_LIMIT) + _CLOCK_MARGIN
+    holder_gone = Q(claimed_by__in=selectors.workers_gone(now).values("worker_id")) | (
+        ~Q(claimed_by__in=WorkerHeartbeat.objects.values("worker_id")) & Q(claimed_at__lt=now - dead_after)
+    )
+    running = Output.objects.filter(status=Output.Status.RUNNING).filter(
+        Q(claimed_at__lt=now - limit) | (~Q(claimed_by="") & holder_gone)
+    )
+    queued = Output.objects.filter(status=Output.Status.QUEUED).exclude(claimed_by="").filter(holder_gone)
+    return running, queued
+
+
+def _release_held(stale: Sequence, now: datetime) -> set[int]:
+    """Put stale held outputs back to pending; returns the ids of their candidates.
+
+    Conditional UPDATEs over the rows read, so an output that its task finished or claimed in
+    the meantime is left alone.  A running output already claimed
+    ``EVALSITE_GENERATION_MAX_ATTEMPTS`` times fails instead: a batch that kills its worker
+    must not loop forever.
+    """
+    max_attempts = django_settings.EVALSITE_GENERATION_MAX_ATTEMPTS
+    candidate_ids: set[int] = set()
+    spent_total = released_total = 0
+    for qs in stale:
+        rows = list(qs.values_list("pk", "candidate_id", "status", "attempts"))
+        spent = {pk for pk, _, status, n in rows if status == Output.Status.RUNNING and n >= max_attempts}
+        again = {pk: cid for pk, cid, *_ in rows if pk not in spent}
+        if spent:
+            spent_total += qs.filter(pk__in=spent).update(
+                status=Output.Status.FAILED, claim="", claimed_by="", finished_at=now, error=_gave_up(max_attempts)
+            )
+        if again:
+            released = qs.filter(pk__in=again).update(status=Output.Status.PENDING, claim="", claimed_by="")
+            if released:
+                released_total += released
+                candidate_ids |= set(again.values())
+    if released_total or spent_total:
+        log.warning("released %d outputs held by stopped workers or past the time limit "
+                    "(%d failed after %d attempts)", released_total, spent_total, max_attempts)
+    return candidate_ids
+
+
+def generation_release_stale(*, now: datetime | None = None) -> int:
+    """Queue again the outputs whose worker died (the workers' own sweep; see ``annotation.heartbeat``).
+
+    Each live worker calls this when it starts and at every heartbeat.  Safe from several
+    workers at once: outputs are released by conditional UPDATE and queued by ``_queue_pending``,
+    which moves each pending output to queued once.  Returns the number of outputs queued.
+    """
+    now = now or timezone.now()
+    candidate_ids = _release_held(_stale_held(now), now)
+    return sum(_queue_pending(c) for c in Candidate.objects.filter(pk__in=candidate_ids).order_by("pk"))
+
+
+def generation_received(*, candidate_id: int, output_ids: Sequence[int], worker: str) -> int:
+    """Note that a worker has received a batch's message, before a pool process claims it.
+
+    A worker killed in between would otherwise leave the batch queued with its message gone
+    (filesystem broker) or hidden until the visibility timeout (Redis).
+    """
+    if not worker:
+        return 0
+    return Output.objects.filter(pk__in=output_ids, candidate_id=candidate_id, status=Output.Status.QUEUED).update(
+        claimed_by=worker
+    )
+
+
+def worker_register(*, worker_id: str, nodename: str, pid: int) -> int:
+    """Record a worker's start.  Earlier starts under the same node name are gone (Celery node
+    names are unique among live workers), so their outputs are freed at once rather than after
+    ``EVALSITE_WORKER_DEAD_SECONDS``; returns how many were replaced."""
+    now = timezone.now()
+    replaced = WorkerHeartbeat.objects.filter(nodename=nodename, stopped_at__isnull=True).exclude(
+        worker_id=worker_id).update(stopped_at=now)
+    if replaced:
+        log.warning("worker %s replaces %d earlier start(s) under that node name; their outputs are "
+                    "queued again (give each worker a unique --hostname)", nodename, replaced)
+    WorkerHeartbeat.objects.update_or_create(
+        worker_id=worker_id, defaults={"beat_at": now, "stopped_at": None},
+        create_defaults={"nodename": nodename, "pid": pid, "started_at": now, "beat_at": now},
+    )
+    return replaced
+
+
+def worker_beat(*, worker_id: str, nodename: str, pid: int) -> None:
+    """Say that a worker is alive.  Re-creates its row if it was cleaned up while the worker
+    could not reach the database, and revives it if it was taken for gone."""
+    now = timezone.now()
+    revived = WorkerHeartbeat.objects.filter(worker_id=worker_id, stopped_at__isnull=False).exists()
+    if revived:
+        log.warning("worker %s (%s) was taken for gone (silent too long, or another start used its node "
+                    "name); its outputs were queued again", nodename, worker_id)
+    WorkerHeartbeat.objects.update_or_create(
+        worker_id=worker_id, defaults={"beat_at": now, "stopped_at": None},
+        create_defaults={"nodename": nodename, "pid": pid, "started_at": now, "beat_at": now},
+    )
+
+
+def worker_stop(*, worker_id: str) -> None:
+    """Record a clean stop: whatever the worker still holds is freed by the next sweep."""
+    WorkerHeartbeat.objects.filter(worker_id=worker_id).update(stopped_at=timezone.now())
+
+
+def workers_forget(*, older_than: timedelta = timedelta(days=1)) -> int:
+    """Delete the rows of workers gone for long and holding nothing."""
+    cutoff = timezone.now() - older_than
+    held = Output.objects.filter(status=Output.Status.RUNNING).values("claimed_by")
+    return WorkerHeartbeat.objects.filter(beat_at__lt=cutoff).exclude(worker_id__in=held).delete()[0]
 
 
 def _enqueue_generation(candidate_id: int, output_ids: list[int]) -> None:
@@ -339,35 +620,67 @@ def _enqueue_generation(candidate_id: int, output_ids: list[int]) -> None:
     generate_outputs.delay_on_commit(candidate_id, output_ids)
 
 
-def output_retry(*, output: Output) -> None:
-    """Put a failed output back in the queue."""
-    updated = Output.objects.filter(pk=output.pk, status=Output.Status.FAILED).update(
-        status=Output.Status.PENDING, error="", claim=""
-    )
-    if not updated:
-        raise ServiceError("only a failed output can be retried")
-    _queue_pending(output.candidate)
+def output_retry(*, output: Output, actor=None) -> None:
+    """Put a failed output, or one stuck running (see ``selectors.stuck_q``), back in the queue."""
+    with transaction.atomic():
+        updated = Output.objects.filter(pk=output.pk).filter(
+            Q(status=Output.Status.FAILED) | selectors.stuck_q(timezone.now())
+        ).update(status=Output.Status.PENDING, error="", claim="", claimed_by="", attempts=0)
+        if not updated:
+            raise ServiceError(
+                "only a failed output can be retried, or one stuck running longer than the task time limit "
+                f"(EVALSITE_GENERATION_TIME_LIMIT={django_settings.EVALSITE_GENERATION_TIME_LIMIT} s) "
+                "or held by a worker that stopped"
+            )
+        _queue_pending(output.candidate)
+        audit.record(output.study, actor, audit.Action.OUTPUTS_RETRIED, str(output),
+                     {"outputs": 1, "candidates": [output.candidate.name]})
 
 
-def outputs_retry_failed(*, study: Study) -> int:
+def outputs_retry_failed(*, study: Study, actor=None) -> int:
     """Queue every failed output again, in batches per candidate (not one task per output)."""
-    failed = Output.objects.filter(study=study, status=Output.Status.FAILED)
-    candidate_ids = set(failed.values_list("candidate_id", flat=True).distinct())
-    failed.update(status=Output.Status.PENDING, error="", claim="")
-    return sum(_queue_pending(c) for c in Candidate.objects.filter(pk__in=candidate_ids))
+    with transaction.atomic():
+        failed = Output.objects.filter(study=study, status=Output.Status.FAILED)
+        candidate_ids = set(failed.values_list("candidate_id", flat=True).distinct())
+        retried = failed.update(status=Output.Status.PENDING, error="", claim="", claimed_by="", attempts=0)
+        candidates = list(Candidate.objects.filter(pk__in=candidate_ids).order_by("name"))
+        queued = sum(_queue_pending(c) for c in candidates)
+        if retried:
+            audit.record(study, actor, audit.Action.OUTPUTS_RETRIED, study.name,
+                         {"outputs": retried, "candidates": [c.name for c in candidates]})
+    return queued
 
 
-def generation_claim(*, output_ids: Sequence[int], claim: str) -> list[int]:
+def _gave_up(attempts: int) -> str:
+    return (f"gave up after {attempts} attempts: the worker generating this output stopped each time "
+            "(killed, out of memory, or past the task time limit). Retry once the cause is fixed; "
+            f"EVALSITE_GENERATION_MAX_ATTEMPTS={attempts} sets how many tries.")
+
+
+def generation_claim(*, output_ids: Sequence[int], claim: str, worker: str = "",
+                     candidate_id: int | None = None) -> list[int]:
     """Claim outputs for one task run with a conditional UPDATE; returns the claimed ids.
 
     A redelivered task (same id after a worker died) reclaims its own running outputs;
-    outputs that are done, or held by another run, are left alone.
+    outputs that are done, or held by another run, are left alone.  ``worker`` names the
+    worker process (``annotation.heartbeat``) so its claims are freed if it dies; an output
+    already claimed ``EVALSITE_GENERATION_MAX_ATTEMPTS`` times by this task fails instead (a
+    batch that kills its worker is redelivered again and again otherwise).
     """
+    now = timezone.now()
+    max_attempts = django_settings.EVALSITE_GENERATION_MAX_ATTEMPTS
+    mine = Output.objects.filter(pk__in=output_ids)
+    if candidate_id is not None:  # a stale message never claims another candidate's outputs
+        mine = mine.filter(candidate_id=candidate_id)
     with transaction.atomic():
-        Output.objects.filter(pk__in=output_ids).filter(
+        mine.filter(status=Output.Status.RUNNING, claim=claim, attempts__gte=max_attempts).update(
+            status=Output.Status.FAILED, claim="", claimed_by="", finished_at=now, error=_gave_up(max_attempts)
+        )
+        mine.filter(
             Q(status__in=[Output.Status.QUEUED, Output.Status.PENDING]) | Q(status=Output.Status.RUNNING, claim=claim)
         ).update(
-            status=Output.Status.RUNNING, claim=claim, claimed_at=timezone.now(), attempts=F("attempts") + 1
+            status=Output.Status.RUNNING, claim=claim, claimed_by=worker, claimed_at=now,
+            attempts=F("attempts") + 1,
         )
     return list(
         Output.objects.filter(pk__in=output_ids, status=Output.Status.RUNNING, claim=claim)
@@ -400,27 +713,31 @@ def generation_fail(*, output_ids: Sequence[int], claim: str, error: str) -> int
     ).update(status=Output.Status.FAILED, error=error, claim="", finished_at=timezone.now())
 
 
-def generation_run(*, candidate_id: int, output_ids: Sequence[int], claim: str) -> int:
+def generation_run(*, candidate_id: int, output_ids: Sequence[int], claim: str, worker: str = "") -> int:
     """Generate the claimed outputs of one batch; the body of the Celery task."""
     candidate = Candidate.objects.select_related("study").filter(pk=candidate_id).first()
     if candidate is None:
         return 0
-    claimed = generation_claim(output_ids=output_ids, claim=claim)
+    claimed = generation_claim(output_ids=output_ids, claim=claim, worker=worker, candidate_id=candidate_id)
     if not claimed:
         return 0
     outputs = list(Output.objects.filter(pk__in=claimed).select_related("prompt").order_by("pk"))
+    # Every error text below came from an endpoint or a backend: scrubbed before it is
+    # stored or logged. The spec is checked again under this worker's own policy.
+    scrub = error_scrubber(candidate.spec)
     try:
         settings_obj = generation_base.GenerationSettings.from_dict(candidate.study.generation_settings)
-        backend = generation_base.get_backend(candidate.backend, candidate.spec)
+        backend = generation_base.get_backend(candidate.backend, candidate.spec, spec_policy())
         requests = [
             generation_base.GenerationRequest(key=o.pk, prompt=o.prompt.text, seed=o.seed or 0)
             for o in outputs
         ]
         results = backend.generate(requests, settings_obj)
     except Exception as exc:  # a broken spec or model fails the batch, visibly
-        log.exception("generation failed for candidate %s", candidate_id)
-        generation_fail(output_ids=claimed, claim=claim, error=f"{type(exc).__name__}: {exc}")
+        log.error("generation failed for candidate %s:\n%s", candidate_id, scrub(traceback.format_exc(), limit=4000))
+        generation_fail(output_ids=claimed, claim=claim, error=scrub(f"{type(exc).__name__}: {exc}"))
         return 0
+    results = [dataclasses.replace(r, error=scrub(r.error)) if r.error else r for r in results]
     written = sum(
         generation_record(output_id=r.key, claim=claim, result=r) for r in results
     )
@@ -854,7 +1171,7 @@ IMPORT_USERNAME = "battle-import"
 
 
 def battles_import(*, study: Study, model_a: Sequence[str], model_b: Sequence[str], winner: Sequence[str],
-                   source: str, batch_size: int = 5000) -> int:
+                   source: str, batch_size: int = 5000, actor=None) -> int:
     """Load pairwise battles judged elsewhere (e.g. Chatbot Arena) into a study as judgments.
 
     Each battle becomes its own prompt (``<source>#<n>``), one output per side, a unit,
@@ -922,5 +1239,6 @@ def battles_import(*, study: Study, model_a: Sequence[str], model_b: Sequence[st
         # One long transaction whose ids interleave with votes cast meanwhile: recount in full.
         Study.objects.filter(pk=study.pk).update(units_total=Unit.objects.filter(study=study).count(),
                                                  version=F("version") + 1)
+        audit.record(study, actor, audit.Action.OUTPUTS_IMPORTED, source, {"battles": n, "candidates": names})
     _request_ratings(study.pk)
     return n

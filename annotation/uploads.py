@@ -1,7 +1,7 @@
 """Parse uploaded prompt, output and battle files, validating the whole file first.
 
-Pure Python (the standard library and arena.outcomes, no Django import) so that views, management
-commands and Celery tasks share one parser and the tests need no database.
+Pure Python (the standard library, arena.outcomes and annotation.usertext, no Django import) so
+that views, management commands and Celery tasks share one parser and the tests need no database.
 
 Every parser reads the whole file and either returns every row or raises
 :class:`UploadError` listing every bad row (up to :data:`MAX_REPORTED_ERRORS`, then a
@@ -22,14 +22,25 @@ is missing or unknown, and between the two JSON forms:
   (``.json`` files often hold JSON Lines: that is what ``datasets`` writes.)
 
 Encoding is UTF-8 with or without a byte order mark; CRLF line endings are fine.
-Files over ``max_bytes`` (default :data:`MAX_UPLOAD_BYTES`) are refused before
-decoding; pass ``max_bytes=None`` for trusted local files such as a Chatbot Arena dump.
+``data`` is bytes or a binary file object (such as Django's ``UploadedFile``). Files over
+``max_bytes`` (default :data:`MAX_UPLOAD_BYTES`) are refused before anything is read
+(from ``len()``, the upload's ``size`` or the file's end); pass ``max_bytes=None`` for
+trusted local files such as a Chatbot Arena dump. Prompts and outputs are read as a
+stream: the file is decoded a chunk at a time and parsed as it arrives, so memory holds
+the parsed rows, never a second copy of the file.
+
+Every text value is checked for what no database can store (a NUL character, a lone
+surrogate from a ``\ud800`` escape; see :mod:`annotation.usertext`), and every number
+against the column it goes into, so a bad value is a named error here, not a failed
+write later. A JSON line nested more than :data:`~annotation.usertext.MAX_JSON_DEPTH`
+levels is refused before it is parsed.
 
 Prompts (:func:`parse_prompts`)
     ``id`` (required, at most :data:`MAX_ID_LENGTH` characters, unique in the file; a
     JSON integer is accepted and turned into a string), ``prompt`` (required, surrounding
     whitespace stripped), and optional ``reference``, ``tags``, ``image`` (a relative
-    path or URL, carried through unchecked) and ``gold_answer``. Tags are separated by
+    path or URL of at most :data:`MAX_IMAGE_LENGTH` characters, carried through
+    unchecked) and ``gold_answer``. Tags are separated by
     ``;`` in CSV (``billing;easy``); in JSON they are a list of strings or one string
     separated by ``;`` the same way. Tags are stripped, empty ones dropped and exact
     duplicates removed, keeping the first spelling and the order. Other columns are
@@ -37,8 +48,10 @@ Prompts (:func:`parse_prompts`)
 
 Imported outputs (:func:`parse_imported_outputs`)
     ``prompt_id`` (required), ``output`` (required, not blank; kept exactly as given),
-    optional ``sample_index`` (integer >= 0, default 0), ``latency_ms`` and ``cost``
-    (numbers >= 0) and ``prompt_tokens`` / ``completion_tokens`` (integers >= 0). A
+    optional ``sample_index`` (integer from 0 to :data:`MAX_SAMPLE_INDEX`, default 0),
+    ``latency_ms`` and ``cost`` (numbers from 0 to :data:`MAX_LATENCY_MS` and
+    :data:`MAX_COST`) and ``prompt_tokens`` / ``completion_tokens`` (integers from 0 to
+    :data:`MAX_TOKENS`). A
     ``(prompt_id, sample_index)`` pair may appear once. Empty optional values (an empty
     CSV cell, JSON ``null``) mean "not given".
 
@@ -63,18 +76,25 @@ from array import array
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field as dataclass_field
 from functools import cached_property
-from itertools import repeat
+from itertools import chain, repeat
 from operator import eq, itemgetter
 from pathlib import PurePath
-from typing import Any
+from typing import Any, BinaryIO, Union
 
 from arena.outcomes import ARENA as ARENA_OUTCOMES
 
+from .usertext import MAX_JSON_DEPTH, json_depth_exceeds, number_too_long, text_problem
+
 __all__ = [
     "BATTLE_WINNERS",
+    "MAX_COST",
     "MAX_ID_LENGTH",
+    "MAX_IMAGE_LENGTH",
+    "MAX_LATENCY_MS",
     "MAX_REPORTED_ERRORS",
+    "MAX_SAMPLE_INDEX",
     "MAX_TAG_LENGTH",
+    "MAX_TOKENS",
     "MAX_UPLOAD_BYTES",
     "TAG_SEPARATOR",
     "Battles",
@@ -83,16 +103,24 @@ __all__ = [
     "ParsedPrompts",
     "PromptRow",
     "RowError",
+    "UploadData",
     "UploadError",
     "parse_battles",
     "parse_imported_outputs",
     "parse_prompts",
 ]
 
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 MAX_REPORTED_ERRORS = 50
+# Limits of the columns the values go into (annotation/models.py).
 MAX_ID_LENGTH = 200
 MAX_TAG_LENGTH = 100
+MAX_IMAGE_LENGTH = 500
+MAX_SAMPLE_INDEX = 32767  # PositiveSmallIntegerField
+MAX_TOKENS = 2**31 - 1  # PositiveIntegerField
+# Float columns hold far more; these keep sums and averages finite and readable.
+MAX_LATENCY_MS = 1e10  # about 115 days
+MAX_COST = 1e9
 TAG_SEPARATOR = ";"
 BATTLE_WINNERS = ARENA_OUTCOMES  # the outcome vocabulary lives in arena/outcomes.py
 
@@ -115,10 +143,16 @@ _REFUSED_SUFFIXES = frozenset(
     {".xlsx", ".xlsm", ".xls", ".ods", ".numbers", ".pdf", ".doc", ".docx"}
     | {".parquet", ".arrow", ".feather", ".zip", ".gz", ".bz2", ".xz"}
 )
+_READ_BYTES = 1 << 20  # bytes read from an upload at a time
+_AFTER_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
 _LEADING_WHITESPACE = re.compile(r"\s*")
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 _JSON_LIST_SEPARATOR = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")
 _MISSING = object()
+
+#: What the parsers read: the bytes, or a binary file object positioned anywhere
+#: (it is read from its start).
+UploadData = Union[bytes, bytearray, memoryview, BinaryIO]
 
 
 @dataclass(frozen=True)
@@ -249,7 +283,7 @@ class Battles:
 
 
 def parse_prompts(
-    data: bytes, filename: str, *, max_bytes: int | None = MAX_UPLOAD_BYTES
+    data: UploadData, filename: str, *, max_bytes: int | None = MAX_UPLOAD_BYTES
 ) -> ParsedPrompts:
     """Parse a prompt file (CSV, JSON Lines or a JSON list); see the module docstring.
 
@@ -269,7 +303,7 @@ def parse_prompts(
         text = row.string("prompt", required=True)
         reference = row.string("reference")
         tags = row.tags("tags")
-        image = row.string("image")
+        image = row.string("image", max_length=MAX_IMAGE_LENGTH)
         gold_answer = row.string("gold_answer", allow_int=True)
         if external_id:
             first = seen.setdefault(external_id, (line, index))
@@ -284,7 +318,7 @@ def parse_prompts(
 
 
 def parse_imported_outputs(
-    data: bytes,
+    data: UploadData,
     filename: str,
     known_prompt_ids: Container[str] | None = None,
     *,
@@ -309,11 +343,11 @@ def parse_imported_outputs(
         if prompt_id and known_prompt_ids is not None and prompt_id not in known_prompt_ids:
             row.error("prompt_id", f"unknown prompt id {prompt_id!r}")
         text = row.string("output", required=True, strip=False)
-        sample_index = row.integer("sample_index")
-        latency_ms = row.number("latency_ms")
-        cost = row.number("cost")
-        prompt_tokens = row.integer("prompt_tokens")
-        completion_tokens = row.integer("completion_tokens")
+        sample_index = row.integer("sample_index", maximum=MAX_SAMPLE_INDEX)
+        latency_ms = row.number("latency_ms", maximum=MAX_LATENCY_MS)
+        cost = row.number("cost", maximum=MAX_COST)
+        prompt_tokens = row.integer("prompt_tokens", maximum=MAX_TOKENS)
+        completion_tokens = row.integer("completion_tokens", maximum=MAX_TOKENS)
         if prompt_id and sample_index is not _INVALID:
             key = (prompt_id, sample_index or 0)
             first = seen.setdefault(key, (line, index))
@@ -343,7 +377,7 @@ def parse_imported_outputs(
 
 
 def parse_battles(
-    data: bytes, filename: str, *, max_bytes: int | None = MAX_UPLOAD_BYTES
+    data: UploadData, filename: str, *, max_bytes: int | None = MAX_UPLOAD_BYTES
 ) -> Battles:
     """Parse pairwise battles: Chatbot Arena's public JSON list, JSON Lines or CSV.
 
@@ -383,7 +417,7 @@ def _json_list_battle_columns(source: _Source) -> _BattleColumns | None:
         map(itemgetter("model_a"), items),
         map(itemgetter("model_b"), items),
         map(itemgetter("winner"), items),
-        lambda: [line for line, _, _ in _json_list_records(text)],
+        lambda: [line for line, _, _ in _json_list_records([text])],
     )
 
 
@@ -569,11 +603,17 @@ def _battle_row_errors(row: _Row) -> None:
 
 
 class _Source:
-    """A decoded file, its format, and the records in it."""
+    """An upload, its format, and the records in it, read as a stream.
+
+    ``data`` is bytes or a binary file object (Django's ``UploadedFile``, an open file).
+    Its size is checked before anything is read; then it is decoded a chunk at a time and
+    :meth:`records` parses records as the chunks arrive, so memory holds the rows, not the
+    file. :attr:`text` reads the whole file instead (battles' column readers need it).
+    """
 
     def __init__(
         self,
-        data: bytes,
+        data: UploadData,
         filename: str,
         *,
         required: Sequence[str],
@@ -586,17 +626,85 @@ class _Source:
                 f"{suffix} files are not supported: export the sheet as CSV (UTF-8) "
                 "or the data as JSON Lines"
             )
-        if max_bytes is not None and len(data) > max_bytes:
+        size = _size_of(data)
+        if max_bytes is not None and size is not None and size > max_bytes:
             raise UploadError(
-                f"the file is {_megabytes(len(data))}; the limit is {_megabytes(max_bytes)}"
+                f"the file is {_megabytes(size)}; the limit is {_megabytes(max_bytes)}"
             )
-        self.text = _decode(data)
+        self._data = data
+        self._max_bytes = max_bytes
+        self._chunks = _decoded_chunks(data, max_bytes)
+        self._head = self._read_head()
         self.required = tuple(required)
         self.known = None if known is None else frozenset(known)
         self.warnings: list[str] = []
         self._unknown_keys: set[str] = set()
         self._comma_tags_warned = False
-        self.format, self.delimiter = _detect_format(self.text, suffix, filename)
+        # Whether text values need checking for NUL and lone surrogates: only once the file
+        # has shown a NUL or a JSON \u escape (a surrogate can come from nowhere else).
+        self.check_text = False
+        self.format, self.delimiter = _detect_format("".join(self._head), suffix, filename)
+
+    def _read_head(self) -> list[str]:
+        """Decode the file up to the end of its first line that is not blank (enough to
+        tell the format); refuse a file that holds only whitespace."""
+        head: list[str] = []
+        seen_text = False
+        for chunk in self._chunks:
+            head.append(chunk)
+            start = 0
+            if not seen_text:
+                start = _LEADING_WHITESPACE.match(chunk).end()
+                if start == len(chunk):
+                    continue
+                seen_text = True
+            if "\n" in chunk[start:]:
+                return head
+        if not seen_text:
+            raise UploadError("the file is empty")
+        return head
+
+    @cached_property
+    def text(self) -> str:
+        """The whole decoded file."""
+        if isinstance(self._data, (bytes, bytearray, memoryview)):
+            # One decode of the caller's bytes: no chunks held beside the text.
+            view = memoryview(self._data).cast("B")
+            start = len(codecs.BOM_UTF8) if view[: len(codecs.BOM_UTF8)] == codecs.BOM_UTF8 else 0
+            try:
+                text = str(view[start:], "utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(view[start:].tobytes(), exc.start, start, 1, 1) from None
+            self._chunks.close()
+        else:
+            text = "".join([*self._head, *self._chunks])
+        self._head = []
+        return text
+
+    def _stream(self) -> Iterator[str]:
+        """The decoded file in chunks, from the start (once, unless :attr:`text` was read).
+
+        Sets :attr:`check_text` before handing on the first chunk that needs it; the
+        readers take no chunk before they need its text, so no earlier row does.
+        """
+        if "text" in self.__dict__:
+            chunks: Iterable[str] = [self.text]
+        else:
+            head, self._head = self._head, []
+            chunks = chain(head, self._chunks)
+        after_backslash = False  # a "\\u" may fall across two chunks
+        for chunk in chunks:
+            if not self.check_text:
+                if "\x00" in chunk or "\\u" in chunk or (after_backslash and chunk.startswith("u")):
+                    self.check_text = True
+                after_backslash = chunk.endswith("\\")
+            yield chunk
+
+    def _whole_text_again(self) -> str:
+        """The whole file, decoded afresh from its start (for one error message)."""
+        if "text" in self.__dict__:
+            return self.text
+        return "".join(_decoded_chunks(self._data, self._max_bytes))
 
     def records(self) -> Iterator[tuple[int, int | None, Any]]:
         """Yield ``(line, index, value)``; a value that is a :class:`RowError` is a
@@ -604,8 +712,8 @@ class _Source:
         if self.format == "csv":
             return self._csv_records()
         if self.format == "json":
-            return _json_list_records(self.text)
-        return _json_lines_records(self.text)
+            return _json_list_records(self._stream())
+        return _json_lines_records(_lines(self._stream()), self._whole_text_again)
 
     def row(self, obj: Any, line: int, index: int | None, errors: _Errors) -> _Row | None:
         """Wrap a record for field access, or record why it is not a record and return
@@ -631,9 +739,7 @@ class _Source:
             )
 
     def _csv_records(self) -> Iterator[tuple[int, int | None, Any]]:
-        reader = csv.reader(
-            io.StringIO(self.text, newline=""), delimiter=self.delimiter, strict=True
-        )
+        reader = csv.reader(_csv_lines(self._stream()), delimiter=self.delimiter, strict=True)
         after = 0  # physical lines consumed so far; a record starts on the next one
         header: list[str] | None = None
         header_line = 1
@@ -699,32 +805,164 @@ class _Source:
                     self.warnings.append(f"ignored column {name!r}")
 
 
-def _decode(data: bytes) -> str:
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise UploadError('the file is UTF-16; save it as UTF-8 ("CSV UTF-8" in Excel)')
-    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+def _size_of(data: UploadData) -> int | None:
+    """The size in bytes, known without reading: ``len`` of bytes, an upload's ``size``,
+    or a seekable file's end; ``None`` if none of these says."""
+    if isinstance(data, (bytes, bytearray)):
+        return len(data)
+    if isinstance(data, memoryview):
+        return data.nbytes
+    size = getattr(data, "size", None)
+    if isinstance(size, int):
+        return size
     try:
-        text = str(memoryview(data)[start:], "utf-8")
-    except UnicodeDecodeError as exc:
-        offset = start + exc.start
-        line = data.count(b"\n", 0, offset) + 1
-        raise UploadError(
-            [
-                RowError(
-                    line,
-                    None,
-                    f"the file is not UTF-8: byte 0x{data[offset]:02x} at byte "
-                    f"offset {offset} cannot be decoded; save the file as UTF-8",
-                )
-            ]
-        ) from None
-    if not text or text.isspace():
-        raise UploadError("the file is empty")
-    return text
+        here = data.tell()
+        end = data.seek(0, io.SEEK_END)
+        data.seek(here)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return end
+
+
+def _byte_reader(data: UploadData) -> Callable[[int], bytes]:
+    """A ``read(n)`` over ``data`` from its start."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        view = memoryview(data).cast("B")
+        position = 0
+
+        def read(n: int) -> bytes:
+            nonlocal position
+            piece = bytes(view[position : position + n])
+            position += len(piece)
+            return piece
+
+        return read
+    seekable = getattr(data, "seekable", None)
+    if seekable is not None and seekable():
+        data.seek(0)
+    return data.read
+
+
+def _decoded_chunks(data: UploadData, max_bytes: int | None) -> Iterator[str]:
+    """Decode ``data`` as UTF-8 (a byte order mark skipped) a chunk at a time.
+
+    A chunk never ends inside a character. Bytes that are not UTF-8 raise
+    :class:`UploadError` naming their line, column and byte offset; a file of unknown
+    size that grows past ``max_bytes`` is refused when it does.
+    """
+    read = _byte_reader(data)
+    offset = 0  # byte offset of buf[0] in the file
+    line, column = 1, 1  # where buf[0] is, in lines and characters
+    total = 0
+    carry = b""
+    first = True
+    while True:
+        block = read(_READ_BYTES)
+        total += len(block)
+        if max_bytes is not None and total > max_bytes:
+            raise UploadError(f"the file is over the limit of {_megabytes(max_bytes)}")
+        final = not block
+        buf = carry + block if carry else block
+        if first:
+            if len(buf) < len(codecs.BOM_UTF8) and not final:
+                carry = buf
+                continue
+            first = False
+            if buf.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                raise UploadError('the file is UTF-16; save it as UTF-8 ("CSV UTF-8" in Excel)')
+            if buf.startswith(codecs.BOM_UTF8):
+                buf = buf[len(codecs.BOM_UTF8) :]
+                offset = len(codecs.BOM_UTF8)
+        cut = len(buf) if final else _complete_prefix(buf)
+        try:
+            text = str(memoryview(buf)[:cut], "utf-8")
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(buf, exc.start, offset, line, column) from None
+        if text:
+            yield text
+        if final:
+            return
+        last = text.rfind("\n")
+        line += text.count("\n")
+        column = len(text) - last if last >= 0 else column + len(text)
+        offset += cut
+        carry = buf[cut:]
+
+
+def _complete_prefix(buf: bytes) -> int:
+    """The length of ``buf`` without a UTF-8 character cut off at its end."""
+    n = len(buf)
+    for back in range(1, min(4, n) + 1):
+        byte = buf[n - back]
+        if byte < 0x80:
+            return n
+        if byte >= 0xC0:  # the lead byte of the last character
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return n if back >= need else n - back
+    return n  # no lead byte in reach: let the decoder say what is wrong
+
+
+def _not_utf8(buf: bytes, start: int, offset: int, line: int, column: int) -> UploadError:
+    before = buf[:start]  # decodes: the error is the first bad byte
+    newline = before.rfind(b"\n")
+    line += before.count(b"\n")
+    if newline >= 0:
+        column = 1 + len(str(before[newline + 1 :], "utf-8"))
+    else:
+        column += len(str(before, "utf-8"))
+    return UploadError(
+        [
+            RowError(
+                line,
+                None,
+                f"the file is not UTF-8: byte 0x{buf[start]:02x} at byte offset "
+                f"{offset + start} (column {column}) cannot be decoded; save the file as UTF-8",
+            )
+        ]
+    )
+
+
+def _lines(chunks: Iterable[str], *, keepends: bool = False) -> Iterator[str]:
+    """Lines split on LF only, with their LF if ``keepends``. As ``str.split("\\n")``,
+    a final LF is followed by an empty line when ``keepends`` is false.
+
+    Not ``str.splitlines()``: that also splits on U+2028 and friends, which JSON allows
+    unescaped inside strings.
+    """
+    pending: list[str] = []
+    for chunk in chunks:
+        parts = chunk.split("\n")
+        if len(parts) == 1:
+            pending.append(chunk)
+            continue
+        pending.append(parts[0])
+        parts[0] = "".join(pending)
+        pending = [parts.pop()]
+        if keepends:
+            for part in parts:
+                yield part + "\n"
+        else:
+            yield from parts
+    last = "".join(pending)
+    if last or not keepends:
+        yield last
+
+
+def _csv_lines(chunks: Iterable[str]) -> Iterator[str]:
+    """Lines as the CSV reader needs them: ending at LF, CRLF or a lone CR (as a file
+    opened with ``newline=""`` splits), each with its line ending."""
+    for line in _lines(chunks, keepends=True):
+        if "\r" in line and line.find("\r") != len(line) - 2:
+            yield from filter(None, _AFTER_LONE_CR.split(line))
+        else:
+            yield line
 
 
 def _detect_format(text: str, suffix: str, filename: str) -> tuple[str, str]:
-    """Return ``(format, csv delimiter)``, format being "csv", "json" or "jsonl"."""
+    """Return ``(format, csv delimiter)``, format being "csv", "json" or "jsonl".
+
+    ``text`` is the start of the file, up to the end of its first line that is not blank.
+    """
     if suffix in _CSV_DELIMITERS:
         return "csv", _CSV_DELIMITERS[suffix]
     first = text[_LEADING_WHITESPACE.match(text).end()]
@@ -742,13 +980,22 @@ def _detect_format(text: str, suffix: str, filename: str) -> tuple[str, str]:
     )
 
 
-def _json_lines_records(text: str) -> Iterator[tuple[int, int | None, Any]]:
+def _json_lines_records(
+    lines: Iterable[str], whole_text: Callable[[], str]
+) -> Iterator[tuple[int, int | None, Any]]:
+    """Records of JSON Lines; ``whole_text`` is asked for the file only to explain a
+    first record that does not parse."""
     loads = json.loads
     decode = json.JSONDecoder().raw_decode  # a third faster than loads on short lines
     first = True
-    # Split on "\n" only: str.splitlines() would also split on U+2028 and friends,
-    # which JSON allows unescaped inside strings. A trailing "\r" is JSON whitespace.
-    for line, raw in enumerate(text.split("\n"), 1):
+    for line, raw in enumerate(lines, 1):
+        # Bound the nesting before parsing: json recurses once per level. Counting brackets
+        # is cheap, so only a line with many of them is scanned.
+        if raw.count("[") + raw.count("{") > MAX_JSON_DEPTH and json_depth_exceeds(raw):
+            deep = f"is nested more than {MAX_JSON_DEPTH} levels deep"
+            yield line, None, RowError(line, None, deep)
+            first = False
+            continue
         try:
             value, end = decode(raw)
             if end == len(raw) or raw[end:].isspace():
@@ -763,7 +1010,7 @@ def _json_lines_records(text: str) -> Iterator[tuple[int, int | None, Any]]:
         try:
             value = loads(raw)
         except (ValueError, RecursionError) as exc:
-            if first and _is_one_spread_object(text):
+            if first and _is_one_spread_object(whole_text()):
                 yield (
                     line,
                     None,
@@ -782,64 +1029,146 @@ def _json_lines_records(text: str) -> Iterator[tuple[int, int | None, Any]]:
 
 
 def _is_one_spread_object(text: str) -> bool:
+    if json_depth_exceeds(text):
+        return False
     try:
         return isinstance(json.loads(text), dict)
     except (ValueError, RecursionError):
         return False
 
 
-def _json_list_records(text: str) -> Iterator[tuple[int, int | None, Any]]:
-    """Walk a JSON list element by element, so each element's line is known."""
+def _json_list_records(chunks: Iterable[str]) -> Iterator[tuple[int, int | None, Any]]:
+    """Walk a JSON list element by element as its text arrives, so each element's line is
+    known and only the elements not yet walked are held as text.
+
+    An element that fails to parse at the end of the text read so far may be cut off, so
+    more text is read and it is tried again; an error elsewhere is an error. Each element
+    is parsed by ``json`` (which says "nested too deeply" through ``RecursionError``).
+    """
     decode = json.JSONDecoder().raw_decode
     separator = _JSON_LIST_SEPARATOR.match
     skip = _JSON_WHITESPACE.match
-    pos = skip(text, skip(text).end() + 1).end()  # just past "[" and any whitespace
-    line = 1 + text.count("\n", 0, pos)
+    chunks = iter(chunks)
+    buf = ""
+    pos = 0
+    line, counted = 1, 0  # the line at buf[counted]
+    column = 1  # the column of buf[0]
+    eof = False
+
+    def more() -> bool:
+        """Append the next chunk, dropping text already walked; False at the end."""
+        nonlocal buf, pos, counted, line, column, eof
+        chunk = next(chunks, None)
+        if chunk is None:
+            eof = True
+            return False
+        line += buf.count("\n", counted, pos)
+        newline = buf.rfind("\n", 0, pos)
+        column = pos - newline if newline >= 0 else column + pos
+        buf, pos, counted = buf[pos:] + chunk, 0, 0
+        return True
+
+    def grow() -> bool:
+        """Read on until the unwalked text has doubled (so an element longer than a chunk is
+        parsed a few times, not once per chunk); False at the end."""
+        target = 2 * (len(buf) - pos) + 1
+        grew = False
+        while len(buf) - pos < target and more():
+            grew = True
+        return grew
+
+    def at(position: int) -> int:
+        """The line of ``buf[position]``; positions must only move forward."""
+        nonlocal line, counted
+        line += buf.count("\n", counted, position)
+        counted = position
+        return line
+
+    def reason(exc: BaseException, position: int) -> str:
+        newline = buf.rfind("\n", 0, position)
+        return _json_reason(exc, position - newline if newline >= 0 else column + position)
+
+    def skip_whitespace() -> None:
+        nonlocal pos
+        pos = skip(buf, pos).end()
+        while pos == len(buf) and more():
+            pos = skip(buf, pos).end()
+
+    skip_whitespace()
+    pos += 1  # the "[" that made this a JSON list
+    skip_whitespace()
     index = 0
-    if text.startswith("]", pos):
+    if buf.startswith("]", pos):
         pos += 1
     else:
         while True:
             try:
-                value, end = decode(text, pos)
-            except (ValueError, RecursionError) as exc:
-                at = getattr(exc, "lineno", line)
+                value, end = decode(buf, pos)
+                if end == len(buf) and not eof and grow():
+                    continue  # a number may go on in the next chunk
+            except json.JSONDecodeError as exc:
+                if not eof and (exc.pos >= len(buf) - 8 or exc.msg.startswith("Unterminated")):
+                    if grow():
+                        continue
+                line_no = at(min(exc.pos, len(buf)))
                 yield (
-                    at,
+                    line_no,
                     index,
-                    RowError(at, None, f"is not valid JSON: {_json_reason(exc)}", index),
+                    RowError(line_no, None, f"is not valid JSON: {reason(exc, exc.pos)}", index),
                 )
                 return
-            yield line, index, value
-            index += 1
-            match = separator(text, end)
-            if match is None:
-                at = 1 + text.count("\n", 0, end)
+            except (RecursionError, ValueError) as exc:  # too deep; a number with too many digits
+                line_no = at(pos)
                 yield (
-                    at,
+                    line_no,
+                    index,
+                    RowError(line_no, None, f"is not valid JSON: {_json_reason(exc)}", index),
+                )
+                return
+            yield at(pos), index, value
+            index += 1
+            match = separator(buf, end)
+            # Only whitespace after the element so far: its separator is in a later chunk.
+            while match is None and not eof and not buf[end:].strip(" \t\n\r"):
+                offset = end - pos
+                if not more():
+                    break
+                end = pos + offset
+                match = separator(buf, end)
+            if match is None:
+                line_no = at(end)
+                yield (
+                    line_no,
                     None,
                     RowError(
-                        at,
+                        line_no,
                         None,
                         f"is not valid JSON: expected ',' or ']' after element {index - 1}",
                     ),
                 )
                 return
-            line += text.count("\n", pos, match.end())
             pos = match.end()
             if match[1] == "]":
                 break
-    pos = skip(text, pos).end()
-    if pos < len(text):
-        at = 1 + text.count("\n", 0, pos)
-        yield at, None, RowError(at, None, "is not valid JSON: text after the list's closing ']'")
+            if pos == len(buf):
+                skip_whitespace()
+    skip_whitespace()
+    if pos < len(buf):
+        line_no = at(pos)
+        yield (
+            line_no,
+            None,
+            RowError(line_no, None, "is not valid JSON: text after the list's closing ']'"),
+        )
 
 
-def _json_reason(exc: BaseException) -> str:
+def _json_reason(exc: BaseException, column: int | None = None) -> str:
     if isinstance(exc, json.JSONDecodeError):
-        return f"{exc.msg} (column {exc.colno})"
+        return f"{exc.msg} (column {exc.colno if column is None else column})"
     if isinstance(exc, RecursionError):
         return "nested too deeply"
+    if isinstance(exc, ValueError) and "digits" in str(exc):
+        return number_too_long()
     return str(exc)
 
 
@@ -930,9 +1259,13 @@ class _Row:
         if max_length is not None and len(stripped) > max_length:
             self.error(key, f"is {len(stripped)} characters long; the limit is {max_length}")
             return ""
+        problem = text_problem(value) if self.source is None or self.source.check_text else None
+        if problem:
+            self.error(key, problem)
+            return ""
         return stripped if strip else value
 
-    def number(self, key: str) -> float | None:
+    def number(self, key: str, *, maximum: float) -> float | None:
         value = self._optional(key)
         if value is None:
             return None
@@ -944,9 +1277,11 @@ class _Row:
             return self._bad(key, "must be a number", value)
         if number < 0:
             return self._bad(key, "must not be negative", value)
+        if number > maximum:
+            return self._bad(key, f"must be at most {maximum:g}", value)
         return number
 
-    def integer(self, key: str) -> int | None:
+    def integer(self, key: str, *, maximum: int) -> int | None:
         value = self._optional(key)
         if value is None:
             return None
@@ -966,6 +1301,8 @@ class _Row:
             number = int(number)
         if number < 0:
             return self._bad(key, "must not be negative", value)
+        if number > maximum:
+            return self._bad(key, f"must be at most {maximum}", value)
         return number
 
     def tags(self, key: str) -> tuple[str, ...]:
@@ -992,6 +1329,10 @@ class _Row:
         tags: dict[str, None] = {}
         for item in items:
             tag = item.strip()
+            problem = text_problem(tag) if self.source is None or self.source.check_text else None
+            if problem:
+                self.error(key, f"tag {tag[:20]!r}… {problem}")
+                return ()
             if len(tag) > MAX_TAG_LENGTH:
                 self.error(
                     key,

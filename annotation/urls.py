@@ -1,6 +1,22 @@
-from django.urls import path
+from django.urls import path, register_converter
 
 from . import views
+
+
+class TaskTokenConverter:
+    """An assignment's token as ``secrets.token_urlsafe(32)`` makes it: 43 URL-safe base64
+    characters. Any other text (a NUL, a megabyte) is a 404 before a query is made."""
+
+    regex = "[A-Za-z0-9_-]{43}"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(TaskTokenConverter, "task_token")
 
 app_name = "annotation"
 
@@ -12,10 +28,13 @@ urlpatterns = [
     path("studies/<int:study_id>/progress/", views.study_progress, name="progress"),
     path("studies/<int:study_id>/candidates/", views.candidate_add, name="candidate_add"),
     path("studies/<int:study_id>/members/", views.member_add, name="member_add"),
+    path("studies/<int:study_id>/members/<int:user_id>/exclude/", views.member_exclude, name="member_exclude"),
+    path("studies/<int:study_id>/members/<int:user_id>/remove/", views.member_remove, name="member_remove"),
+    path("studies/<int:study_id>/audit/", views.study_audit, name="audit"),
     path("studies/<int:study_id>/generate/", views.generation_start, name="generate"),
     path("studies/<int:study_id>/prompts/", views.prompts_add, name="prompts_add"),
     path("studies/<int:study_id>/outputs/retry-failed/", views.outputs_retry_failed, name="retry_failed"),
     path("studies/<int:study_id>/outputs/<int:output_id>/retry/", views.output_retry, name="output_retry"),
     path("studies/<int:study_id>/annotate/", views.annotate, name="annotate"),
-    path("tasks/<str:token>/", views.judgment_submit, name="submit"),
+    path("tasks/<task_token:token>/", views.judgment_submit, name="submit"),
 ]

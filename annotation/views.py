@@ -4,22 +4,25 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from . import access, selectors, services
+from . import access, audit, selectors, services
 from .forms import (
     CandidateForm,
     JudgmentForm,
     MemberForm,
     StudyCreateForm,
     StudySettingsForm,
+    upload_size_error,
 )
-from .models import Output
-from .uploads import UploadError
+from .models import Output, StudyMember
+from .uploads import RowError, UploadError
 
 
 @login_required
@@ -29,14 +32,17 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def _can_create(user) -> bool:
-    return user.is_staff or user.has_perm("annotation.add_study")
+    """Creating a study takes one explicit permission (superusers have it); ``is_staff``
+    alone does not. Rights inside a study come from membership (``access``)."""
+    return user.has_perm("annotation.add_study")
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def study_create(request: HttpRequest) -> HttpResponse:
     if not _can_create(request.user):
-        raise PermissionDenied("Only evaluators can create studies.")
+        raise PermissionDenied("Creating a study needs the annotation.add_study permission (\"Can add study\"); "
+                               "ask an administrator to grant it.")
     form = StudyCreateForm(request.POST or None, request.FILES or None)
     upload_errors = None
     if request.method == "POST" and form.is_valid():
@@ -46,7 +52,7 @@ def study_create(request: HttpRequest) -> HttpResponse:
                 name=form.cleaned_data["name"],
                 description=form.cleaned_data["description"],
                 created_by=request.user,
-                prompts_data=upload.read(),
+                prompts_data=upload,  # the parser streams it; the form checked its size
                 prompts_filename=upload.name,
                 overlap=form.cleaned_data["overlap"],
                 generation_settings=form.generation_settings(),
@@ -72,6 +78,8 @@ def _study_context(study, **extra) -> dict:
         "progress": progress,
         "finished": selectors.generation_finished(progress),
         "failed": selectors.failed_outputs(study),
+        "stuck": selectors.stuck_outputs(study),
+        "workers_alive": selectors.workers_alive(),
         "n_prompts": study.prompts.count(),
         "n_units": study.units.count(),
         "n_judgments": study.judgments.count(),
@@ -95,7 +103,7 @@ def study_settings(request: HttpRequest, study_id: int) -> HttpResponse:
     study = access.get_study_for_evaluator(request.user, study_id)
     form = StudySettingsForm(request.POST)
     if form.is_valid():
-        services.study_update_settings(study=study, **form.cleaned_data)
+        services.study_update_settings(study=study, actor=request.user, **form.cleaned_data)
         messages.success(request, "Settings saved.")
     else:
         messages.error(request, "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
@@ -123,13 +131,13 @@ def candidate_add(request: HttpRequest, study_id: int) -> HttpResponse:
     if form.is_valid():
         d = form.cleaned_data
         try:
-            candidate = services.candidate_create(study=study, name=d["name"], backend=d["backend"], spec=d["spec"])
-            if d.get("outputs"):
-                try:
-                    services.outputs_import(candidate=candidate, data=d["outputs"].read(), filename=d["outputs"].name)
-                except (UploadError, services.ServiceError):
-                    candidate.delete()
-                    raise
+            # one transaction: a refused outputs file leaves neither the candidate nor its audit entry
+            with transaction.atomic():
+                candidate = services.candidate_create(study=study, name=d["name"], backend=d["backend"],
+                                                      spec=d["spec"], actor=request.user)
+                if d.get("outputs"):
+                    services.outputs_import(candidate=candidate, data=d["outputs"],
+                                            filename=d["outputs"].name, actor=request.user)
         except UploadError as exc:
             upload_errors = exc.errors
         except services.ServiceError as exc:
@@ -148,7 +156,7 @@ def member_add(request: HttpRequest, study_id: int) -> HttpResponse:
     form = MemberForm(request.POST)
     if form.is_valid():
         services.member_set(study=study, user=form.cleaned_data["username"], role=form.cleaned_data["role"],
-                            group=form.cleaned_data["group"])
+                            group=form.cleaned_data["group"], actor=request.user)
         messages.success(request, f"{form.cleaned_data['username']} is now {form.cleaned_data['role']}.")
         return redirect("annotation:study", study_id=study.pk)
     ctx = _study_context(study, candidate_form=CandidateForm(), member_form=form)
@@ -157,10 +165,44 @@ def member_add(request: HttpRequest, study_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
+def member_exclude(request: HttpRequest, study_id: int, user_id: int) -> HttpResponse:
+    """Exclude an annotator (``excluded=1``) or re-admit one (``excluded=0``)."""
+    study = access.get_study_for_evaluator(request.user, study_id)
+    member = get_object_or_404(StudyMember.objects.select_related("user"), study=study, user_id=user_id)
+    flag = request.POST.get("excluded", "")
+    if flag not in ("0", "1"):
+        messages.error(request, "excluded: send 1 to exclude the annotator or 0 to re-admit them.")
+        return redirect("annotation:study", study_id=study.pk)
+    name = member.user.get_username()
+    if member.role != StudyMember.Role.ANNOTATOR:
+        messages.error(request, f"{name} is {member.role}; only annotators can be excluded or re-admitted.")
+        return redirect("annotation:study", study_id=study.pk)
+    services.member_exclude(study=study, user=member.user, excluded=flag == "1", actor=request.user)
+    messages.success(request, f"{name} is excluded: their judgments no longer count." if flag == "1"
+                     else f"{name} is re-admitted: their judgments count again.")
+    return redirect("annotation:study", study_id=study.pk)
+
+
+@login_required
+@require_POST
+def member_remove(request: HttpRequest, study_id: int, user_id: int) -> HttpResponse:
+    study = access.get_study_for_evaluator(request.user, study_id)
+    member = get_object_or_404(StudyMember.objects.select_related("user"), study=study, user_id=user_id)
+    try:
+        services.member_remove(study=study, user=member.user, actor=request.user)
+    except services.ServiceError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"{member.user.get_username()} is no longer in this study.")
+    return redirect("annotation:study", study_id=study.pk)
+
+
+@login_required
+@require_POST
 def generation_start(request: HttpRequest, study_id: int) -> HttpResponse:
     study = access.get_study_for_evaluator(request.user, study_id)
     try:
-        queued = services.generation_start(study=study)
+        queued = services.generation_start(study=study, actor=request.user)
     except services.ServiceError as exc:
         messages.error(request, str(exc))
     else:
@@ -178,7 +220,10 @@ def prompts_add(request: HttpRequest, study_id: int) -> HttpResponse:
         messages.error(request, "Choose a prompt file (CSV or JSONL) to upload.")
         return redirect("annotation:study", study_id=study.pk)
     try:
-        added = services.prompts_import(study=study, data=upload.read(), filename=upload.name)
+        too_big = upload_size_error(upload)  # before a byte of it is read
+        if too_big:
+            raise UploadError([RowError(None, "prompts", too_big)])
+        added = services.prompts_import(study=study, data=upload, filename=upload.name, actor=request.user)
     except UploadError as exc:
         ctx = _study_context(study, candidate_form=CandidateForm(), member_form=MemberForm(),
                              upload_errors=exc.errors)
@@ -191,7 +236,7 @@ def prompts_add(request: HttpRequest, study_id: int) -> HttpResponse:
 @require_POST
 def outputs_retry_failed(request: HttpRequest, study_id: int) -> HttpResponse:
     study = access.get_study_for_evaluator(request.user, study_id)
-    retried = services.outputs_retry_failed(study=study)
+    retried = services.outputs_retry_failed(study=study, actor=request.user)
     messages.success(request, f"{retried} failed outputs queued again.")
     return redirect("annotation:study", study_id=study.pk)
 
@@ -202,12 +247,21 @@ def output_retry(request: HttpRequest, study_id: int, output_id: int) -> HttpRes
     study = access.get_study_for_evaluator(request.user, study_id)
     output = get_object_or_404(Output, pk=output_id, study=study)
     try:
-        services.output_retry(output=output)
+        services.output_retry(output=output, actor=request.user)
     except services.ServiceError as exc:
         messages.error(request, str(exc))
     if request.htmx:
         return render(request, "annotation/partials/_progress.html", _study_context(study))
     return redirect("annotation:study", study_id=study.pk)
+
+
+@login_required
+def study_audit(request: HttpRequest, study_id: int) -> HttpResponse:
+    """Who changed what in the study, newest first, in pages."""
+    study = access.get_study_for_evaluator(request.user, study_id)
+    page = Paginator(audit.entries(study), audit.PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = [(entry, audit.describe(entry.detail)) for entry in page]
+    return render(request, "annotation/audit.html", {"study": study, "page": page, "rows": rows})
 
 
 # --- annotators ---------------------------------------------------------------------

@@ -33,6 +33,7 @@ import json
 import os
 import random
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -52,7 +53,7 @@ STUDY_NAME = "bench: crowd annotation"
 
 
 def _django(db_url: str, cache_url: str) -> None:
-    os.environ.update(DATABASE_URL=db_url, CACHE_URL=cache_url, SECRET_KEY="bench-secret-key", DEBUG="0",
+    os.environ.update(DATABASE_URL=db_url, CACHE_URL=cache_url, SECRET_KEY=secrets.token_urlsafe(50), DEBUG="0",
                       ALLOWED_HOSTS="127.0.0.1", EVALSITE_VAR_DIR=str(ROOT / "var" / "bench"))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "evalsite.settings")
     import django
@@ -382,7 +383,7 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     n_users = max(int(s.split(":")[1]) for s in args.scenarios)
     study = build_study(BASE_PROMPTS * args.scale, max(250, n_users))
-    env = {**os.environ, "DATABASE_URL": db_url, "CACHE_URL": cache_url, "DEBUG": "0", "SECRET_KEY": "bench-secret-key",
+    env = {**os.environ, "DATABASE_URL": db_url, "CACHE_URL": cache_url, "DEBUG": "0", "SECRET_KEY": os.environ["SECRET_KEY"],
            "ALLOWED_HOSTS": "127.0.0.1", "CELERY_BROKER_URL": "redis://127.0.0.1:6379/12",
            "CELERY_RESULT_BACKEND": "redis://127.0.0.1:6379/12", "EVALSITE_QUEUE_PREFIX": "bench-",
            "EVALSITE_VAR_DIR": str(ROOT / "var" / "bench"), "LOG_LEVEL": "WARNING"}

@@ -29,6 +29,7 @@ import csv
 import io
 import json
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -89,6 +90,7 @@ def bench_parse(
     Prints the figures and returns them (seconds, medians of ``repeat`` runs, and ratios).
     """
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "evalsite.settings")
+    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))  # DEBUG is off: a strong key is required
     var_dir = tempfile.TemporaryDirectory(prefix="evalsite-bench-")
     os.environ.setdefault("EVALSITE_VAR_DIR", var_dir.name)
     import django

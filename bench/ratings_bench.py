@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import secrets
 import statistics
 import sys
 import time
@@ -269,6 +270,7 @@ def bench_db(
     # its own broker folder: the refresh requests its votes make must not reach a `make run` worker
     os.environ.setdefault("EVALSITE_VAR_DIR", str(Path(__file__).resolve().parent.parent / "var" / "bench"))
     os.environ["DJANGO_SETTINGS_MODULE"] = "evalsite.settings"
+    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))  # DEBUG is off: a strong key is required
     import django
 
     django.setup()

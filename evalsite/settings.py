@@ -7,6 +7,7 @@ broker, so no server is needed.  ``DATABASE_URL`` selects PostgreSQL and
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -46,15 +47,87 @@ def envlist(name: str, default: list[str]) -> list[str]:
 VAR_DIR = Path(os.environ.get("EVALSITE_VAR_DIR", BASE_DIR / "var")).resolve()
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
-DEBUG = envbool("DEBUG", True)
+# Off unless the environment turns it on (`make run` does, for the local demo).
+DEBUG = envbool("DEBUG", False)
+
+
+def _secret_key_weakness(key: str) -> str | None:
+    """Why Django's deploy check (security.W009) would call ``key`` weak, or None if it is strong."""
+    if not key.strip():
+        return "is blank"
+    if len(key) < 50 or len(set(key)) < 5:
+        return f"is too weak ({len(key)} characters, {len(set(key))} distinct; at least 50 and 5 are needed)"
+    if key.startswith("django-insecure-"):
+        return "starts with 'django-insecure-' (a key made by startproject for development)"
+    return None
+
+
+_KEY_HINT = ("set it to a random string of at least 50 characters, e.g. the output of "
+             "python -c 'import secrets; print(secrets.token_urlsafe(50))', or set DEBUG=1 for local development")
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
-    SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+# Old keys still accepted for existing sessions and signatures while a new SECRET_KEY rolls out.
+SECRET_KEY_FALLBACKS = envlist("SECRET_KEY_FALLBACKS", [])
+if DEBUG:
+    SECRET_KEY = SECRET_KEY or "insecure-development-key-do-not-use-in-production"
+else:
+    for _name, _key in [("SECRET_KEY", SECRET_KEY)] + [("SECRET_KEY_FALLBACKS", k) for k in SECRET_KEY_FALLBACKS]:
+        if (_why := _secret_key_weakness(_key)) is not None:
+            raise ImproperlyConfigured(f"{_name} {_why} while DEBUG is off: {_KEY_HINT}")
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+
+# --- Security and deployment -------------------------------------------------------
+# EVALSITE_HTTPS=1: the site is served over HTTPS, directly or behind a proxy that ends TLS.
+# It turns on each of the settings below, and each can still be set on its own.
+EVALSITE_HTTPS = envbool("EVALSITE_HTTPS", False)
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", EVALSITE_HTTPS)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # a load balancer's probe may speak plain HTTP
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", EVALSITE_HTTPS)
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", EVALSITE_HTTPS)
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if EVALSITE_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", EVALSITE_HTTPS)
+# Preloading asks browsers to hard-code HTTPS for the domain, a promise slow to take back: only
+# when asked for.  Not preloading is then a decision, so its deploy-check warning is silenced.
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+# Only behind a proxy that sets X-Forwarded-Proto itself (replacing a client's): anywhere else a
+# client could claim HTTPS.
+if envbool("EVALSITE_TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The pages carry the CSRF token themselves (hx-headers on <body>, {% csrf_token %} in forms), so
+# no script reads the cookie; Django's CSRF how-to for that case lets the cookie be HttpOnly.
+CSRF_COOKIE_HTTPONLY = envbool("CSRF_COOKIE_HTTPONLY", True)
+
+# Content-Security-Policy (django-csp): scripts, styles and everything else from this origin only;
+# no inline script or style, no eval (htmx is configured in base.html not to need them).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    },
+}
+
+# Sign-in throttling (django-axes, see evalsite/throttle.py): after AXES_FAILURE_LIMIT failures
+# for one username from one address, that pair is refused for AXES_COOLOFF_MINUTES, counted from
+# the last failure (refused attempts do not extend it); a successful sign-in clears the count.
+AXES_FAILURE_LIMIT = envint("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("AXES_COOLOFF_MINUTES", 15))
+if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_TIME < timedelta(minutes=1):
+    raise ImproperlyConfigured("AXES_FAILURE_LIMIT and AXES_COOLOFF_MINUTES must each be at least 1")
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "evalsite.throttle.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "evalsite.throttle.client_ip"
+# Reverse proxies in front that append the client's address to X-Forwarded-For (0: none, use
+# the connection's address).  Set it only to the number actually there: a client can forge the rest.
+EVALSITE_PROXY_COUNT = envint("EVALSITE_PROXY_COUNT", 0)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -65,6 +138,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "rest_framework",
+    "csp",
+    "axes",
     "annotation",
     "arena",
     "metrics",
@@ -72,6 +147,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Before anything reads the body (the CSRF check does): an oversized request is refused unread.
+    "evalsite.middleware.RequestSizeLimitMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -80,6 +158,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as its docs say: turns a sign-in that axes refused into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "evalsite.urls"
@@ -141,7 +221,12 @@ SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-AUTHENTICATION_BACKENDS = ["evalsite.auth.ModelBackend"]
+AUTHENTICATION_BACKENDS = [
+    # Refuses a locked-out username/IP before any password is checked; logs no one in and
+    # checks no permissions (the standalone variant), so it adds nothing to a signed-in request.
+    "axes.backends.AxesStandaloneBackend",
+    "evalsite.auth.ModelBackend",
+]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -168,8 +253,18 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "annotation:home"
 LOGOUT_REDIRECT_URL = "login"
 
-DATA_UPLOAD_MAX_MEMORY_SIZE = 25 * 1024 * 1024
-FILE_UPLOAD_MAX_MEMORY_SIZE = 25 * 1024 * 1024
+# Form fields (not files) of one request; files go to a temporary file past 2.5 MB and are
+# parsed from there as a stream (see EVALSITE_UPLOAD_MAX_BYTES for the file size limit).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+
+# --- Input limits ------------------------------------------------------------------
+# An uploaded prompt or outputs file larger than this is refused from its size, before it is read;
+# files are parsed as a stream, so the limit bounds disk and time, not memory.
+EVALSITE_UPLOAD_MAX_BYTES = envint("EVALSITE_UPLOAD_MAX_BYTES", 50 * 1024 * 1024)
+# A request whose Content-Length is larger than this gets 413 before any of its body is read (by
+# evalsite.middleware.RequestSizeLimitMiddleware): the upload limit plus room for the other fields.
+EVALSITE_REQUEST_MAX_BYTES = envint("EVALSITE_REQUEST_MAX_BYTES", EVALSITE_UPLOAD_MAX_BYTES + 1024 * 1024)
 
 # --- Celery -------------------------------------------------------------------------
 BROKER_DIR = VAR_DIR / "broker"
@@ -215,6 +310,36 @@ EVALSITE_AGGREGATION_TIME_LIMIT = envint("EVALSITE_AGGREGATION_TIME_LIMIT", 660)
 # Queued outputs whose message never reached a worker are queued again after this long.
 EVALSITE_QUEUED_STALE_SECONDS = envint("EVALSITE_QUEUED_STALE_SECONDS", 6 * 3600)
 
+# --- Worker recovery and archives ------------------------------------------------
+# A message delivered to a worker that dies before acknowledging it is handed to another worker
+# once the broker's visibility timeout passes (Redis and SQS; kombu's default is an hour).  It
+# must outlast the longest task, or a task still running would be delivered a second time: the
+# hard time limit plus a margin.  kombu's filesystem broker deletes a message as it delivers it
+# (nothing to redeliver), so there the claims sweep below is the only recovery.
+EVALSITE_VISIBILITY_MARGIN_SECONDS = envint("EVALSITE_VISIBILITY_MARGIN_SECONDS", 300)
+EVALSITE_BROKER_VISIBILITY_TIMEOUT = (
+    max(EVALSITE_GENERATION_TIME_LIMIT, EVALSITE_AGGREGATION_TIME_LIMIT) + EVALSITE_VISIBILITY_MARGIN_SECONDS
+)
+if not CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": EVALSITE_BROKER_VISIBILITY_TIMEOUT}
+# Each worker process records itself and beats this often, and at each beat frees the outputs
+# held by workers that are gone (silent for EVALSITE_WORKER_DEAD_SECONDS, stopped, or replaced by
+# a new start under the same node name) or held longer than the task time limit.
+EVALSITE_WORKER_HEARTBEAT_SECONDS = envint("EVALSITE_WORKER_HEARTBEAT_SECONDS", 15)
+EVALSITE_WORKER_DEAD_SECONDS = envint("EVALSITE_WORKER_DEAD_SECONDS", 60)
+if EVALSITE_WORKER_HEARTBEAT_SECONDS < 1 or EVALSITE_WORKER_DEAD_SECONDS < 2 * EVALSITE_WORKER_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        "EVALSITE_WORKER_DEAD_SECONDS must be at least twice EVALSITE_WORKER_HEARTBEAT_SECONDS (and that at "
+        f"least 1), got {EVALSITE_WORKER_DEAD_SECONDS} and {EVALSITE_WORKER_HEARTBEAT_SECONDS}: a live worker "
+        "would be taken for dead between two beats"
+    )
+# An output whose worker died this many times while generating it fails (visibly, with Retry)
+# instead of being queued again: a batch that kills its worker must not loop forever.
+EVALSITE_GENERATION_MAX_ATTEMPTS = envint("EVALSITE_GENERATION_MAX_ATTEMPTS", 3)
+# Archives (reference image sets) are checked before anything is extracted.
+EVALSITE_ARCHIVE_MAX_MEMBERS = envint("EVALSITE_ARCHIVE_MAX_MEMBERS", 10_000)
+EVALSITE_ARCHIVE_MAX_BYTES = envint("EVALSITE_ARCHIVE_MAX_BYTES", 2 * 1024**3)
+
 # --- Evalsite -----------------------------------------------------------------------
 EVALSITE_MODELS_DIR = Path(os.environ.get("EVALSITE_MODELS_DIR", VAR_DIR / "models"))
 EVALSITE_LEASE_MINUTES = envint("EVALSITE_LEASE_MINUTES", 30)
@@ -228,10 +353,26 @@ EVALSITE_SLICE_MIN_INTERVAL = envint("EVALSITE_SLICE_MIN_INTERVAL", 30)
 # A judgment older than this has surely committed; refreshes add newer ones afresh each time.
 EVALSITE_SETTLE_SECONDS = envint("EVALSITE_SETTLE_SECONDS", 60)
 
+# --- Candidate spec policy ------------------------------------------------------
+# What an evaluator's candidate spec may ask of the shared workers; read on the web when a
+# candidate is added and again by each worker before it generates (annotation.services.
+# spec_policy). The defaults are the safe ones.
+# Variables a spec may name as api_key_env: exact names, or prefixes ending in "*".
+EVALSITE_API_KEY_ENVS = envlist("EVALSITE_API_KEY_ENVS", ["EVALSITE_KEY_*"])
+# trust_remote_code runs Python shipped with a model on the workers: off unless set.
+EVALSITE_TRUST_REMOTE_CODE = envbool("EVALSITE_TRUST_REMOTE_CODE", False)
+# Local model paths must resolve (symlinks and .. followed) inside one of these directories.
+# A root that does not exist on the web machine (a GPU-only mount) is checked by a worker.
+EVALSITE_MODEL_ROOTS = envlist("EVALSITE_MODEL_ROOTS", [str(EVALSITE_MODELS_DIR)])
+# Hub ids (org/name) load from the workers' Hugging Face cache (HF_HUB_OFFLINE); 0 refuses them.
+EVALSITE_ALLOW_HUB_IDS = envbool("EVALSITE_ALLOW_HUB_IDS", True)
+# URL prefixes an OpenAI-compatible base_url must fall under (comma list); empty allows any.
+EVALSITE_BASE_URLS = envlist("EVALSITE_BASE_URLS", [])
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
+        "evalsite.throttle.LockoutAwareBasicAuthentication",  # Basic auth, counted by axes
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],

@@ -18,6 +18,20 @@ from annotation.models import StudyMember
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_API_KEY = "sk-test-worker-key"
+# An allowed name under the default EVALSITE_API_KEY_ENVS (EVALSITE_KEY_*); the worker has it.
+WORKER_KEY_ENV = "EVALSITE_KEY_TEST_LLM"
+# The candidate-spec policy every test starts from (the defaults, with pytest's temporary
+# directory as the one model root, so tiny_models and tmp_path models are inside it): set
+# in-process below and in the worker's environment, whatever the developer's shell says.
+SPEC_POLICY_ENV = {
+    "EVALSITE_API_KEY_ENVS": "EVALSITE_KEY_*",
+    "EVALSITE_TRUST_REMOTE_CODE": "0",
+    "EVALSITE_ALLOW_HUB_IDS": "1",
+    "EVALSITE_BASE_URLS": "",
+}
+# Test workers beat every second, so a row removed by a test's table flush is back at once and
+# a killed worker's outputs are queued again within seconds (annotation.heartbeat).
+WORKER_LIVENESS_ENV = {"EVALSITE_WORKER_HEARTBEAT_SECONDS": "1", "EVALSITE_WORKER_DEAD_SECONDS": "4"}
 
 
 def pytest_configure(config):
@@ -34,9 +48,29 @@ def make_user(django_user_model):
     return make
 
 
+@pytest.fixture(scope="session", autouse=True)
+def spec_policy_settings(tmp_path_factory):
+    """Model roots = pytest's base temporary directory; the other policy settings at their defaults."""
+    root = str(tmp_path_factory.getbasetemp())
+    settings.EVALSITE_MODEL_ROOTS = [root]
+    settings.EVALSITE_API_KEY_ENVS = ["EVALSITE_KEY_*"]
+    settings.EVALSITE_TRUST_REMOTE_CODE = False
+    settings.EVALSITE_ALLOW_HUB_IDS = True
+    settings.EVALSITE_BASE_URLS = []
+    return {**SPEC_POLICY_ENV, "EVALSITE_MODEL_ROOTS": root}
+
+
+def grant_study_creation(user):
+    """The one permission that lets a user create studies (not staff status)."""
+    from django.contrib.auth.models import Permission
+
+    user.user_permissions.add(Permission.objects.get(content_type__app_label="annotation", codename="add_study"))
+    return user
+
+
 @pytest.fixture
 def evaluator(make_user):
-    return make_user("eve", staff=True)
+    return grant_study_creation(make_user("eve"))
 
 
 @pytest.fixture
@@ -123,14 +157,14 @@ def _purge_queue() -> None:
 
 
 @pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
+def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory, spec_policy_settings):
     """A real ``celery worker`` process on the configured broker and the test database."""
     with django_db_blocker.unblock():
         url = _database_url()
     _purge_queue()
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     env = {**os.environ, "DATABASE_URL": url, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "EVALSITE_TEST_LLM_KEY": WORKER_API_KEY}
+           WORKER_KEY_ENV: WORKER_API_KEY, **spec_policy_settings, **WORKER_LIVENESS_ENV}
     cmd = [sys.executable, "-m", "celery", "-A", "evalsite", "worker", "--loglevel", "INFO",
            "--concurrency", "1", "--without-mingle", "--without-gossip",
            "--queues", f"{settings.QUEUE_GENERATION},{settings.QUEUE_AGGREGATION}", "--hostname", f"test-{os.getpid()}@%h"]

@@ -11,8 +11,13 @@ from .base import (
     GenerationRequest,
     GenerationResult,
     GenerationSettings,
+    Scrubber,
+    SpecPolicy,
+    check_files,
     compute_cost,
+    environment_secrets,
     get_backend,
+    scrub_error,
     validate_spec,
 )
 
@@ -23,7 +28,12 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "GenerationSettings",
+    "Scrubber",
+    "SpecPolicy",
+    "check_files",
     "compute_cost",
+    "environment_secrets",
     "get_backend",
+    "scrub_error",
     "validate_spec",
 ]

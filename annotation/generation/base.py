@@ -4,15 +4,25 @@ Nothing here imports Django, torch or transformers, so the web process can valid
 candidate's spec and the Celery worker can pick a backend with the same code. A backend
 module is imported only when ``get_backend`` or ``validate_spec`` asks for it, and backend
 modules themselves import their heavy libraries inside the functions that need them.
+
+What a spec may do on the shared workers is the operator's choice, passed in as a
+``SpecPolicy`` (the Django side builds it from settings); the defaults are the safe ones.
+Every error text that came from an endpoint or a backend goes through ``Scrubber`` before
+it is stored, shown or logged.
 """
 
 from __future__ import annotations
 
+import base64
 import importlib
+import json
 import math
-from collections.abc import Callable, Mapping
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
+from urllib.parse import quote, quote_plus, urlsplit
 
 
 class BackendError(Exception):
@@ -38,7 +48,16 @@ class GenerationSettings:
     ``temperature == 0`` means greedy decoding. ``seed`` is the run's base seed: callers
     derive each request's seed from it (for example ``seed + sample_index``) and backends use
     only ``GenerationRequest.seed``, so an output can be regenerated on its own.
+
+    ``seed`` is at most :attr:`MAX_SEED` so that ``seed + sample_index`` (a sample index is
+    below 2**15) fits every consumer: numpy's and torch's seeds (below 2**32), an
+    OpenAI-compatible server's 64-bit integer and ``Output.seed`` (a BigIntegerField).
+    ``max_new_tokens`` is at most :attr:`MAX_NEW_TOKENS`, which every backend accepts.
     """
+
+    # Not annotated, so not dataclass fields.
+    MAX_SEED = 2**31 - 1
+    MAX_NEW_TOKENS = 32768
 
     max_new_tokens: int = 128
     temperature: float = 0.0
@@ -48,6 +67,8 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, minimum=1)
+        if self.max_new_tokens > self.MAX_NEW_TOKENS:
+            raise ValueError(f"max_new_tokens: must be at most {self.MAX_NEW_TOKENS}, got {self.max_new_tokens}")
         _check_number("temperature", self.temperature, minimum=0.0)
         _check_number("top_p", self.top_p, minimum=0.0)
         # Frozen: normalise ints given for float fields so to_dict() round-trips exactly.
@@ -56,6 +77,8 @@ class GenerationSettings:
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p!r}")
         _check_int("seed", self.seed, minimum=0)
+        if self.seed > self.MAX_SEED:
+            raise ValueError(f"seed: must be at most {self.MAX_SEED}, got {self.seed}")
         if not isinstance(self.system_prompt, str):
             raise ValueError(f"system_prompt: must be a string, got {type(self.system_prompt).__name__}")
 
@@ -119,6 +142,244 @@ class Backend(Protocol):
         ...
 
 
+# --- the operator's policy -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpecPolicy:
+    """What candidate specs may ask of the shared workers; the defaults are the safe ones.
+
+    Built from settings by the Django side (``annotation.services.spec_policy``), on the web
+    when a candidate is added and again on the worker before it generates, so a worker
+    configured more strictly than the web refuses too.
+
+    ``api_key_envs``
+        Environment variables a spec may name as ``api_key_env``: exact names, or prefixes
+        ending in ``*`` (setting ``EVALSITE_API_KEY_ENVS``).
+    ``trust_remote_code``
+        Whether ``trust_remote_code: true`` is allowed (``EVALSITE_TRUST_REMOTE_CODE``).
+    ``model_roots``
+        Directories that local model paths must resolve into (``EVALSITE_MODEL_ROOTS``).
+    ``allow_hub_ids``
+        Whether a hub id (``org/name``) may be given instead of a path
+        (``EVALSITE_ALLOW_HUB_IDS``).
+    ``base_urls``
+        URL prefixes an OpenAI-compatible ``base_url`` must fall under; empty allows any
+        (``EVALSITE_BASE_URLS``).
+    """
+
+    api_key_envs: tuple[str, ...] = ("EVALSITE_KEY_*",)
+    trust_remote_code: bool = False
+    model_roots: tuple[str, ...] = ()
+    allow_hub_ids: bool = True
+    base_urls: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("api_key_envs", "model_roots", "base_urls"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def key_env_allowed(self, name: str) -> bool:
+        return any(
+            name.startswith(item[:-1]) if item.endswith("*") else name == item for item in self.api_key_envs
+        )
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where a model or tokenizer reference points: a hub id, or a directory under a root."""
+
+    hub_id: str | None = None
+    path: str | None = None  # resolved (realpath) on the machine that classified it
+    root: str | None = None  # the resolved model root that holds ``path``
+
+
+# A plain hub id: "org/name", each part starting with a letter or digit ("..", "./x" are not).
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def model_location(field: str, value: str, policy: SpecPolicy) -> ModelLocation:
+    """Classify a ``model``/``tokenizer`` value under the policy; ``BackendError`` if refused.
+
+    A hub id is allowed unless ``policy.allow_hub_ids`` is off. Anything else must be an
+    absolute path whose real path (symlinks and ``..`` resolved on this machine) lies inside
+    one of ``policy.model_roots``. Whether it exists is not checked here.
+    """
+    roots = ", ".join(policy.model_roots) or "none"
+    if _HUB_ID.fullmatch(value) and ".." not in value:
+        if not policy.allow_hub_ids:
+            raise BackendError(
+                field,
+                f"{value} is a hub id, and this site loads models only from its model roots ({roots}); "
+                "the operator can allow hub ids (setting EVALSITE_ALLOW_HUB_IDS=1)",
+            )
+        return ModelLocation(hub_id=value)
+    if "\x00" in value or not os.path.isabs(value):
+        raise BackendError(
+            field,
+            f"{value!r} is neither a hub id (org/name) nor an absolute path inside a model root; "
+            f"the operator allows paths under {roots} (setting EVALSITE_MODEL_ROOTS)",
+        )
+    real = os.path.realpath(value)
+    for root in policy.model_roots:
+        real_root = os.path.realpath(root)
+        if _inside(real, real_root):
+            return ModelLocation(path=real, root=real_root)
+    via = f" (it resolves to {real})" if real != value.rstrip(os.sep) else ""
+    raise BackendError(
+        field,
+        f"{value} is not inside a model root{via}; the operator allows paths under {roots} "
+        "(setting EVALSITE_MODEL_ROOTS)",
+    )
+
+
+def check_model_dir(field: str, value: str, policy: SpecPolicy, *, marker: str | None,
+                    on_worker: bool) -> bool:
+    """Check on this machine that a local model directory is there; hub ids are not looked at.
+
+    Returns ``True`` when it was checked, ``False`` when it cannot be looked at here: a hub
+    id, or a path whose model root does not exist here (a mount only the GPU workers have).
+    On a worker (``on_worker=True``) a missing root is an error. ``marker`` is a file the
+    directory must hold (``config.json`` for a model). Raises ``BackendError`` naming ``field``.
+    """
+    location = model_location(field, value, policy)
+    if location.hub_id is not None:
+        return False
+    if not os.path.isdir(location.root):
+        if on_worker:
+            raise BackendError(field, f"the model root {location.root} does not exist on this worker")
+        return False
+    if not os.path.isdir(location.path):
+        raise BackendError(field, f"no such model directory: {value}")
+    if marker is not None and not os.path.isfile(os.path.join(location.path, marker)):
+        raise BackendError(field, f"{value} has no {marker}, so it is not a saved Hugging Face model")
+    return True
+
+
+# --- scrubbing error text ---------------------------------------------------------------
+
+ERROR_TEXT_LIMIT = 500
+_SCAN_LIMIT = 100_000  # error bodies are cut to this before scrubbing; far more than is kept
+_MIN_SECRET = 6  # shorter values would blank ordinary words
+REMOVED = "[removed]"
+
+# Request headers we send or a proxy adds, and credential headers: their values are never
+# kept, whether they come back as "Name: value", JSON ("name": "value") or a repr.
+_HEADER_NAMES = (
+    r"(?:proxy-)?authorization|x-api-key|api-key|x-auth-token|cookie|set-cookie|"
+    r"user-agent|host|accept(?:-encoding|-language)?|connection|content-length|content-type|"
+    r"x-forwarded-for|x-real-ip|forwarded|via"
+)
+_HEADER_VALUE = re.compile(
+    rf"""(?ix)
+    (?P<name>(?<![\w-])(?:{_HEADER_NAMES}))
+    (?P<sep>\\?["']?\s*[:=]\s*(?:b?\\?["'])?)
+    (?P<value>[^"'\r\n,;}}\]]*)
+    """
+)
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic|digest)\s+[A-Za-z0-9._~+/=:-]{4,}")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _base64_forms(secret: bytes) -> set[str]:
+    """The secret's base64 text at each alignment, so it is found inside a longer encoding
+    (``Basic base64(user:key)``) as well as alone."""
+    forms = set()
+    for pad in range(3):
+        encoded = base64.b64encode(b"\0" * pad + secret).decode().rstrip("=")
+        start = (0, 2, 3)[pad]  # characters that mix in the padding bytes
+        end = len(encoded) - (1 if (pad + len(secret)) % 3 else 0)
+        core = encoded[start:end]
+        if len(core) >= 8:
+            forms.add(core)
+            forms.add(core.replace("+", "-").replace("/", "_"))
+    return forms
+
+
+def _encoded_forms(secret: str) -> set[str]:
+    forms = {
+        secret,
+        repr(secret)[1:-1],
+        json.dumps(secret)[1:-1],
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+    }
+    raw = secret.encode("utf-8", "surrogatepass")
+    forms.add(repr(raw)[2:-1])
+    forms |= _base64_forms(raw)
+    return {form for form in forms if len(form) >= _MIN_SECRET}
+
+
+class Scrubber:
+    """Cleans error text from an endpoint or a backend before it is stored, shown or logged.
+
+    It removes each secret (the API key, and other credentials in the environment) in plain,
+    repr-escaped, JSON-escaped, URL-encoded and base64 forms; the values of ``Authorization``,
+    cookie and other request headers however they were dumped; ``Bearer``/``Basic``
+    credentials; NUL and other control characters (PostgreSQL refuses NUL in text) and lone
+    surrogates; then trims the text to ``limit`` characters.
+    """
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        forms: set[str] = set()
+        for secret in secrets:
+            if secret and len(secret) >= _MIN_SECRET:
+                forms |= _encoded_forms(secret)
+        self._forms = sorted(forms, key=len, reverse=True)  # longest first: no half-removed form
+
+    def __call__(self, text: Any, limit: int = ERROR_TEXT_LIMIT) -> str:
+        text = str(text)[:_SCAN_LIMIT]
+        text = _HEADER_VALUE.sub(lambda m: f"{m['name']}{m['sep']}{REMOVED}", text)
+        text = _CREDENTIAL.sub(lambda m: f"{m[1]} {REMOVED}", text)
+        for form in self._forms:
+            text = text.replace(form, REMOVED)
+        text = _CONTROL.sub(" ", text)
+        text = text.encode("utf-8", "replace").decode("utf-8")
+        if len(text) > limit:
+            text = text[: limit - 1] + "…"
+        return text
+
+
+def scrub_error(text: Any, secrets: Iterable[str | None] = (), limit: int = ERROR_TEXT_LIMIT) -> str:
+    """One-off ``Scrubber(secrets)(text, limit)``."""
+    return Scrubber(secrets)(text, limit)
+
+
+# The last word of a variable's name says it holds a credential: OPENAI_API_KEY, HF_TOKEN,
+# SECRET_KEY, PGPASSWORD; not EVALSITE_API_KEY_ENVS (a list of names) or TOKENIZERS_PARALLELISM.
+_SECRET_ENDINGS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS")
+
+
+def environment_secrets(
+    policy: SpecPolicy | None = None, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Values in this process's environment that error text must never show.
+
+    The variables a spec may name as its key (``policy.api_key_envs``), any variable whose
+    name ends in a credential word (``*_KEY``, ``HF_TOKEN``, ``*_PASSWORD``...), and the
+    password of any URL-valued variable (``DATABASE_URL``, the broker URL).
+    """
+    policy = policy or SpecPolicy()
+    environ = os.environ if environ is None else environ
+    values = []
+    for name, value in environ.items():
+        if not value:
+            continue
+        if policy.key_env_allowed(name) or name.upper().rsplit("_", 1)[-1].endswith(_SECRET_ENDINGS):
+            values.append(value)
+        elif "://" in value and "@" in value:
+            try:
+                password = urlsplit(value).password
+            except ValueError:
+                password = None
+            if password:
+                values.append(password)
+    return values
+
+
 # name -> "module:attribute"; modules are imported on first use so that asking for the
 # OpenAI backend never imports torch.
 _BACKENDS: dict[str, str] = {
@@ -136,19 +397,45 @@ def _backend_module(backend_name: str):
     return importlib.import_module(_BACKENDS[backend_name])
 
 
-def validate_spec(backend_name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Check a candidate's spec and return it normalised (defaults filled in).
+def validate_spec(
+    backend_name: str, spec: Mapping[str, Any], policy: SpecPolicy | None = None
+) -> dict[str, Any]:
+    """Check a candidate's spec against its backend and the operator's policy.
 
-    Does not touch the network, the file system or torch, so the web form can call it.
-    Raises ``BackendError`` whose ``field`` names the bad key.
+    Returns the spec normalised (defaults filled in). Does not touch the network or torch,
+    and reads the file system only to resolve model paths (``realpath``), so the web form
+    can call it. ``policy`` defaults to ``SpecPolicy()``, the strictest. Raises
+    ``BackendError`` whose ``field`` names the bad key; a policy refusal also names the
+    setting that would allow it.
     """
-    return _backend_module(backend_name).validate_spec(spec)
+    return _backend_module(backend_name).validate_spec(spec, policy or SpecPolicy())
 
 
-def get_backend(backend_name: str, spec: Mapping[str, Any]) -> Backend:
-    """Return a ready backend for a candidate; raises ``BackendError`` for a bad spec."""
+def check_files(
+    backend_name: str, spec: Mapping[str, Any], policy: SpecPolicy | None = None, *, on_worker: bool = False
+) -> str:
+    """Check that the files a validated spec names are there, on this machine.
+
+    Returns ``""`` when the backend reads no files (an endpoint), ``"ok"`` when they were
+    found, or ``"pending"`` when they live where this machine cannot look (a model root
+    mounted only on the GPU workers, a hub id in the workers' cache): a worker must check
+    them, with ``on_worker=True``, which never returns ``"pending"``. Raises
+    ``BackendError`` naming the field when something is missing.
+    """
     module = _backend_module(backend_name)
-    return module.make_backend(module.validate_spec(spec))
+    check = getattr(module, "check_files", None)
+    return check(spec, policy or SpecPolicy(), on_worker=on_worker) if check is not None else ""
+
+
+def get_backend(backend_name: str, spec: Mapping[str, Any], policy: SpecPolicy | None = None) -> Backend:
+    """Return a ready backend for a candidate; raises ``BackendError`` for a bad spec.
+
+    The spec is validated again under ``policy`` (the worker's own settings), so a spec
+    saved under a looser policy is refused here.
+    """
+    policy = policy or SpecPolicy()
+    module = _backend_module(backend_name)
+    return module.make_backend(module.validate_spec(spec, policy), policy)
 
 
 def compute_cost(

@@ -4,12 +4,17 @@ Spec fields
 -----------
 ``base_url`` (required)
     The API root, e.g. ``http://127.0.0.1:8001/v1``; requests go to ``{base_url}/chat/completions``.
+    No query, fragment (not even a bare ``?`` or ``#``), ``user:password@``, ``.``/``..``
+    segments or control characters. With the operator's ``SpecPolicy.base_urls``
+    (``EVALSITE_BASE_URLS``) it must lie under one of those prefixes.
 ``model`` (required)
     The model name sent in each request.
 ``api_key_env``
     The *name* of the environment variable holding the API key (the key itself is never
-    stored). Omitted: no ``Authorization`` header is sent. Named but unset on the machine
-    that generates: ``get_backend`` raises ``BackendError`` naming the variable.
+    stored). Omitted: no ``Authorization`` header is sent. Only names the operator allows
+    (``SpecPolicy.api_key_envs``, setting ``EVALSITE_API_KEY_ENVS``; ``EVALSITE_KEY_*`` by
+    default), so a spec cannot send ``DATABASE_URL`` to an endpoint. Named but unset on the
+    machine that generates: ``get_backend`` raises ``BackendError`` naming the variable.
 ``max_concurrency`` (4), ``timeout_s`` (60), ``max_retries`` (3), ``backoff_s`` (1.0)
     At most ``max_concurrency`` requests are in flight at once. ``timeout_s`` bounds each
     network operation of one attempt (connect, write, wait for the reply). A failed attempt
@@ -27,12 +32,15 @@ Spec fields
 
 Every request carries ``max_tokens``, ``temperature``, ``top_p`` and the request's
 ``seed``; a non-empty system prompt is sent as a ``system`` message before the user's.
+Every error text (an HTTP error body, a malformed reply, a connection error) goes through
+``base.Scrubber`` with the key before it leaves the backend.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import os
 import random
 import re
@@ -42,6 +50,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
@@ -52,10 +61,13 @@ from .base import (
     GenerationRequest,
     GenerationResult,
     GenerationSettings,
+    Scrubber,
     SpecField,
+    SpecPolicy,
     check_prices,
     check_spec,
     compute_cost,
+    environment_secrets,
     spec_int,
     spec_number,
     spec_str,
@@ -64,18 +76,80 @@ from .base import (
 MAX_RETRY_WAIT_S = 60.0
 RETRY_STATUSES = frozenset({408, 429})  # and every 5xx
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ERROR_TEXT_LIMIT = 500
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# httpcore's DEBUG trace logs each failure's repr unscrubbed, and a broken server's reply
+# (our own Authorization header echoed in a bad header line) is in it. Keep that logger at
+# INFO unless someone set its level on purpose.
+if logging.getLogger("httpcore").level == logging.NOTSET:
+    logging.getLogger("httpcore").setLevel(logging.INFO)
+
+
+def _parse_url(name: str, url: str) -> httpx.URL:
+    """Parse an endpoint URL, refusing what could send requests elsewhere than it reads."""
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise BackendError(name, "must not contain spaces or control characters")
+    if not url.lower().startswith(("http://", "https://")):
+        raise BackendError(name, f"must start with http:// or https://, got {url!r}")
+    # Requests go to {base_url}/chat/completions: a query or fragment, even an empty one,
+    # would move that path into the query or drop it, so any path on the host is reachable.
+    if "?" in url:
+        raise BackendError(name, f"must not have a query ('?'): requests go to {{base_url}}/chat/completions; got {url!r}")
+    if "#" in url:
+        raise BackendError(name, f"must not have a fragment ('#'): requests go to {{base_url}}/chat/completions; got {url!r}")
+    if "\\" in url:
+        raise BackendError(name, f"must not contain a backslash, got {url!r}")
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise BackendError(name, f"is not a valid URL: {exc}") from None
+    if parsed.userinfo:
+        raise BackendError(
+            name, "must not hold a user name or password (user:password@); put the key in an environment "
+            "variable and name it in api_key_env"
+        )
+    if not parsed.host:
+        raise BackendError(name, f"has no host, got {url!r}")
+    if port is not None and not 0 < port < 65536:
+        raise BackendError(name, f"has an invalid port {port}")
+    raw_path = url.split("//", 1)[1].partition("/")[2]
+    if any(unquote(segment) in (".", "..") for segment in raw_path.split("/")):
+        raise BackendError(name, f"must not contain '.' or '..' path segments, got {url!r}")
+    return parsed
+
+
+def _url_key(url: httpx.URL) -> tuple[str, str, int, str]:
+    """Scheme, host, port (explicit) and path without a trailing slash: what a prefix is compared on."""
+    scheme = url.scheme.lower()
+    return scheme, url.host.lower(), url.port or _DEFAULT_PORTS[scheme], url.path.rstrip("/")
+
+
+def url_allowed(url: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``url`` lies under one of ``prefixes`` (empty: any URL).
+
+    Compared after normalising scheme, host and port, and on whole path segments, so
+    ``http://a/v1`` allows ``http://a/v1/x`` but not ``http://a/v1evil`` or ``http://a.evil``.
+    """
+    if not prefixes:
+        return True
+    scheme, host, port, path = _url_key(httpx.URL(url))
+    for prefix in prefixes:
+        try:
+            p_scheme, p_host, p_port, p_path = _url_key(httpx.URL(prefix.strip()))
+        except (httpx.InvalidURL, KeyError, ValueError):
+            continue  # a broken entry allows nothing
+        if (scheme, host, port) == (p_scheme, p_host, p_port) and (
+            path == p_path or path.startswith(p_path + "/")
+        ):
+            return True
+    return False
 
 
 def _check_base_url(name: str, value: Any) -> str:
-    url = spec_str(name, value).rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise BackendError(name, f"must start with http:// or https://, got {url!r}")
-    try:
-        httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise BackendError(name, f"is not a valid URL: {exc}") from None
-    return url
+    url = spec_str(name, value)
+    _parse_url(name, url)
+    return url.rstrip("/")
 
 
 def _check_env_name(name: str, value: Any) -> str:
@@ -113,18 +187,32 @@ SPEC_FIELDS: dict[str, SpecField] = {
 }
 
 
-def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Normalise an OpenAI-compatible spec; ``BackendError`` names the bad field.
+def validate_spec(spec: Mapping[str, Any], policy: SpecPolicy) -> dict[str, Any]:
+    """Normalise an OpenAI-compatible spec under the operator's policy.
 
-    Does not read the environment: the web process need not hold the key.
+    ``BackendError`` names the bad field, and for a policy refusal the setting that would
+    allow it. Does not read the environment: the web process need not hold the key.
     """
     normalised = check_spec(spec, SPEC_FIELDS)
     check_prices(normalised)
+    key_env = normalised["api_key_env"]
+    if key_env is not None and not policy.key_env_allowed(key_env):
+        allowed = ", ".join(policy.api_key_envs) or "no variable"
+        raise BackendError(
+            "api_key_env",
+            f"{key_env} is not an allowed key variable; the operator allows {allowed} (setting EVALSITE_API_KEY_ENVS)",
+        )
+    if not url_allowed(normalised["base_url"], policy.base_urls):
+        raise BackendError(
+            "base_url",
+            f"{normalised['base_url']} is not under an allowed endpoint; the operator allows "
+            f"{', '.join(policy.base_urls)} (setting EVALSITE_BASE_URLS)",
+        )
     return normalised
 
 
-def make_backend(spec: dict[str, Any]) -> OpenAIBackend:
-    return OpenAIBackend(spec)
+def make_backend(spec: dict[str, Any], policy: SpecPolicy | None = None) -> OpenAIBackend:
+    return OpenAIBackend(spec, policy)
 
 
 class OpenAIBackend:
@@ -137,10 +225,11 @@ class OpenAIBackend:
     status where there is one (``"HTTP 400: ..."``).
     """
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], policy: SpecPolicy | None = None) -> None:
         self.spec = spec
         self.url = f"{spec['base_url']}/chat/completions"
         self._api_key = self._read_api_key()
+        self._scrub = Scrubber([self._api_key, *environment_secrets(policy)])
         self._rng = random.Random()
         self._rng_lock = threading.Lock()
 
@@ -196,7 +285,11 @@ class OpenAIBackend:
         try:
             return self._with_retries(client, request, settings)
         except Exception as exc:  # one request's surprise must not lose the others' results
-            return GenerationResult.failure(request.key, self._scrub(f"{type(exc).__name__}: {exc}"))
+            return self._failure(request, f"{type(exc).__name__}: {exc}")
+
+    def _failure(self, request: GenerationRequest, error: str) -> GenerationResult:
+        """Every failure leaves through here: scrubbed of the key and headers, trimmed."""
+        return GenerationResult.failure(request.key, self._scrub(error))
 
     def _with_retries(
         self, client: httpx.Client, request: GenerationRequest, settings: GenerationSettings
@@ -220,14 +313,12 @@ class OpenAIBackend:
                     return self._parse(request, response, latency_ms)
                 error = f"HTTP {status}: {_error_message(response)}"
                 if status not in RETRY_STATUSES and status < 500:
-                    return GenerationResult.failure(request.key, self._scrub(error))
+                    return self._failure(request, error)
                 retry_after = _retry_after_s(response.headers.get("Retry-After"))
             if attempt + 1 < attempts:
                 time.sleep(self._wait_s(attempt, retry_after))
         plural = "s" if attempts > 1 else ""
-        return GenerationResult.failure(
-            request.key, self._scrub(f"{error} (gave up after {attempts} attempt{plural})")
-        )
+        return self._failure(request, f"{error} (gave up after {attempts} attempt{plural})")
 
     def _parse(
         self, request: GenerationRequest, response: httpx.Response, latency_ms: float
@@ -237,15 +328,11 @@ class OpenAIBackend:
             choice = data["choices"][0]
             text = choice["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            snippet = response.text[:_ERROR_TEXT_LIMIT]
-            return GenerationResult.failure(
-                request.key, f"malformed response ({type(exc).__name__}: {exc}): {snippet}"
-            )
+            # The body is whatever the server sent, possibly our own headers echoed back.
+            return self._failure(request, f"malformed response ({type(exc).__name__}: {exc}): {response.text}")
         if not isinstance(text, str):
             reason = choice.get("finish_reason") if isinstance(choice, Mapping) else None
-            return GenerationResult.failure(
-                request.key, f"response has no text content (finish_reason={reason!r})"
-            )
+            return self._failure(request, f"response has no text content (finish_reason={reason!r})")
         usage = data.get("usage") if isinstance(data.get("usage"), Mapping) else {}
         prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
         completion_tokens = _int_or_none(usage.get("completion_tokens"))
@@ -267,15 +354,12 @@ class OpenAIBackend:
             wait = max(wait, retry_after)
         return min(wait, MAX_RETRY_WAIT_S)
 
-    def _scrub(self, text: str) -> str:
-        """Remove the API key from error text, in case a server or library echoes it."""
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        return text
-
 
 def _error_message(response: httpx.Response) -> str:
-    """The server's own error message: OpenAI's ``{"error": {"message"}}`` and variants."""
+    """The server's own error message: OpenAI's ``{"error": {"message"}}`` and variants.
+
+    Not trimmed or scrubbed here: the caller scrubs the whole text, then trims it.
+    """
     try:
         data = response.json()
     except ValueError:
@@ -283,12 +367,12 @@ def _error_message(response: httpx.Response) -> str:
     if isinstance(data, Mapping):
         error = data.get("error")
         if isinstance(error, Mapping) and isinstance(error.get("message"), str):
-            return error["message"][:_ERROR_TEXT_LIMIT]
+            return error["message"]
         for candidate in (error, data.get("message"), data.get("detail")):
             if isinstance(candidate, str):
-                return candidate[:_ERROR_TEXT_LIMIT]
+                return candidate
     text = response.text.strip()
-    return text[:_ERROR_TEXT_LIMIT] if text else response.reason_phrase
+    return text if text else response.reason_phrase
 
 
 def _retry_after_s(value: str | None) -> float | None:

@@ -3,10 +3,13 @@
 Spec fields
 -----------
 ``model`` (required)
-    A local directory, or a hub id already in the local cache. With ``HF_HUB_OFFLINE=1``
-    (or ``TRANSFORMERS_OFFLINE=1``) nothing is downloaded.
+    An absolute path to a saved model directory inside one of the operator's model roots
+    (``SpecPolicy.model_roots``, setting ``EVALSITE_MODEL_ROOTS``; symlinks and ``..`` are
+    resolved before the check), or a hub id ``org/name`` already in the workers' cache
+    unless the operator turned hub ids off (``EVALSITE_ALLOW_HUB_IDS=0``). With
+    ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``) nothing is downloaded.
 ``tokenizer``
-    Where to load the tokenizer from; defaults to ``model``.
+    Where to load the tokenizer from, under the same rules; defaults to ``model``.
 ``batch_size`` (8)
     Prompts per ``generate`` call.
 ``dtype`` ("float32")
@@ -17,7 +20,9 @@ Spec fields
     ``true``: format prompts with the tokenizer's chat template (an error if it has none);
     ``false``: use the raw prompt; unset: use the template when the tokenizer has one.
 ``trust_remote_code`` (false)
-    Passed to ``from_pretrained``.
+    Passed to ``from_pretrained``: ``true`` runs Python shipped with the model on the
+    worker, so it is refused unless the operator allows it (``EVALSITE_TRUST_REMOTE_CODE=1``),
+    on the web when the candidate is added and again on the worker before loading.
 ``price_per_1k_input``, ``price_per_1k_output``
     Optional USD prices per 1000 tokens (e.g. the cost of the GPU time, amortised).
 
@@ -54,9 +59,12 @@ from .base import (
     GenerationResult,
     GenerationSettings,
     SpecField,
+    SpecPolicy,
+    check_model_dir,
     check_prices,
     check_spec,
     compute_cost,
+    model_location,
     spec_bool,
     spec_choice,
     spec_int,
@@ -85,18 +93,66 @@ SPEC_FIELDS: dict[str, SpecField] = {
 }
 
 
-def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Normalise a transformers spec; ``BackendError`` names the bad field.
+_REMOTE_CODE_REFUSED = (
+    "is off on this site: it runs Python code shipped with the model on the shared workers; "
+    "the operator can allow it (setting EVALSITE_TRUST_REMOTE_CODE=1)"
+)
 
-    Checks shapes only: whether the model exists is known on the worker, not the web server.
+
+def validate_spec(spec: Mapping[str, Any], policy: SpecPolicy) -> dict[str, Any]:
+    """Normalise a transformers spec under the operator's policy; ``BackendError`` names the field.
+
+    Checks where the model is (a hub id, or a path confined to a model root), not whether
+    it exists: ``check_files`` does that on a machine that can see it.
     """
     normalised = check_spec(spec, SPEC_FIELDS)
     check_prices(normalised)
+    if normalised["trust_remote_code"] and not policy.trust_remote_code:
+        raise BackendError("trust_remote_code", _REMOTE_CODE_REFUSED)
+    model_location("model", normalised["model"], policy)
+    if normalised["tokenizer"] is not None:
+        model_location("tokenizer", normalised["tokenizer"], policy)
     return normalised
 
 
-def make_backend(spec: dict[str, Any]) -> TransformersBackend:
-    return TransformersBackend(spec)
+def check_files(spec: Mapping[str, Any], policy: SpecPolicy, *, on_worker: bool = False) -> str:
+    """``"ok"`` when the model (and tokenizer) were found here, ``"pending"`` when a worker
+    must look (see ``base.check_files``); ``BackendError`` naming the field when missing.
+
+    A local path is looked at wherever its model root exists; a hub id only on a worker
+    (in its Hugging Face cache, when offline).
+    """
+    seen_all = True
+    for field, marker in (("model", "config.json"), ("tokenizer", None)):
+        value = spec[field]
+        if value is None:
+            continue
+        if model_location(field, value, policy).hub_id is not None:
+            if on_worker:
+                _check_hub_cache(field, value)
+            else:
+                seen_all = False
+        elif not check_model_dir(field, value, policy, marker=marker, on_worker=on_worker):
+            seen_all = False
+    return "ok" if seen_all else "pending"
+
+
+def _check_hub_cache(field: str, hub_id: str) -> None:
+    """Offline, a hub id loads only from the local cache: look for its config there."""
+    if not _offline():
+        return
+    _refuse_relative_dir(field, hub_id)
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(hub_id, "config.json" if field == "model" else "tokenizer_config.json")
+    if not isinstance(found, str):
+        raise BackendError(
+            field, f"{hub_id} is not in this worker's Hugging Face cache, and the worker is offline (HF_HUB_OFFLINE)"
+        )
+
+
+def make_backend(spec: dict[str, Any], policy: SpecPolicy | None = None) -> TransformersBackend:
+    return TransformersBackend(spec, policy or SpecPolicy())
 
 
 @dataclass
@@ -123,21 +179,30 @@ def clear_model_cache() -> None:
         _cache = None
 
 
-def load_model(spec: Mapping[str, Any]) -> LoadedModel:
-    """Load (or reuse) the tokenizer and model for a validated spec.
+def load_model(spec: Mapping[str, Any], policy: SpecPolicy | None = None) -> LoadedModel:
+    """Load (or reuse) the tokenizer and model for a validated spec, under this worker's policy.
 
-    Raises ``BackendError`` naming ``model``, ``tokenizer``, ``device`` or ``chat_template``.
+    The policy is applied here again, whatever the web accepted: remote code only if this
+    worker allows it, and paths resolved and confined to this worker's model roots.
+    Raises ``BackendError`` naming ``model``, ``tokenizer``, ``device``, ``chat_template``
+    or ``trust_remote_code``.
     """
     global _cache
+    policy = policy or SpecPolicy()
+    if spec["trust_remote_code"] and not policy.trust_remote_code:
+        raise BackendError("trust_remote_code", _REMOTE_CODE_REFUSED)
+    model_source = _source("model", spec["model"], policy)
+    tokenizer_field = "tokenizer" if spec["tokenizer"] else "model"
+    tokenizer_source = _source(tokenizer_field, spec["tokenizer"] or spec["model"], policy)
     device = _resolve_device(spec["device"])
-    key = (spec["model"], spec["tokenizer"], spec["dtype"], device, spec["trust_remote_code"])
+    key = (model_source, tokenizer_source, spec["dtype"], device, spec["trust_remote_code"])
     with _cache_lock:
         if _cache is not None and _cache[0] == key:
             return _cache[1]
         if _cache is not None:
             _cache = None
             _release_memory(device)
-        loaded = _load(spec, device)
+        loaded = _load(spec, device, model_source, tokenizer_source, tokenizer_field)
         _cache = (key, loaded)
         return loaded
 
@@ -149,24 +214,25 @@ def _offline() -> bool:
     )
 
 
-def _looks_like_path(name: str) -> bool:
-    """A hub id is ``name`` or ``owner/name``; anything else is meant as a directory."""
-    return (
-        os.path.isabs(name)
-        or name.startswith((".", "~"))
-        or name.count("/") > 1
-        or "\\" in name
-        or os.path.exists(os.path.expanduser(name))
-    )
+def _refuse_relative_dir(field: str, hub_id: str) -> None:
+    # from_pretrained("org/name") would load a directory of that name relative to the
+    # worker's working directory before looking in the cache: never outside the roots.
+    if os.path.exists(hub_id):
+        raise BackendError(
+            field, f"{hub_id} is a hub id but also a directory relative to the worker's working directory; "
+            "give the absolute path inside a model root instead"
+        )
 
 
-def _source(field: str, name: str) -> str:
-    if not _looks_like_path(name):
-        return name
-    path = os.path.expanduser(name)
-    if not os.path.isdir(path):
-        raise BackendError(field, f"no such model directory: {path}")
-    return path
+def _source(field: str, name: str, policy: SpecPolicy) -> str:
+    """What to pass to ``from_pretrained``: the hub id, or the resolved directory."""
+    location = model_location(field, name, policy)
+    if location.hub_id is not None:
+        _refuse_relative_dir(field, location.hub_id)
+        return location.hub_id
+    if not os.path.isdir(location.path):
+        raise BackendError(field, f"no such model directory: {name}")
+    return location.path  # the real path checked above, so a symlink swapped later is not followed
 
 
 def _resolve_device(device: str) -> str:
@@ -195,7 +261,9 @@ def _release_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def _load(spec: Mapping[str, Any], device: str) -> LoadedModel:
+def _load(
+    spec: Mapping[str, Any], device: str, model_source: str, tokenizer_source: str, tokenizer_field: str
+) -> LoadedModel:
     import torch
     from transformers import (
         AutoConfig,
@@ -204,9 +272,6 @@ def _load(spec: Mapping[str, Any], device: str) -> LoadedModel:
         AutoTokenizer,
     )
 
-    model_source = _source("model", spec["model"])
-    tokenizer_field = "tokenizer" if spec["tokenizer"] else "model"
-    tokenizer_source = _source(tokenizer_field, spec["tokenizer"] or spec["model"])
     common = {"local_files_only": _offline(), "trust_remote_code": spec["trust_remote_code"]}
     hint = " (offline: only models already on disk or in the cache)" if _offline() else ""
 
@@ -267,15 +332,16 @@ class TransformersBackend:
     context with ``max_new_tokens`` is an error result, not truncated.
     """
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], policy: SpecPolicy | None = None) -> None:
         self.spec = spec
+        self.policy = policy or SpecPolicy()
 
     def generate(
         self, requests: list[GenerationRequest], settings: GenerationSettings
     ) -> list[GenerationResult]:
         if not requests:
             return []
-        loaded = load_model(self.spec)
+        loaded = load_model(self.spec, self.policy)
         use_chat = self._use_chat_template(loaded)
         results: list[GenerationResult | None] = [None] * len(requests)
         ready: list[tuple[int, list[int]]] = []

@@ -90,7 +90,9 @@ def test_a_forged_or_foreign_token_is_not_found(client, study, annotators):
     token = _token(client.get(reverse("annotation:annotate", args=[study.pk])).content.decode())
     client.force_login(annotators[1])
     assert client.post(reverse("annotation:submit", args=[token]), {"choice": "left"}).status_code == 404
-    assert client.post(reverse("annotation:submit", args=["forged-token"]), {"choice": "left"}).status_code == 404
+    forged = "f" * 43  # the token alphabet and length, but no such lease
+    assert client.post(reverse("annotation:submit", args=[forged]), {"choice": "left"}).status_code == 404
+    assert client.post("/tasks/forged-token/", {"choice": "left"}).status_code == 404  # not even a token
     assert Judgment.objects.count() == 0
 
 

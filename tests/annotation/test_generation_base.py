@@ -10,6 +10,7 @@ import pytest
 from annotation.generation import (
     BackendError,
     GenerationSettings,
+    SpecPolicy,
     compute_cost,
     get_backend,
     validate_spec,
@@ -113,7 +114,7 @@ def test_validate_spec_fills_in_defaults():
         "price_per_1k_input": None,
         "price_per_1k_output": None,
     }
-    assert validate_spec("transformers", {"model": "/models/x"}) == {
+    assert validate_spec("transformers", {"model": "/models/x"}, SpecPolicy(model_roots=("/models",))) == {
         "model": "/models/x",
         "tokenizer": None,
         "batch_size": 8,
@@ -145,7 +146,8 @@ import annotation.generation as generation
 import annotation.generation.openai_backend
 import annotation.generation.transformers_backend
 import annotation.generation.tiny_models
-generation.validate_spec("transformers", {"model": "/nowhere"})
+generation.validate_spec("transformers", {"model": "/models/x"}, generation.SpecPolicy(model_roots=("/models",)))
+generation.check_files("transformers", {"model": "org/name", "tokenizer": None}, generation.SpecPolicy())
 generation.get_backend("openai", {"base_url": "http://127.0.0.1:9/v1", "model": "m"})
 heavy = sorted(m for m in ("torch", "transformers", "tokenizers", "django") if m in sys.modules)
 print(heavy)

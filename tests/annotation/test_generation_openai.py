@@ -173,9 +173,9 @@ def test_concurrency_reaches_but_never_exceeds_max_concurrency():
 
 
 def test_the_api_key_comes_from_the_named_variable_and_never_reaches_results(monkeypatch):
-    monkeypatch.setenv("EVALSITE_TEST_API_KEY", "sk-test-secret-42")
+    monkeypatch.setenv("EVALSITE_KEY_TEST_API", "sk-test-secret-42")
     with FakeOpenAIServer(require_token="sk-test-secret-42") as server:
-        results = get_backend("openai", spec_for(server, api_key_env="EVALSITE_TEST_API_KEY")).generate(
+        results = get_backend("openai", spec_for(server, api_key_env="EVALSITE_KEY_TEST_API")).generate(
             requests_for("hello", "again"), GenerationSettings()
         )
         assert {h["authorization"] for h in server.headers} == {"Bearer sk-test-secret-42"}
@@ -184,9 +184,9 @@ def test_the_api_key_comes_from_the_named_variable_and_never_reaches_results(mon
 
 
 def test_a_wrong_key_is_a_401_error_without_the_key(monkeypatch):
-    monkeypatch.setenv("EVALSITE_TEST_API_KEY", "sk-wrong-key")
+    monkeypatch.setenv("EVALSITE_KEY_TEST_API", "sk-wrong-key")
     with FakeOpenAIServer(require_token="sk-right-key") as server:
-        [result] = get_backend("openai", spec_for(server, api_key_env="EVALSITE_TEST_API_KEY")).generate(
+        [result] = get_backend("openai", spec_for(server, api_key_env="EVALSITE_KEY_TEST_API")).generate(
             requests_for("hello"), GenerationSettings()
         )
         assert server.request_count == 1
@@ -201,11 +201,11 @@ def test_without_api_key_env_no_authorization_header_is_sent():
 
 
 def test_an_unset_key_variable_is_a_backend_error_naming_it(monkeypatch):
-    monkeypatch.delenv("EVALSITE_MISSING_KEY", raising=False)
+    monkeypatch.delenv("EVALSITE_KEY_MISSING", raising=False)
     with pytest.raises(BackendError) as caught:
-        get_backend("openai", {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "EVALSITE_MISSING_KEY"})
+        get_backend("openai", {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "EVALSITE_KEY_MISSING"})
     assert caught.value.field == "api_key_env"
-    assert "EVALSITE_MISSING_KEY is not set" in str(caught.value)
+    assert "EVALSITE_KEY_MISSING is not set" in str(caught.value)
 
 
 def test_the_fake_server_runs_as_a_separate_process():

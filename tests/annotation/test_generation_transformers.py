@@ -13,6 +13,7 @@ from annotation.generation import (  # noqa: E402
 )
 from annotation.generation.tiny_models import build_tiny_model  # noqa: E402
 from annotation.generation.transformers_backend import load_model  # noqa: E402
+from annotation.services import spec_policy  # noqa: E402
 
 PROMPTS = [
     "Why is the sky blue?",
@@ -43,7 +44,8 @@ def kind(request):
 
 
 def generate(model_dir, prompts, settings, *, seed=0, **spec):
-    backend = get_backend("transformers", {"model": model_dir, **spec})
+    # the site's policy, whose model root (tests/conftest.py) holds pytest's temporary directories
+    backend = get_backend("transformers", {"model": model_dir, **spec}, spec_policy())
     requests = [GenerationRequest(key=i, prompt=p, seed=seed) for i, p in enumerate(prompts)]
     return backend.generate(requests, settings)
 
@@ -150,7 +152,7 @@ def test_a_missing_tokenizer_directory_is_a_backend_error_naming_the_tokenizer(m
 
 def test_the_loaded_model_is_reused_until_another_is_asked_for(models):
     spec = {"model": models["causal"], "tokenizer": None, "dtype": "float32", "device": "cpu", "trust_remote_code": False}
-    first = load_model(spec)
-    assert load_model(spec) is first
-    load_model({**spec, "model": models["seq2seq"]})
-    assert load_model(spec) is not first
+    first = load_model(spec, spec_policy())
+    assert load_model(spec, spec_policy()) is first
+    load_model({**spec, "model": models["seq2seq"]}, spec_policy())
+    assert load_model(spec, spec_policy()) is not first

@@ -5,7 +5,7 @@ from django.urls import reverse
 from annotation import services
 from annotation.models import Output, Unit
 from annotation.tasks import generate_outputs
-from tests.conftest import PROMPTS_CSV, WORKER_API_KEY, wait_for
+from tests.conftest import PROMPTS_CSV, WORKER_API_KEY, WORKER_KEY_ENV, wait_for
 from tests.helpers.fake_openai import FakeOpenAIServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -50,11 +50,11 @@ def test_a_worker_generates_with_transformers_models(celery_worker_process, tiny
 
 
 def test_a_worker_generates_from_an_openai_compatible_server(celery_worker_process, evaluator, annotators):
-    # the worker process was started with EVALSITE_TEST_LLM_KEY in its environment
+    # the worker process was started with WORKER_KEY_ENV (an allowed name) in its environment
     with FakeOpenAIServer(fail_first=1, fail_status=500, require_token=WORKER_API_KEY) as server:
         study = _study(evaluator, annotators)
         services.candidate_create(study=study, name="served", backend="openai", spec={
-            "base_url": server.base_url, "model": "served-7b", "api_key_env": "EVALSITE_TEST_LLM_KEY",
+            "base_url": server.base_url, "model": "served-7b", "api_key_env": WORKER_KEY_ENV,
             "max_retries": 3, "backoff_s": 0.05,
             "max_concurrency": 2, "price_per_1k_input": 1.0, "price_per_1k_output": 2.0,
         })
@@ -76,20 +76,25 @@ def test_a_worker_generates_from_an_openai_compatible_server(celery_worker_proce
 def test_a_failed_output_shows_its_error_and_can_be_retried(celery_worker_process, evaluator, annotators, client,
                                                             tmp_path):
     study = _study(evaluator, annotators)
-    cand = services.candidate_create(study=study, name="missing", backend="transformers",
-                                     spec={"model": str(tmp_path / "no-such-model")})
+    # a directory that passes the web's check (it holds a config.json) but is no model
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    services.candidate_create(study=study, name="broken", backend="transformers", spec={"model": str(broken)})
     services.generation_start(study=study)
     wait_for(lambda: _finished(study), what="failure", worker=celery_worker_process)
     failed = list(study.outputs.filter(status=Output.Status.FAILED))
-    assert len(failed) == 4 and "no-such-model" in failed[0].error
+    assert len(failed) == 4 and "cannot load a model config" in failed[0].error and "broken-model" in failed[0].error
     client.force_login(evaluator)
     html = client.get(reverse("annotation:progress", args=[study.pk])).content.decode()
-    assert "no-such-model" in html and "Retry" in html
-    # the evaluator fixes the path; a retry re-queues the output, which the worker now generates
+    assert "cannot load a model config" in html and "Retry" in html
+    # the model is put in place; a retry re-queues the output, which the worker now generates
+    import shutil
+
     from annotation.generation.tiny_models import build_tiny_model
 
-    cand.spec = {"model": str(build_tiny_model(tmp_path / "no-such-model", kind="causal", seed=3))}
-    cand.save()
+    shutil.rmtree(broken)
+    build_tiny_model(broken, kind="causal", seed=3)
     response = client.post(reverse("annotation:output_retry", args=[study.pk, failed[0].pk]))
     assert response.status_code == 302
     wait_for(lambda: Output.objects.get(pk=failed[0].pk).status == Output.Status.DONE, what="retry",

@@ -103,11 +103,11 @@ def test_a_bad_candidate_spec_names_the_field(client, study_factory):
 def test_the_api_key_itself_is_never_stored(client, study_factory):
     study = study_factory(candidates=())
     client.force_login(study.created_by)
-    spec = '{"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "MY_KEY"}'
+    spec = '{"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "EVALSITE_KEY_MINE"}'
     response = client.post(reverse("annotation:candidate_add", args=[study.pk]),
                            {"name": "api-model", "backend": "openai", "spec": spec})
     assert response.status_code == 302
-    assert Candidate.objects.get(name="api-model").spec["api_key_env"] == "MY_KEY"
+    assert Candidate.objects.get(name="api-model").spec["api_key_env"] == "EVALSITE_KEY_MINE"
 
 
 def test_another_evaluators_study_is_not_found(client, study_factory, make_user):

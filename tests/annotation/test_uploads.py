@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import subprocess
@@ -829,6 +830,182 @@ def test_a_big_clean_file_is_read_column_by_column_with_its_lines(monkeypatch):
     assert battles.models == tuple(f"m{k}" for k in (0, 1, 2, 3, 4, 5, 6))
     assert battles.line[:2] == [2, 3] and battles.line[-1] == 60_001
     assert battles.winner[:3] == list(BATTLE_WINNERS[:3])
+
+
+# --- what no database can store, and numbers beyond their columns ----------------------
+
+
+@pytest.mark.parametrize(
+    "data, filename, expected",
+    [
+        (
+            b"id,prompt\nq1,He\x00llo\n",
+            "p.csv",
+            "line 2, field 'prompt': contains a NUL character (\\x00) at character 3, "
+            "which cannot be stored",
+        ),
+        (b'{"id": "q\\u0000", "prompt": "x"}', "p.jsonl", "line 1, field 'id': contains a NUL"),
+        (
+            b'{"id": "q1", "prompt": "x", "reference": "ok\\ud800"}',
+            "p.jsonl",
+            "line 1, field 'reference': contains a lone surrogate (\\ud800) at character 3",
+        ),
+        (
+            b'[{"id": "q1", "prompt": "x", "tags": ["fine", "\\udc00"]}]',
+            "p.json",
+            "line 1 (index 0), field 'tags': tag '\\udc00'… contains a lone surrogate",
+        ),
+        (
+            b'{"id": "q1", "prompt": "x", "gold_answer": "\\u0000"}',
+            "p.jsonl",
+            "line 1, field 'gold_answer': contains a NUL",
+        ),
+        (
+            jsonl({"id": "q1", "prompt": "x", "image": "i" * 501}),
+            "p.jsonl",
+            "line 1, field 'image': is 501 characters long; the limit is 500",
+        ),
+    ],
+)
+def test_it_refuses_prompt_text_no_database_can_store(data, filename, expected):
+    [error] = errors_of(parse_prompts, data, filename)
+    assert str(error).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("sample_index", 40_000, "must be at most 32767, not 40000"),
+        ("prompt_tokens", 3e9, "must be at most 2147483647, not 3000000000.0"),
+        ("completion_tokens", 3_000_000_000, "must be at most 2147483647, not 3000000000"),
+        ("latency_ms", 1e11, "must be at most 1e+10, not 100000000000.0"),
+        ("cost", 1e300, "must be at most 1e+09, not 1e+300"),
+        ("output", "a\x00", "contains a NUL character (\\x00) at character 2, which cannot be"),
+        ("prompt_id", "\ud800", "contains a lone surrogate (\\ud800) at character 1"),
+    ],
+)
+def test_it_refuses_output_values_beyond_their_columns(field, value, message):
+    row = {"prompt_id": "a", "output": "x", field: value}
+    [error] = errors_of(parse_imported_outputs, jsonl(row), "o.jsonl")
+    assert (error.line, error.field) == (1, field)
+    assert error.message.startswith(message)
+
+
+def test_numbers_at_their_columns_limits_are_kept():
+    row = {"prompt_id": "a", "output": "x", "sample_index": 32767, "prompt_tokens": 2**31 - 1}
+    [parsed] = parse_imported_outputs(jsonl(row), "o.jsonl").rows
+    assert (parsed.sample_index, parsed.prompt_tokens) == (32767, 2**31 - 1)
+
+
+def test_a_json_line_nested_too_deep_is_refused_before_it_is_parsed():
+    deep = "[" * 100_000 + "]" * 100_000
+    data = f'{{"id": "a", "prompt": "x"}}\n{deep}\n{{"id": "b", "prompt": "{"[" * 50}"}}\n'
+    [error] = errors_of(parse_prompts, data.encode(), "p.jsonl")
+    assert str(error) == "line 2: is nested more than 32 levels deep"
+
+
+# --- reading as a stream -----------------------------------------------------------------
+
+
+class Unread(io.BytesIO):
+    """A file that says its size and must not be read."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def read(self, *args):
+        raise AssertionError("read")
+
+
+def test_a_file_object_over_the_limit_is_refused_from_its_size_unread():
+    with pytest.raises(UploadError, match=r"^the file is 2048\.0 MB; the limit is 50\.0 MB$"):
+        parse_prompts(Unread(2 * 1024**3), "p.csv")
+
+
+def test_a_file_object_is_read_from_its_start_in_bounded_chunks():
+    data = b"id,prompt\n" + b"".join(b"p%d,Prompt %d\n" % (i, i) for i in range(5_000))
+    reads = []
+
+    class Recording(io.BytesIO):
+        def read(self, size=-1):
+            reads.append(size)
+            return super().read(size)
+
+    fh = Recording(data)
+    fh.seek(0, io.SEEK_END)  # wherever it stands, the parser starts at the beginning
+    rows = parse_prompts(fh, "p.csv").rows
+    assert [r.external_id for r in rows] == [f"p{i}" for i in range(5_000)]
+    assert reads and all(0 < n <= uploads._READ_BYTES for n in reads)
+
+
+SAMPLES = [
+    (
+        "p.csv",
+        'id,prompt,reference,tags\r\né1,"Grüße,\nzwei Zeilen",Ref ü,a;ß\n\né2,日本語,,x\rlone,cr\n',
+    ),
+    (
+        "p.jsonl",
+        '{"id": "a", "prompt": "日本\u2028語"}\n\n  {"id": "b", "prompt": "x", "tags": ["é"]}\r\n',
+    ),
+    (
+        "p.json",
+        '[\n  {"id": "a", "prompt": "Grüße"},\n  {"id": "b", "prompt": "ü", "tags": "x;y"}]\n',
+    ),
+    (
+        "p.csv",
+        "id,prompt,reference,tags\r\n"
+        'é1,"Grüße,\nzwei Zeilen",Ref ü,a;ß\n\n'
+        "é2,日本語のプロンプト,,x\rlone,cr,row\n"
+        "é3,,missing prompt,\n",
+    ),
+    (
+        "p.jsonl",
+        '{"id": "a", "prompt": "日本\u2028語"}\n\n  {"id": "b", "prompt": "x", "tags": ["é", "é"]}\r\n'
+        '{"id": "c", "prompt": ""}\n{"id": "d", "prompt": "y",}\n',
+    ),
+    (
+        "p.json",
+        '[\n  {"id": "a", "prompt": "Grüße"},\n  {"id": "b", "prompt": "ü", "tags": "x;y"}, '
+        '{"id": "c", "prompt": 12345678901234567890}, {"id": "d", "prompt": "ok"}\n]\n\n',
+    ),
+    ("p.json", '[{"id": "a", "prompt": "x"}, {"id": "b" "prompt": "y"}]'),
+    ("p.jsonl", '{"id": "a", "prompt": "x"}\n{"id": "b\\u0000", "prompt": "ok \\ud800"}\n'),
+    ("p.csv", "id,prompt\nq1,fine\nq2,nul \x00 here\n"),
+    ("p.json", '[{"id": "a", "prompt": "x"}]\n  trailing'),
+    ("p.csv", "id,prompt\nq1,caf\xe9 ok\nq2,bad \udc80 byte\n"),
+]
+
+
+def _outcome(data: bytes, filename: str):
+    try:
+        return parse_prompts(data, filename)
+    except UploadError as exc:
+        return [str(e) for e in exc.errors]
+
+
+@pytest.mark.parametrize("filename, text", SAMPLES)
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 64])
+def test_chunk_boundaries_anywhere_give_the_same_rows_and_errors(
+    monkeypatch, filename, text, chunk
+):
+    data = ("\ufeff" + text).encode("utf-8", "surrogateescape")
+    expected = _outcome(data, filename)
+    monkeypatch.setattr(uploads, "_READ_BYTES", chunk)
+    assert _outcome(io.BytesIO(data), filename) == expected
+    assert _outcome(data, filename) == expected
+
+
+def test_bytes_that_are_not_utf8_deep_in_a_file_name_their_line_column_and_offset(monkeypatch):
+    monkeypatch.setattr(uploads, "_READ_BYTES", 7)
+    data = "id,prompt\nq1,Grüße\nq2,ab\n".encode() + b"q3,xy\xffz\n"
+    [error] = errors_of(parse_prompts, io.BytesIO(data), "p.csv")
+    offset = data.index(b"\xff")
+    assert error.line == 4
+    assert error.message == (
+        f"the file is not UTF-8: byte 0xff at byte offset {offset} (column 6) "
+        "cannot be decoded; save the file as UTF-8"
+    )
 
 
 # --- demo data -------------------------------------------------------------------------

@@ -12,8 +12,10 @@ are whitespace-separated words: ``prompt_tokens`` over all message contents,
 
 Knobs (constructor arguments, also settable on a running server): fail the first N
 requests with a status (500, 429 with ``Retry-After``...), delay every reply, require a
-bearer token. It records every request body and headers, how many requests it has seen,
-and the largest number of requests it was answering at the same time.
+bearer token, or misbehave like a broken proxy that echoes the request's headers
+(``Authorization`` included) back in an error, a malformed 200 or a broken header line.
+It records every request body and headers, how many requests it has seen, and the largest
+number of requests it was answering at the same time.
 
 Use it in-process as a context manager::
 
@@ -69,7 +71,17 @@ class FakeOpenAIServer:
         Sleep this long before answering each chat request.
     require_token:
         If set, requests without ``Authorization: Bearer <require_token>`` get 401.
+    echo_headers:
+        Answer every chat request with the request's headers echoed back, the way a broken
+        proxy or debug endpoint does: ``"error"`` (``fail_status`` with an OpenAI-style error
+        whose message dumps the headers), ``"malformed"`` (200 with a plain-text body, not
+        JSON, holding a raw header dump), ``"wrong_shape"`` (200 with JSON that has no
+        ``choices``, only the headers), ``"bad_header"`` (a response whose header block
+        holds an invalid line with the ``Authorization`` value, so the client's HTTP parser
+        fails and quotes that line), or ``None`` (behave).
     """
+
+    ECHO_MODES = ("error", "malformed", "wrong_shape", "bad_header")
 
     def __init__(
         self,
@@ -81,7 +93,10 @@ class FakeOpenAIServer:
         retry_after: float | None = None,
         delay_s: float = 0.0,
         require_token: str | None = None,
+        echo_headers: str | None = None,
     ) -> None:
+        if echo_headers is not None and echo_headers not in self.ECHO_MODES:
+            raise ValueError(f"echo_headers must be one of {self.ECHO_MODES} or None")
         self.host = host
         self.requested_port = port
         self.fail_first = fail_first
@@ -89,6 +104,7 @@ class FakeOpenAIServer:
         self.retry_after = retry_after
         self.delay_s = delay_s
         self.require_token = require_token
+        self.echo_headers = echo_headers
 
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -96,6 +112,9 @@ class FakeOpenAIServer:
         self.max_in_flight = 0
         self._in_flight = 0
         self._lock = threading.Lock()
+        self._open = threading.Event()  # cleared by pause(): requests wait (counted) until resume()
+        self._open.set()
+        self._held: dict[int, dict[str, Any]] = {}
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -116,6 +135,7 @@ class FakeOpenAIServer:
         return self
 
     def stop(self) -> None:
+        self._open.set()  # release requests held by pause()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -154,7 +174,31 @@ class FakeOpenAIServer:
             self.request_times.clear()
             self.max_in_flight = 0
 
+    def pause(self) -> None:
+        """Hold every chat request that arrives from now on (it is recorded first) until ``resume``."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
+    @property
+    def held(self) -> list[dict[str, Any]]:
+        """The bodies of the requests waiting because of ``pause``."""
+        with self._lock:
+            return list(self._held.values())
+
     # -- called by the handler ------------------------------------------------------------
+
+    def _hold(self, number: int, body: dict[str, Any]) -> None:
+        if self._open.is_set():
+            return
+        with self._lock:
+            self._held[number] = body
+        try:
+            self._open.wait()
+        finally:
+            with self._lock:
+                self._held.pop(number, None)
 
     def _enter(self, body: dict[str, Any], headers: dict[str, str]) -> int:
         with self._lock:
@@ -207,8 +251,12 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         number = fake._enter(body, {k.lower(): v for k, v in self.headers.items()})
         try:
+            fake._hold(number, body)
             if fake.delay_s:
                 time.sleep(fake.delay_s)
+            if fake.echo_headers is not None:
+                self._echo(fake.echo_headers, fake.fail_status)
+                return
             status, payload, extra_headers = self._answer(fake, number, body)
         finally:
             # Leave before replying: once the client has the reply it may send its next
@@ -259,6 +307,27 @@ class _Handler(BaseHTTPRequestHandler):
             },
         }, {}
 
+    def _echo(self, mode: str, status: int) -> None:
+        """Reply with the request's own headers in it, as ``echo_headers`` describes."""
+        dump = "".join(f"{name}: {value}\r\n" for name, value in self.headers.items())
+        if mode == "error":
+            self._send_json(status, _error(f"upstream refused the request; it had these headers: "
+                                           f"{dict(self.headers.items())}", "proxy_error"))
+        elif mode == "wrong_shape":
+            self._send_json(200, {"echo": {"headers": dict(self.headers.items())}})
+        elif mode == "malformed":
+            data = f"<html>debug: request was\r\n{self.requestline}\r\n{dump}</html>".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        else:  # bad_header: written raw, since http.server would not send a line without a colon
+            auth = self.headers.get("Authorization", "no authorization")
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nEchoed {auth}\r\nContent-Length: 2\r\n\r\n"
+            self.wfile.write(head.encode("latin-1", "replace") + b"{}")
+        self.close_connection = True
+
     def _send_error(self, status: int, message: str, code: str) -> None:
         self._send_json(status, _error(message, code))
 
@@ -286,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retry-after", type=float, default=None)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each reply")
     parser.add_argument("--require-token", default=None)
+    parser.add_argument("--echo-headers", choices=FakeOpenAIServer.ECHO_MODES, default=None,
+                        help="misbehave: echo the request's headers back (see FakeOpenAIServer)")
     args = parser.parse_args(argv)
     server = FakeOpenAIServer(
         host=args.host,
@@ -295,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         retry_after=args.retry_after,
         delay_s=args.delay,
         require_token=args.require_token,
+        echo_headers=args.echo_headers,
     )
     # SIGTERM ends serve_forever through KeyboardInterrupt, like Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

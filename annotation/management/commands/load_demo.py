@@ -38,11 +38,15 @@ class Command(BaseCommand):
         if not settings.DEBUG:
             raise CommandError("load_demo creates users with known passwords; run it only with DEBUG on.")
         users = {}
-        for username, role, password in DEMO_USERS:
-            users[username] = services.user_ensure(username=username, password=password,
-                                                   is_staff=(role == "evaluator"))
-        users["evaluator"].user_permissions.add(Permission.objects.get(codename="add_study"))
+        for username, _role, password in DEMO_USERS:
+            users[username] = services.user_ensure(username=username, password=password)
+        # The evaluator's right to create studies is this one permission, not staff status;
+        # inside the demo study the rights come from membership.
+        users["evaluator"].user_permissions.add(
+            Permission.objects.get(content_type__app_label="annotation", codename="add_study")
+        )
 
+        actor = users["evaluator"]  # the demo's changes show in its audit log as the evaluator's
         study = Study.objects.filter(name=DEMO_STUDY_NAME).first()
         if study is None:
             study = services.study_create(
@@ -65,11 +69,13 @@ class Command(BaseCommand):
         for name, _kind, _seed in DEMO_MODELS:
             if not study.candidates.filter(name=name).exists():
                 services.candidate_create(study=study, name=name, backend="transformers",
-                                          spec={"model": paths[name], "batch_size": 8})
+                                          spec={"model": paths[name], "batch_size": 8}, actor=actor)
         if not study.candidates.filter(name="support-playbook").exists():
-            candidate = services.candidate_create(study=study, name="support-playbook", backend="imported", spec={})
-            services.outputs_import(candidate=candidate, data=DEMO_IMPORTED.read_bytes(), filename=DEMO_IMPORTED.name)
+            candidate = services.candidate_create(study=study, name="support-playbook", backend="imported", spec={},
+                                                  actor=actor)
+            services.outputs_import(candidate=candidate, data=DEMO_IMPORTED.read_bytes(), filename=DEMO_IMPORTED.name,
+                                    actor=actor)
         if not no_generate:
-            queued = services.generation_start(study=study)
+            queued = services.generation_start(study=study, actor=actor)
             done = study.outputs.filter(status=Output.Status.DONE).count()
             self.stdout.write(f"Demo study {study.pk}: {done} outputs ready, {queued} queued for generation.")

@@ -22,6 +22,8 @@ class Command(BaseCommand):
                             help="Worker processes (2: ratings refresh while a batch generates).")
 
     def handle(self, *args, addr: str, concurrency: int, **options):
+        # Both children read their settings from this environment (DEBUG=1 from `make run`,
+        # or a deployment's SECRET_KEY and ALLOWED_HOSTS), so they run as this process does.
         env = os.environ.copy()
         python = sys.executable
         worker = [
@@ -38,9 +40,10 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"\nEvalsite is starting on http://{addr}/"))
         self.stdout.write(f"Database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}; "
                           f"broker: {settings.CELERY_BROKER_URL.split('://')[0]}")
-        self.stdout.write("Demo logins (username / password):")
-        for username, _role, password in DEMO_USERS:
-            self.stdout.write(f"  {username:<12} / {password}")
+        if settings.DEBUG:  # load_demo makes these accounts only with DEBUG on
+            self.stdout.write("Demo logins (username / password):")
+            for username, _role, password in DEMO_USERS:
+                self.stdout.write(f"  {username:<12} / {password}")
         self.stdout.write("Press Ctrl-C to stop.\n")
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
