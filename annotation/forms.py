@@ -135,3 +135,43 @@ class JudgmentForm(forms.Form):
     choice = forms.ChoiceField(choices=[(c, c) for c in outcomes.CHOICES])
     rationale = TextField(required=False, max_length=5000)
     active_ms = forms.IntegerField(required=False, min_value=0, max_value=MAX_POSITIVE_INT)
+
+
+# --- invitations, roles, candidates ---------------------------------------------------
+
+
+class InvitationForm(forms.Form):
+    role = forms.ChoiceField(choices=[("annotator", "Annotator"), ("manager", "Manager")])
+    group = TextField(max_length=100, required=False, help_text="Optional: a label for the people who join.")
+    days = forms.IntegerField(min_value=1, help_text="Days until the link expires.")
+    uses = forms.IntegerField(min_value=1, max_value=100_000, initial=1, required=False,
+                              help_text="How many people may join through it.")
+    crowd = forms.BooleanField(required=False, label="Any number of people (a crowd link)")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        days = self.fields["days"]
+        days.initial = settings.EVALSITE_INVITATION_DAYS
+        days.max_value = settings.EVALSITE_INVITATION_MAX_DAYS
+        days.widget.attrs["max"] = days.max_value
+        days.validators.append(_at_most(days.max_value, "EVALSITE_INVITATION_MAX_DAYS"))
+
+    def max_uses(self) -> int | None:
+        """None for a crowd link; an empty box means the default, one person."""
+        return None if self.cleaned_data["crowd"] else (self.cleaned_data["uses"] or 1)
+
+
+def _at_most(limit: int, setting: str):
+    def check(value) -> None:
+        if value is not None and value > limit:
+            raise forms.ValidationError(f"a link lasts at most {limit} days ({setting})", code="too_long")
+    return check
+
+
+class MemberChangeForm(forms.Form):
+    role = forms.ChoiceField(choices=[("annotator", "Annotator"), ("manager", "Manager"), ("evaluator", "Evaluator")])
+    group = TextField(max_length=100, required=False)
+
+
+class CandidateRenameForm(forms.Form):
+    name = TextField(max_length=200)

@@ -5,6 +5,8 @@ cannot create a second row (see shared/ARCHITECTURE.md, "Invariants").
 """
 from __future__ import annotations
 
+import hashlib
+
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
@@ -70,6 +72,54 @@ class StudyMember(models.Model):
         return f"{self.user} ({self.role}) in {self.study}"
 
 
+class Invitation(models.Model):
+    """A link that lets whoever opens it join a study in one role (annotator or manager).
+
+    Only the SHA-256 of the link's token is stored, so the link is shown once, when it is
+    created.  ``uses`` counts the people who joined through it; it moves by a conditional
+    UPDATE (``uses < max_uses``), whose row count decides who gets the last place.
+    ``max_uses`` empty: any number of people (a crowd link).
+    """
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="invitations")
+    role = models.CharField(max_length=16, choices=[(r.value, r.label) for r in
+                                                    (StudyMember.Role.ANNOTATOR, StudyMember.Role.MANAGER)])
+    group = models.CharField(max_length=100, blank=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    max_uses = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: any number of people.")
+    uses = models.PositiveIntegerField(default=0)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(max_uses__isnull=True) | Q(uses__lte=F("max_uses")),
+                                   name="invitation_uses_within_limit"),
+        ]
+
+    def __str__(self) -> str:
+        return f"invitation {self.pk} ({self.role}) to {self.study}"
+
+    @staticmethod
+    def hash_token(token: str) -> str:
+        """What is stored of a link's token: its SHA-256 (256 random bits need no salt)."""
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def state(self, now) -> str:
+        """"open", or why the link can no longer be used: "revoked", "expired" or "used up"."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= now:
+            return "expired"
+        if self.max_uses is not None and self.uses >= self.max_uses:
+            return "used up"
+        return "open"
+
+
 class Prompt(models.Model):
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="prompts")
     external_id = models.CharField(max_length=200)
@@ -131,6 +181,10 @@ class Candidate(models.Model):
     check_state = models.CharField(max_length=10, choices=Check.choices, default=Check.NOT_NEEDED, blank=True)
     check_error = models.TextField(blank=True)
     checked_at = models.DateTimeField(null=True, blank=True)
+    hidden = models.BooleanField(
+        default=False,
+        help_text="Hidden from new pairs: its units are closed (needed = 0); its judgments and ratings stay.",
+    )
 
     class Meta:
         ordering = ["study", "name"]
@@ -365,6 +419,16 @@ class AuditEntry(models.Model):
         OUTPUTS_IMPORTED = "outputs_imported", "Outputs imported"
         GENERATION_STARTED = "generation_started", "Generation started"
         OUTPUTS_RETRIED = "outputs_retried", "Outputs retried"
+        MEMBER_ROLE_CHANGED = "member_role_changed", "Member's role changed"
+        MEMBER_GROUP_CHANGED = "member_group_changed", "Member's group changed"
+        INVITATION_CREATED = "invitation_created", "Invitation created"
+        INVITATION_ACCEPTED = "invitation_accepted", "Invitation accepted"
+        INVITATION_REVOKED = "invitation_revoked", "Invitation revoked"
+        CANDIDATE_RENAMED = "candidate_renamed", "Candidate renamed"
+        CANDIDATE_REMOVED = "candidate_removed", "Candidate removed"
+        CANDIDATE_HIDDEN = "candidate_hidden", "Candidate hidden from new pairs"
+        CANDIDATE_SHOWN = "candidate_shown", "Candidate shown in new pairs again"
+        JUDGMENTS_IMPORTED = "judgments_imported", "Judgments imported"
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="audit_entries")
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,

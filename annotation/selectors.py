@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db.models import Avg, Count, Q, Sum
 from django.utils import timezone
 
-from .models import Candidate, Output, Study, WorkerHeartbeat
+from .models import Candidate, Invitation, Output, Prompt, Study, WorkerHeartbeat
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,20 @@ class CandidateProgress:
     tokens: int
     cost: float | None
     stuck: int = 0  # running longer than the task time limit, or held by a worker that is gone
+    expected: int = 0  # outputs the study asks of every candidate: prompts x samples per prompt
+    prompts: int = 0  # the study's prompts
+    prompts_covered: int = 0  # prompts with at least one finished output of this candidate
+    missing_prompts: tuple[str, ...] = ()  # the first few prompts without one, when nothing is in flight
+    hidden: bool = False  # hidden from new pairs
+
+    @property
+    def missing(self) -> int:
+        return self.prompts - self.prompts_covered
+
+    @property
+    def missing_more(self) -> int:
+        """Missing prompts beyond those named."""
+        return max(0, self.missing - len(self.missing_prompts))
 
 
 def workers_gone(now: datetime):
@@ -54,8 +68,18 @@ def stuck_q(now: datetime, prefix: str = "") -> Q:
     )
 
 
+MISSING_SHOWN = 5
+
+
 def generation_progress(study: Study) -> list[CandidateProgress]:
+    """Per candidate: outputs by state, and coverage of the study's prompts.
+
+    ``done / expected`` counts against every prompt of the study (times samples per
+    prompt), so an imported file that covers 50 of 166 prompts reads 50 / 166; once
+    nothing is queued or running for a candidate, the first few prompts it lacks are named.
+    """
     now = timezone.now()
+    n_prompts = study.prompts.count()
     stuck = stuck_q(now, prefix="outputs__")
     rows = (
         Candidate.objects.filter(study=study)
@@ -70,17 +94,33 @@ def generation_progress(study: Study) -> list[CandidateProgress]:
             mean_latency=Avg("outputs__latency_ms", filter=Q(outputs__status=Output.Status.DONE)),
             tokens=Sum("outputs__completion_tokens"),
             cost=Sum("outputs__cost"),
+            covered=Count("outputs__prompt", filter=Q(outputs__status=Output.Status.DONE), distinct=True),
         )
         .order_by("name")
     )
-    return [
-        CandidateProgress(
+    result = []
+    for c in rows:
+        missing: tuple[str, ...] = ()
+        idle = not (c.pending or c.running or c.stuck)
+        if c.covered < n_prompts and idle and (c.total or c.backend == Candidate.Backend.IMPORTED):
+            missing = _missing_prompts(study, c.pk)
+        result.append(CandidateProgress(
             candidate_id=c.pk, name=c.name, backend=c.backend, total=c.total, done=c.done,
             failed=c.failed, running=c.running, pending=c.pending,
             mean_latency_ms=c.mean_latency, tokens=c.tokens or 0, cost=c.cost, stuck=c.stuck,
-        )
-        for c in rows
-    ]
+            expected=n_prompts * study.samples_per_prompt, prompts=n_prompts, prompts_covered=c.covered,
+            missing_prompts=missing, hidden=c.hidden,
+        ))
+    return result
+
+
+def _missing_prompts(study: Study, candidate_id: int) -> tuple[str, ...]:
+    """The ids of the first prompts (in upload order) with no finished output of the candidate."""
+    covered = Output.objects.filter(candidate_id=candidate_id, status=Output.Status.DONE).values("prompt_id")
+    return tuple(
+        Prompt.objects.filter(study=study).exclude(pk__in=covered).order_by("position")
+        .values_list("external_id", flat=True)[:MISSING_SHOWN]
+    )
 
 
 def failed_outputs(study: Study, limit: int = 50):
@@ -108,3 +148,18 @@ def generation_pending(study_id: int) -> bool:
     return Output.objects.filter(
         study_id=study_id, status__in=[Output.Status.PENDING, Output.Status.QUEUED, Output.Status.RUNNING]
     ).exists()
+
+
+
+def invitation_for_token(token: str) -> Invitation | None:
+    """The invitation a link's token opens (with its study), or ``None``."""
+    return Invitation.objects.select_related("study").filter(token_hash=Invitation.hash_token(token)).first()
+
+
+def study_invitations(study: Study, limit: int = 50) -> list[Invitation]:
+    """The study's newest invitations, each with ``state`` set ("open", or why it is not)."""
+    now = timezone.now()
+    invitations = list(Invitation.objects.filter(study=study).select_related("created_by")[:limit])
+    for inv in invitations:
+        inv.current_state = inv.state(now)
+    return invitations

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from itertools import combinations
 
 from django.conf import settings as django_settings
@@ -30,6 +31,7 @@ from .generation import base as generation_base
 from .models import (
     Assignment,
     Candidate,
+    Invitation,
     Judgment,
     Output,
     Prompt,
@@ -74,6 +76,8 @@ def study_create(
     gen = generation_settings_validate(generation_settings or {})
     if overlap < 1:
         raise ServiceError("overlap must be at least 1")
+    annotators, managers = list(annotators), list(managers)
+    _refuse_second_roles(created_by, annotators, managers)
     with transaction.atomic():
         study = Study.objects.create(
             name=name,
@@ -87,11 +91,10 @@ def study_create(
         StudyMember.objects.create(study=study, user=created_by, role=StudyMember.Role.EVALUATOR)
         _ratings_marker_create(study)
         _prompts_write(study, rows, start=0)
-        annotators, managers = list(annotators), list(managers)
-        for user in annotators:
-            _member_write(study, user, StudyMember.Role.ANNOTATOR, "")
-        for user in managers:
-            _member_write(study, user, StudyMember.Role.MANAGER, "")
+        StudyMember.objects.bulk_create(
+            [StudyMember(study=study, user=user, role=StudyMember.Role.ANNOTATOR) for user in annotators]
+            + [StudyMember(study=study, user=user, role=StudyMember.Role.MANAGER) for user in managers]
+        )
         audit.record(study, created_by, audit.Action.STUDY_CREATED, study.name, {
             "prompts": len(rows), "file": prompts_filename, "overlap": overlap,
             "samples_per_prompt": samples_per_prompt, "adaptive_sampling": adaptive_sampling,
@@ -99,6 +102,19 @@ def study_create(
             "managers": [u.get_username() for u in managers],
         })
     return study
+
+
+def _refuse_second_roles(created_by, annotators: Sequence, managers: Sequence) -> None:
+    """A person has one role per study: the creator is its evaluator, and nobody is listed twice."""
+    seen: dict[int, str] = {created_by.pk: StudyMember.Role.EVALUATOR}
+    for role, users in ((StudyMember.Role.ANNOTATOR, annotators), (StudyMember.Role.MANAGER, managers)):
+        for user in users:
+            if user.pk in seen:
+                raise ServiceError(
+                    f"{user.get_username()} is listed as {seen[user.pk]} and as {role}; a person has one role "
+                    "in a study (the creator is its evaluator)"
+                )
+            seen[user.pk] = role
 
 
 def _ratings_marker_create(study: Study) -> None:
@@ -115,7 +131,10 @@ def study_update_settings(*, study: Study, overlap: int, adaptive_sampling: bool
     with transaction.atomic():
         before = Study.objects.select_for_update().filter(pk=study.pk).values("overlap", "adaptive_sampling").get()
         Study.objects.filter(pk=study.pk).update(overlap=overlap, adaptive_sampling=adaptive_sampling)
-        Unit.objects.filter(study=study).update(needed=overlap)
+        # the units of hidden candidates stay closed (needed = 0; see candidate_hide)
+        hidden = list(Candidate.objects.filter(study=study, hidden=True).values_list("pk", flat=True))
+        Unit.objects.filter(study=study).exclude(cand_lo__in=hidden).exclude(cand_hi__in=hidden).update(
+            needed=overlap)
         changed = audit.changes(before, {"overlap": overlap, "adaptive_sampling": adaptive_sampling})
         if changed:
             audit.record(study, actor, audit.Action.SETTINGS_CHANGED, study.name, changed)
@@ -130,24 +149,69 @@ def generation_settings_validate(raw: dict) -> dict:
         raise ServiceError(f"generation settings: {exc}") from None
 
 
-def member_set(*, study: Study, user, role: str, group: str = "", actor=None) -> StudyMember:
-    """Give ``user`` a role in the study (one role per user and study)."""
+class RoleClash(ServiceError):
+    """The person is already in the study in another role or group: a change is its own action."""
+
+
+def _check_role(role: str) -> None:
     if role not in StudyMember.Role.values:
-        raise ServiceError(f"unknown role {role!r}")
+        raise ServiceError(f"there is no role “{role}”; a study has {', '.join(StudyMember.Role.values)}s")
+
+
+def _membership(member: StudyMember) -> str:
+    """"annotator" or "annotator in group night", for sentences."""
+    return f"{member.role} in group “{member.group}”" if member.group else member.role
+
+
+def member_set(*, study: Study, user, role: str, group: str = "", actor=None) -> StudyMember:
+    """Add ``user`` to the study in ``role`` (the "add person" form, by account).
+
+    Never changes a membership: the same role and group again changes nothing, and another
+    role or group is refused (:class:`RoleClash`); :func:`member_change` is that action.
+    """
+    _check_role(role)
+    name = user.get_username()
     with transaction.atomic():
-        before = StudyMember.objects.select_for_update().filter(study=study, user=user).values("role", "group").first()
-        member = _member_write(study, user, role, group)
-        if before is None:
-            audit.record(study, actor, audit.Action.MEMBER_ADDED, user.get_username(), {"role": role, "group": group})
-        elif changed := audit.changes(before, {"role": role, "group": group}):
-            audit.record(study, actor, audit.Action.MEMBER_ADDED, user.get_username(), changed)
+        member, created = StudyMember.objects.get_or_create(study=study, user=user,
+                                                            defaults={"role": role, "group": group})
+        if created:
+            audit.record(study, actor, audit.Action.MEMBER_ADDED, name, {"role": role, "group": group})
+            return member
+    if (member.role, member.group) != (role, group):
+        wanted = _membership(StudyMember(role=role, group=group))
+        raise RoleClash(
+            f"{name} is already {_membership(member)} in this study; nothing changed. To make them {wanted}, "
+            f"use “Change” beside {name} under People."
+        )
     return member
 
 
-def _member_write(study: Study, user, role: str, group: str) -> StudyMember:
-    member, _ = StudyMember.objects.update_or_create(
-        study=study, user=user, defaults={"role": role, "group": group}
-    )
+def member_change(*, study: Study, user, role: str, group: str, actor=None) -> StudyMember:
+    """Change a member's role or group, explicitly; one audit entry says from what to what.
+
+    The study's creator stays its evaluator.  Judgments already cast stay and keep counting;
+    when their annotator changes group, the study's version moves so every slice is redone.
+    """
+    _check_role(role)
+    name = user.get_username()
+    with transaction.atomic():
+        member = StudyMember.objects.select_for_update().filter(study=study, user=user).first()
+        if member is None:
+            raise ServiceError(f"{name} is not a member of this study; add them first")
+        if user.pk == study.created_by_id and role != StudyMember.Role.EVALUATOR:
+            raise ServiceError(f"{name} created this study and stays its evaluator")
+        changed = audit.changes({"role": member.role, "group": member.group}, {"role": role, "group": group})
+        if not changed:
+            return member
+        StudyMember.objects.filter(pk=member.pk).update(role=role, group=group)
+        action = audit.Action.MEMBER_ROLE_CHANGED if "role" in changed else audit.Action.MEMBER_GROUP_CHANGED
+        audit.record(study, actor, action, name, changed)
+        judged = Judgment.objects.filter(study=study, annotator=user).exists()
+        if judged:  # group slices (and the slice list) read memberships: recount them
+            Study.objects.filter(pk=study.pk).update(version=F("version") + 1)
+    if judged:
+        _request_ratings(study.pk)
+    member.role, member.group = role, group
     return member
 
 
@@ -206,6 +270,126 @@ def member_exclude(*, study: Study, user, excluded: bool = True, actor=None) -> 
         audit.record(study, actor, action, user.get_username(), {"judgments": judged})
     online_elo_reset(study_id=study.pk)  # the sequential preview cannot un-count votes; replay it
     _request_ratings(study.pk)
+
+
+# --- invitations ---------------------------------------------------------------------
+
+INVITABLE_ROLES = (StudyMember.Role.ANNOTATOR, StudyMember.Role.MANAGER)
+
+
+class InvitationGone(ServiceError):
+    """The link exists but can no longer be used: expired, used up or revoked."""
+
+
+def _utc(when: datetime) -> str:
+    return f"{timezone.localtime(when, dt_timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+
+def invitation_create(*, study: Study, role: str, group: str = "", days: int | None = None,
+                      max_uses: int | None = 1, actor=None) -> tuple[Invitation, str]:
+    """Make an invitation link to join the study as annotator or manager (with a group label).
+
+    Returns the invitation and its token: the token is not stored (only its hash), so the
+    caller shows the link now or never.  ``days`` defaults to ``EVALSITE_INVITATION_DAYS``;
+    ``max_uses=None`` lets any number of people join (a crowd link).
+    """
+    if role not in INVITABLE_ROLES:
+        raise ServiceError(f"an invitation link is for annotators or managers, not {role}s; add an evaluator "
+                           "by account under People")
+    limit = django_settings.EVALSITE_INVITATION_MAX_DAYS
+    days = django_settings.EVALSITE_INVITATION_DAYS if days is None else days
+    if not 1 <= days <= limit:
+        raise ServiceError(f"an invitation lasts from 1 to {limit} days (EVALSITE_INVITATION_MAX_DAYS), not {days}")
+    if max_uses is not None and max_uses < 1:
+        raise ServiceError("an invitation needs room for at least one person")
+    token = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        invitation = Invitation.objects.create(
+            study=study, role=role, group=group, token_hash=Invitation.hash_token(token), created_by=actor,
+            expires_at=timezone.now() + timedelta(days=days), max_uses=max_uses,
+        )
+        audit.record(study, actor, audit.Action.INVITATION_CREATED, f"invitation {invitation.pk}", {
+            "role": role, "group": group, "expires": _utc(invitation.expires_at),
+            "people": max_uses if max_uses is not None else "any number",
+        })
+    return invitation, token
+
+
+def invitation_refusal(invitation: Invitation, now: datetime | None = None) -> str | None:
+    """Why the link can no longer be used, in plain words, or ``None`` while it can."""
+    state = invitation.state(now or timezone.now())
+    ask = "Nothing changed; ask the study's evaluator for a new link."
+    if state == "revoked":
+        return f"This invitation was withdrawn on {_utc(invitation.revoked_at)}. {ask}"
+    if state == "expired":
+        return f"This invitation expired on {_utc(invitation.expires_at)}. {ask}"
+    if state == "used up":
+        people = "one person" if invitation.max_uses == 1 else f"{invitation.max_uses} people"
+        return f"This invitation has been used already: it was for {people}. {ask}"
+    return None
+
+
+def invitation_member_clash(invitation: Invitation, member: StudyMember | None) -> str | None:
+    """Why a member cannot take this invitation (another role), or ``None``."""
+    if member is None or member.role == invitation.role:
+        return None
+    return (f"You are already {member.role} in “{invitation.study.name}”, and this link invites "
+            f"{invitation.role}s. Nothing changed: a role changes only when the study's evaluator changes it.")
+
+
+def invitation_accept(*, invitation: Invitation, user) -> tuple[StudyMember, bool]:
+    """Join the invitation's study in its role and group; returns ``(member, joined)``.
+
+    A member in the same role stays as they are (``joined`` false, no place used); a member
+    in another role is refused (:class:`RoleClash`) and nothing changes.  A place is taken
+    by a conditional UPDATE (``uses < max_uses``, not revoked, not expired) whose row count
+    decides, so two people racing for a single-use link cannot both join.
+    """
+    study = invitation.study
+    now = timezone.now()
+    existing = StudyMember.objects.filter(study=study, user=user).first()
+    if existing is not None:
+        return _already_member(invitation, existing), False
+    try:
+        with transaction.atomic():
+            took = Invitation.objects.filter(pk=invitation.pk, revoked_at__isnull=True, expires_at__gt=now).filter(
+                Q(max_uses__isnull=True) | Q(uses__lt=F("max_uses"))
+            ).update(uses=F("uses") + 1)
+            if not took:
+                invitation.refresh_from_db()
+                raise InvitationGone(invitation_refusal(invitation, now) or "This invitation can no longer be used.")
+            # a second request of the same person fails here, which gives the place back
+            member = StudyMember.objects.create(study=study, user=user, role=invitation.role, group=invitation.group)
+            audit.record(study, user, audit.Action.INVITATION_ACCEPTED, user.get_username(), {
+                "invitation": invitation.pk, "role": invitation.role, "group": invitation.group,
+            })
+    except IntegrityError:
+        existing = StudyMember.objects.filter(study=study, user=user).first()
+        if existing is None:
+            raise
+        return _already_member(invitation, existing), False
+    invitation.uses += 1
+    return member, True
+
+
+def _already_member(invitation: Invitation, member: StudyMember) -> StudyMember:
+    clash = invitation_member_clash(invitation, member)
+    if clash:
+        raise RoleClash(clash)
+    return member
+
+
+def invitation_revoke(*, invitation: Invitation, actor=None) -> bool:
+    """Withdraw a link: nobody else joins through it.  Returns False if it was already withdrawn."""
+    now = timezone.now()
+    with transaction.atomic():
+        if not Invitation.objects.filter(pk=invitation.pk, revoked_at__isnull=True).update(revoked_at=now):
+            return False
+        invitation.refresh_from_db()
+        audit.record(invitation.study, actor, audit.Action.INVITATION_REVOKED, f"invitation {invitation.pk}", {
+            "role": invitation.role, "group": invitation.group, "joined": invitation.uses,
+        })
+    return True
 
 
 # --- prompts -------------------------------------------------------------------------
@@ -352,6 +536,98 @@ def candidate_check_run(*, candidate_id: int, worker: str = "") -> str:
         check_state=state, check_error=error, checked_at=timezone.now()
     )
     return state
+
+
+def _candidate_units(candidate: Candidate):
+    return Unit.objects.filter(study_id=candidate.study_id).filter(Q(cand_lo=candidate) | Q(cand_hi=candidate))
+
+
+def candidate_rename(*, candidate: Candidate, name: str, actor=None) -> Candidate:
+    """Give a candidate another name (unique in its study); its outputs and judgments stay.
+
+    Leaderboards and the online-Elo preview name candidates, so the study's version moves
+    (every slice is redone under the new name) and the preview is replayed.
+    """
+    from arena.services import online_elo_reset
+
+    name, old = name.strip(), candidate.name
+    if not name:
+        raise ServiceError("a candidate needs a name")
+    if name == old:
+        return candidate
+    study = candidate.study
+    clash = ServiceError(f"this study already has a candidate named '{name}'")
+    if study.candidates.filter(name=name).exists():
+        raise clash
+    try:
+        with transaction.atomic():
+            Candidate.objects.filter(pk=candidate.pk).update(name=name)
+            Study.objects.filter(pk=study.pk).update(version=F("version") + 1)
+            audit.record(study, actor, audit.Action.CANDIDATE_RENAMED, name, {"name": audit.change(old, name)})
+    except IntegrityError:
+        raise clash from None
+    candidate.name = name
+    online_elo_reset(study_id=study.pk)
+    _request_ratings(study.pk)
+    return candidate
+
+
+def candidate_remove(*, candidate: Candidate, actor=None) -> None:
+    """Delete a candidate with its outputs and pairs, as long as no judgment involves it.
+
+    Once votes exist the candidate can only be hidden from new pairs (:func:`candidate_hide`),
+    which keeps its ratings.  Its pairs are closed first, so no new lease takes one; then the
+    leases on them are locked, so a vote being submitted on one either commits first (and the
+    removal is refused) or finds its task gone.  A lease still open on one of its pairs goes
+    with it: that annotator is served another pair.
+    """
+    study, name = candidate.study, candidate.name
+    units = _candidate_units(candidate)
+    with transaction.atomic():
+        units.update(needed=0)
+        list(Assignment.objects.select_for_update().filter(unit__in=units).values_list("pk", flat=True))
+        judged = Judgment.objects.filter(unit__in=units).count()
+        if judged:
+            raise ServiceError(
+                f"candidate '{name}' cannot be removed: "
+                + (f"{judged} judgments already involve it" if judged != 1 else "a judgment already involves it")
+                + ". Hide it from new pairs instead; its ratings from those votes stay."
+            )
+        outputs, pairs = candidate.outputs.count(), units.count()
+        candidate.delete()
+        Study.objects.filter(pk=study.pk).update(units_total=Unit.objects.filter(study=study).count())
+        audit.record(study, actor, audit.Action.CANDIDATE_REMOVED, name,
+                     {"backend": candidate.backend, "outputs": outputs, "pairs": pairs})
+
+
+def candidate_hide(*, candidate: Candidate, hidden: bool = True, actor=None) -> bool:
+    """Hide a candidate from new pairs (or show it again); returns whether anything changed.
+
+    Its open pairs are closed by setting their ``needed`` to 0: the lease statements pick
+    units with ``taken < needed``, so they skip these with no change to the vote path (no
+    extra join, no extra query), and ``taken`` can never drop below 0 when a lease expires
+    or an annotator is excluded.  Judgments and ratings stay; a lease already on screen can
+    still be answered.  Showing it again gives its pairs the study's overlap (unless the
+    other candidate of a pair is hidden too).
+    """
+    study = candidate.study
+    with transaction.atomic():
+        overlap = Study.objects.select_for_update().values_list("overlap", flat=True).get(pk=study.pk)
+        if not Candidate.objects.filter(pk=candidate.pk).exclude(hidden=hidden).update(hidden=hidden):
+            return False
+        units = _candidate_units(candidate)
+        if hidden:
+            closed = units.filter(taken__lt=F("needed")).count()
+            units.update(needed=0)
+            audit.record(study, actor, audit.Action.CANDIDATE_HIDDEN, candidate.name, {"open_pairs_closed": closed})
+        else:
+            others = list(Candidate.objects.filter(study=study, hidden=True).values_list("pk", flat=True))
+            opening = units.exclude(cand_lo__in=others).exclude(cand_hi__in=others)
+            reopened = opening.filter(taken__lt=overlap).count()
+            opening.update(needed=overlap)
+            audit.record(study, actor, audit.Action.CANDIDATE_SHOWN, candidate.name, {"pairs_reopened": reopened})
+    candidate.hidden = hidden
+    return True
 
 
 def _refuse_unchecked(candidates: Sequence[Candidate]) -> None:
@@ -779,12 +1055,14 @@ def units_build(*, study: Study, prompt_ids: Iterable[int] | None = None) -> int
             ((lo, hi), n) for lo, hi, n in Unit.objects.filter(study=study)
             .values("cand_lo", "cand_hi").annotate(n=Count("id")).values_list("cand_lo", "cand_hi", "n")
         )
+        hidden = set(Candidate.objects.filter(study=study, hidden=True).values_list("pk", flat=True))
         units = []
         for prompt_id, (oa, ca), (ob, cb) in new:
             lo, hi = min(ca, cb), max(ca, cb)
             n = seq.get((lo, hi), 0)
             seq[(lo, hi)] = n + 1
-            units.append(Unit(study=study, prompt_id=prompt_id, output_a_id=oa, output_b_id=ob, needed=study.overlap,
+            needed = 0 if lo in hidden or hi in hidden else study.overlap  # a hidden candidate's pairs stay closed
+            units.append(Unit(study=study, prompt_id=prompt_id, output_a_id=oa, output_b_id=ob, needed=needed,
                               cand_lo_id=lo, cand_hi_id=hi, a_is_lo=ca == lo, pair_seq=n,
                               shuffle=random.randrange(2**31)))
         Unit.objects.bulk_create(units, ignore_conflicts=True, batch_size=2000)
@@ -1103,7 +1381,9 @@ def judgment_submit(
         with transaction.atomic(), connection.cursor() as cur:
             judgment_id = _close_and_judge(cur, assignment.pk, outcome, rationale, stamp, active_ms)
             if judgment_id is None:  # the lease was not open: already judged, or released
-                state = Assignment.objects.filter(pk=assignment.pk).values("submitted_at", "released").get()
+                state = Assignment.objects.filter(pk=assignment.pk).values("submitted_at", "released").first()
+                if state is None:  # its candidate was removed meanwhile (candidate_remove)
+                    raise LeaseExpired("This task is no longer offered: its pair was taken out of the study.")
                 if state["submitted_at"] is not None:
                     return _same_or_refuse(Judgment.objects.get(assignment_id=assignment.pk), outcome), False
                 if not Unit.objects.filter(pk=assignment.unit_id, taken__lt=F("needed")).update(taken=F("taken") + 1):
@@ -1242,3 +1522,189 @@ def battles_import(*, study: Study, model_a: Sequence[str], model_b: Sequence[st
         audit.record(study, actor, audit.Action.OUTPUTS_IMPORTED, source, {"battles": n, "candidates": names})
     _request_ratings(study.pk)
     return n
+
+
+# --- judgments from outside -----------------------------------------------------------
+
+
+def judgments_import(*, study: Study, data: uploads.UploadData, filename: str, actor=None) -> int:
+    """Load judgments collected elsewhere (or exported from another study) as if cast here.
+
+    The file is in the export's columns (:mod:`annotation.exchange`).  It is validated whole,
+    against the file and then against the study: each row must name a prompt, two candidates
+    whose outputs for that prompt and sample form a unit of the study, and an annotator member
+    of the study who has not judged that unit yet (an expired lease of theirs on it is taken
+    over).  Any error raises ``uploads.UploadError`` naming the line and field, and nothing is
+    written.  Then, in one transaction, each row becomes a submitted assignment and its
+    judgment (stored in terms of the unit's outputs, whatever the file's orientation), and the
+    counters move as on the vote path: ``Unit.taken`` by one per judgment of an annotator who
+    is not excluded (whose judgments hold no place, as after ``member_exclude``), and each
+    annotator's ``StudyMember.done``.  The study's version moves (the new ids interleave with
+    votes cast meanwhile, and their times are the file's), so the leaderboard is counted anew,
+    and one refresh is requested.  Returns the number of judgments written.
+    """
+    from . import exchange
+
+    parsed = exchange.parse_judgments(data, filename, max_bytes=django_settings.EVALSITE_UPLOAD_MAX_BYTES,
+                                      keep_errors=True)
+    plan = _judgments_plan(study, parsed)
+    now = timezone.now()
+    assignments = [
+        Assignment(id=p.taken_over, study=study, unit_id=p.unit_id, annotator_id=p.annotator_id,
+                   token=secrets.token_urlsafe(32), left_is_a=p.left_is_a,
+                   leased_at=p.row.served_at or p.row.submitted_at or now, expires_at=p.row.submitted_at or now,
+                   submitted_at=p.row.submitted_at or now, released=p.excluded)
+        for p in plan
+    ]
+    taken_over = [a for a in assignments if a.pk is not None]
+    try:
+        with transaction.atomic():
+            if taken_over:  # leases that expired unsubmitted: checked again under the transaction
+                still = Assignment.objects.filter(pk__in=[a.pk for a in taken_over], released=True,
+                                                  submitted_at__isnull=True).count()
+                if still != len(taken_over):
+                    raise IntegrityError("a lease to take over changed meanwhile")
+                Assignment.objects.bulk_update(taken_over, ["token", "left_is_a", "leased_at", "expires_at",
+                                                            "submitted_at", "released"], batch_size=500)
+            Assignment.objects.bulk_create([a for a in assignments if a.pk is None], batch_size=2000)
+            # Raw INSERT: the model's submitted_at is auto_now_add, which would overwrite the file's times.
+            stamp = connection.ops.adapt_datetimefield_value
+            with connection.cursor() as cur:
+                cur.executemany(_IMPORT_JUDGMENT_SQL, [
+                    (a.pk, study.pk, p.unit_id, p.annotator_id, p.outcome, p.left_is_a, p.row.rationale,
+                     stamp(a.leased_at), stamp(a.submitted_at), p.row.active_ms)
+                    for p, a in zip(plan, assignments)
+                ])
+            # (unit, annotator) is unique, so a unit gains one place per row that holds one.
+            by_count: dict[int, list[int]] = {}
+            for unit_id, n in Counter(p.unit_id for p in plan if not p.excluded).items():
+                by_count.setdefault(n, []).append(unit_id)
+            for n, unit_ids in by_count.items():
+                for lo in range(0, len(unit_ids), 500):
+                    Unit.objects.filter(pk__in=unit_ids[lo:lo + 500]).update(taken=F("taken") + n)
+            for annotator_id, n in Counter(p.annotator_id for p in plan).items():
+                StudyMember.objects.filter(study=study, user_id=annotator_id).update(done=F("done") + n)
+            Study.objects.filter(pk=study.pk).update(version=F("version") + 1)
+            action = audit.Action.JUDGMENTS_IMPORTED
+            audit.record(study, actor, action, filename, {
+                "judgments": len(plan), "file": filename, "annotators": sorted({p.row.annotator for p in plan}),
+            })
+    except IntegrityError:
+        raise ServiceError("the study changed while the file was being imported (an annotator took one of its "
+                           "pairs meanwhile); nothing was imported: import the file again") from None
+    _request_ratings(study.pk)
+    return len(plan)
+
+
+_IMPORT_JUDGMENT_SQL = f"""
+INSERT INTO {_JUDGMENT} (assignment_id, study_id, unit_id, annotator_id, outcome, left_is_a, rationale, served_at,
+                         submitted_at, active_ms)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"""
+
+
+@dataclass(frozen=True)
+class _PlannedJudgment:
+    row: object  # exchange.JudgmentRow
+    unit_id: int
+    annotator_id: int
+    left_is_a: bool
+    outcome: str  # stored vocabulary, in terms of the unit's outputs
+    excluded: bool
+    taken_over: int | None  # the id of an expired, unsubmitted lease of this annotator on the unit
+
+
+def _chunked(items: Sequence, size: int = 500):
+    for lo in range(0, len(items), size):
+        yield items[lo:lo + size]
+
+
+def _judgments_plan(study: Study, parsed) -> list[_PlannedJudgment]:
+    """Check the good rows of a judgments file against the study; raise ``UploadError`` listing every
+    problem, the file's own (``parsed.errors``) and the study's, by line."""
+    rows = parsed.rows
+    prompts = dict(Prompt.objects.filter(study=study).values_list("external_id", "pk"))
+    candidates = dict(Candidate.objects.filter(study=study).values_list("name", "pk"))
+    names = sorted({row.annotator for row in rows})
+    users: dict[str, int] = {}
+    for chunk in _chunked(names):
+        users.update(User.objects.filter(**{f"{User.USERNAME_FIELD}__in": chunk}).values_list(
+            User.USERNAME_FIELD, "pk"))
+    members = {user_id: (role, excluded) for user_id, role, excluded in StudyMember.objects.filter(
+        study=study, user_id__in=list(users.values())).values_list("user_id", "role", "excluded")}
+    # The units of the prompts named: (prompt, sample, candidate low, candidate high) -> (unit, output_a's candidate)
+    units: dict[tuple[int, int, int, int], tuple[int, int]] = {}
+    prompt_ids = sorted({prompts[row.prompt_id] for row in rows if row.prompt_id in prompts})
+    for chunk in _chunked(prompt_ids):
+        for unit_id, prompt_id, sample, lo, hi, a_is_lo in Unit.objects.filter(
+                study=study, prompt_id__in=chunk).values_list("pk", "prompt_id", "output_a__sample_index",
+                                                              "cand_lo_id", "cand_hi_id", "a_is_lo"):
+            units[(prompt_id, sample, lo, hi)] = (unit_id, lo if a_is_lo else hi)
+    errors: list[uploads.RowError] = []
+
+    def error(row, field: str | None, message: str) -> None:
+        errors.append(uploads.RowError(row.line, field, message, row.index))
+
+    found = []
+    for row in rows:
+        bad = len(errors)
+        prompt_pk = prompts.get(row.prompt_id)
+        if prompt_pk is None:
+            error(row, "prompt_id", f"there is no prompt {row.prompt_id!r} in this study")
+        for field in ("model_a", "model_b"):
+            name = getattr(row, field)
+            if name not in candidates:
+                error(row, field, f"there is no candidate named {name!r} in this study")
+        user_id = users.get(row.annotator)
+        if user_id is None:
+            error(row, "annotator", f"there is no account named {row.annotator!r}; the annotator column holds "
+                                    "user names (a pseudonymised export cannot be imported)")
+        else:
+            role, excluded = members.get(user_id, (None, False))
+            if role != StudyMember.Role.ANNOTATOR:
+                where = f"is {role} in this study" if role else "is not a member of this study"
+                error(row, "annotator", f"{row.annotator!r} {where}; only annotators' judgments can be imported "
+                                        "(add them as an annotator under People first)")
+            elif row.excluded is not None and row.excluded != excluded:
+                error(row, "excluded", f"says {str(row.excluded).lower()} but {row.annotator!r} is "
+                                       f"{'' if excluded else 'not '}excluded in this study; exclude or re-admit "
+                                       "them first, or leave the column out")
+        if len(errors) > bad:
+            continue
+        a, b = candidates[row.model_a], candidates[row.model_b]
+        unit = units.get((prompt_pk, row.sample_index, min(a, b), max(a, b)))
+        if unit is None:
+            error(row, None, f"{row.model_a!r} and {row.model_b!r} have no pair of finished outputs for prompt "
+                             f"{row.prompt_id!r} (sample {row.sample_index}) in this study to judge")
+            continue
+        unit_id, cand_a = unit
+        code = row.code if cand_a == a else outcomes.swapped(row.code)
+        left_is_a = candidates[row.shown_left] == cand_a
+        found.append((row, unit_id, user_id, left_is_a, outcomes.STORED[code], members[user_id][1]))
+    # What the annotators already hold or judged on these units.
+    held: dict[tuple[int, int], tuple[int, bool, bool]] = {}
+    unit_ids = sorted({f[1] for f in found})
+    for chunk in _chunked(unit_ids):
+        for pk, unit_id, annotator_id, submitted, released in Assignment.objects.filter(
+                study=study, unit_id__in=chunk, annotator_id__in={f[2] for f in found}).values_list(
+                "pk", "unit_id", "annotator_id", "submitted_at", "released"):
+            held[(unit_id, annotator_id)] = (pk, submitted is not None, released)
+    plan = []
+    for row, unit_id, user_id, left_is_a, outcome, excluded in found:
+        taken_over = None
+        if (unit_id, user_id) in held:
+            pk, submitted, released = held[(unit_id, user_id)]
+            if submitted:
+                error(row, "annotator", f"{row.annotator!r} has already judged this pair of {row.prompt_id!r} "
+                                        "in this study")
+                continue
+            if not released:
+                error(row, "annotator", f"{row.annotator!r} holds this pair of {row.prompt_id!r} as an open task "
+                                        "right now; import once it is submitted or has expired")
+                continue
+            taken_over = pk
+        plan.append(_PlannedJudgment(row, unit_id, user_id, left_is_a, outcome, excluded, taken_over))
+    if errors or parsed.total:
+        total = parsed.total + len(errors)
+        errors = sorted([*parsed.errors, *errors], key=lambda e: (e.line or 0, e.field or ""))
+        raise uploads.UploadError(errors[:uploads.MAX_REPORTED_ERRORS], total)
+    return plan

@@ -17,6 +17,8 @@ class TaskTokenConverter:
 
 
 register_converter(TaskTokenConverter, "task_token")
+# An invitation link's token is made the same way (its SHA-256 is what is stored).
+register_converter(TaskTokenConverter, "invitation_token")
 
 app_name = "annotation"
 
@@ -30,6 +32,16 @@ urlpatterns = [
     path("studies/<int:study_id>/members/", views.member_add, name="member_add"),
     path("studies/<int:study_id>/members/<int:user_id>/exclude/", views.member_exclude, name="member_exclude"),
     path("studies/<int:study_id>/members/<int:user_id>/remove/", views.member_remove, name="member_remove"),
+    path("studies/<int:study_id>/members/<int:user_id>/change/", views.member_change, name="member_change"),
+    path("studies/<int:study_id>/candidates/<int:candidate_id>/rename/", views.candidate_rename,
+         name="candidate_rename"),
+    path("studies/<int:study_id>/candidates/<int:candidate_id>/remove/", views.candidate_remove,
+         name="candidate_remove"),
+    path("studies/<int:study_id>/candidates/<int:candidate_id>/hide/", views.candidate_hide, name="candidate_hide"),
+    path("studies/<int:study_id>/invitations/", views.invitation_create, name="invitation_create"),
+    path("studies/<int:study_id>/invitations/<int:invitation_id>/revoke/", views.invitation_revoke,
+         name="invitation_revoke"),
+    path("invitations/<invitation_token:token>/", views.invitation, name="invitation"),
     path("studies/<int:study_id>/audit/", views.study_audit, name="audit"),
     path("studies/<int:study_id>/generate/", views.generation_start, name="generate"),
     path("studies/<int:study_id>/prompts/", views.prompts_add, name="prompts_add"),

@@ -8,6 +8,7 @@ from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
@@ -15,13 +16,16 @@ from django_htmx.http import HttpResponseStopPolling
 from . import access, audit, selectors, services
 from .forms import (
     CandidateForm,
+    CandidateRenameForm,
+    InvitationForm,
     JudgmentForm,
+    MemberChangeForm,
     MemberForm,
     StudyCreateForm,
     StudySettingsForm,
     upload_size_error,
 )
-from .models import Output, StudyMember
+from .models import Candidate, Invitation, Output, StudyMember
 from .uploads import RowError, UploadError
 
 
@@ -90,11 +94,20 @@ def _study_context(study, **extra) -> dict:
     }
 
 
+def _page_context(study, **extra) -> dict:
+    """The whole study page: the progress fragment's context, the forms and the invitations."""
+    forms = {"candidate_form": CandidateForm(), "member_form": MemberForm(), "invitation_form": InvitationForm()}
+    return _study_context(
+        study, candidates=study.candidates.order_by("name"), invitations=selectors.study_invitations(study),
+        roles=StudyMember.Role.values,
+        **{**forms, **extra},
+    )
+
+
 @login_required
 def study_detail(request: HttpRequest, study_id: int) -> HttpResponse:
     study = access.get_study_for_evaluator(request.user, study_id)
-    ctx = _study_context(study, candidate_form=CandidateForm(), member_form=MemberForm())
-    return render(request, "annotation/study_detail.html", ctx)
+    return render(request, "annotation/study_detail.html", _page_context(study))
 
 
 @login_required
@@ -145,7 +158,7 @@ def candidate_add(request: HttpRequest, study_id: int) -> HttpResponse:
         else:
             messages.success(request, f"Candidate {candidate.name!r} added.")
             return redirect("annotation:study", study_id=study.pk)
-    ctx = _study_context(study, candidate_form=form, member_form=MemberForm(), upload_errors=upload_errors)
+    ctx = _page_context(study, candidate_form=form, upload_errors=upload_errors)
     return render(request, "annotation/study_detail.html", ctx, status=400)
 
 
@@ -154,13 +167,50 @@ def candidate_add(request: HttpRequest, study_id: int) -> HttpResponse:
 def member_add(request: HttpRequest, study_id: int) -> HttpResponse:
     study = access.get_study_for_evaluator(request.user, study_id)
     form = MemberForm(request.POST)
+    status = 400
     if form.is_valid():
-        services.member_set(study=study, user=form.cleaned_data["username"], role=form.cleaned_data["role"],
-                            group=form.cleaned_data["group"], actor=request.user)
-        messages.success(request, f"{form.cleaned_data['username']} is now {form.cleaned_data['role']}.")
+        user, role = form.cleaned_data["username"], form.cleaned_data["role"]
+        already = StudyMember.objects.filter(study=study, user=user).exists()
+        try:
+            services.member_set(study=study, user=user, role=role, group=form.cleaned_data["group"],
+                                actor=request.user)
+        except services.ServiceError as exc:  # in the study with another role or group
+            form.add_error(None, str(exc))
+            status = 409
+        else:
+            name = user.get_username()
+            messages.success(request, f"{name} is already {role} here; nothing changed." if already
+                             else f"{name} is now {role}.")
+            return redirect("annotation:study", study_id=study.pk)
+    return render(request, "annotation/study_detail.html", _page_context(study, member_form=form), status=status)
+
+
+@login_required
+@require_POST
+def member_change(request: HttpRequest, study_id: int, user_id: int) -> HttpResponse:
+    """Change a member's role or group: its own action, never a side effect of adding them."""
+    study = access.get_study_for_evaluator(request.user, study_id)
+    member = get_object_or_404(StudyMember.objects.select_related("user"), study=study, user_id=user_id)
+    form = MemberChangeForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, _form_errors(form))
         return redirect("annotation:study", study_id=study.pk)
-    ctx = _study_context(study, candidate_form=CandidateForm(), member_form=form)
-    return render(request, "annotation/study_detail.html", ctx, status=400)
+    before, name = member.role, member.user.get_username()
+    try:
+        after = services.member_change(study=study, user=member.user, actor=request.user, **form.cleaned_data)
+    except services.ServiceError as exc:
+        messages.error(request, str(exc))
+    else:
+        if after.role != before:
+            messages.success(request, f"{name} is now {after.role} (was {before}).")
+        else:
+            messages.success(request, f"{name}: group is now “{after.group}”." if after.group
+                             else f"{name}: no group now.")
+    return redirect("annotation:study", study_id=study.pk)
+
+
+def _form_errors(form) -> str:
+    return "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())
 
 
 @login_required
@@ -225,8 +275,7 @@ def prompts_add(request: HttpRequest, study_id: int) -> HttpResponse:
             raise UploadError([RowError(None, "prompts", too_big)])
         added = services.prompts_import(study=study, data=upload, filename=upload.name, actor=request.user)
     except UploadError as exc:
-        ctx = _study_context(study, candidate_form=CandidateForm(), member_form=MemberForm(),
-                             upload_errors=exc.errors)
+        ctx = _page_context(study, upload_errors=exc.errors)
         return render(request, "annotation/study_detail.html", ctx, status=400)
     messages.success(request, f"{added} prompts added; start generation to produce their outputs.")
     return redirect("annotation:study", study_id=study.pk)
@@ -253,6 +302,158 @@ def output_retry(request: HttpRequest, study_id: int, output_id: int) -> HttpRes
     if request.htmx:
         return render(request, "annotation/partials/_progress.html", _study_context(study))
     return redirect("annotation:study", study_id=study.pk)
+
+
+# --- candidates --------------------------------------------------------------------
+
+
+def _candidate_of(request: HttpRequest, study_id: int, candidate_id: int):
+    study = access.get_study_for_evaluator(request.user, study_id)
+    return study, get_object_or_404(Candidate.objects.select_related("study"), pk=candidate_id, study=study)
+
+
+def _to_candidates(study) -> HttpResponse:
+    response = redirect("annotation:study", study_id=study.pk)
+    response["Location"] += "#candidates"
+    return response
+
+
+@login_required
+@require_POST
+def candidate_rename(request: HttpRequest, study_id: int, candidate_id: int) -> HttpResponse:
+    study, candidate = _candidate_of(request, study_id, candidate_id)
+    form = CandidateRenameForm(request.POST)
+    old = candidate.name
+    if not form.is_valid():
+        messages.error(request, f"Candidate '{old}' keeps its name: {_form_errors(form)}")
+        return _to_candidates(study)
+    try:
+        services.candidate_rename(candidate=candidate, name=form.cleaned_data["name"], actor=request.user)
+    except services.ServiceError as exc:
+        messages.error(request, f"Candidate '{old}' keeps its name: {exc}.")
+    else:
+        if candidate.name != old:
+            messages.success(request, f"Candidate '{old}' is now called '{candidate.name}'.")
+    return _to_candidates(study)
+
+
+@login_required
+@require_POST
+def candidate_remove(request: HttpRequest, study_id: int, candidate_id: int) -> HttpResponse:
+    study, candidate = _candidate_of(request, study_id, candidate_id)
+    try:
+        services.candidate_remove(candidate=candidate, actor=request.user)
+    except services.ServiceError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Candidate '{candidate.name}' removed, with its outputs and pairs.")
+    return _to_candidates(study)
+
+
+@login_required
+@require_POST
+def candidate_hide(request: HttpRequest, study_id: int, candidate_id: int) -> HttpResponse:
+    """Hide a candidate from new pairs (``hidden=1``) or show it again (``hidden=0``)."""
+    study, candidate = _candidate_of(request, study_id, candidate_id)
+    flag = request.POST.get("hidden", "")
+    if flag not in ("0", "1"):
+        messages.error(request, "hidden: send 1 to hide the candidate from new pairs or 0 to show it again.")
+        return _to_candidates(study)
+    changed = services.candidate_hide(candidate=candidate, hidden=flag == "1", actor=request.user)
+    name = candidate.name
+    if flag == "1":
+        messages.success(request, f"Candidate '{name}' is hidden from new pairs; its votes and ratings stay."
+                         if changed else f"Candidate '{name}' was already hidden from new pairs.")
+    else:
+        messages.success(request, f"Candidate '{name}' is in new pairs again." if changed
+                         else f"Candidate '{name}' was not hidden.")
+    return _to_candidates(study)
+
+
+# --- invitations -------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+def invitation_create(request: HttpRequest, study_id: int) -> HttpResponse:
+    """Make a link and show it, once: only its hash is stored."""
+    study = access.get_study_for_evaluator(request.user, study_id)
+    form = InvitationForm(request.POST)
+    if form.is_valid():
+        d = form.cleaned_data
+        try:
+            invitation, token = services.invitation_create(study=study, role=d["role"], group=d["group"],
+                                                           days=d["days"], max_uses=form.max_uses(),
+                                                           actor=request.user)
+        except services.ServiceError as exc:
+            form.add_error(None, str(exc))
+        else:
+            link = request.build_absolute_uri(reverse("annotation:invitation", args=[token]))
+            return render(request, "annotation/invitation_created.html",
+                          {"study": study, "invitation": invitation, "link": link})
+    return render(request, "annotation/study_detail.html", _page_context(study, invitation_form=form), status=400)
+
+
+@login_required
+@require_POST
+def invitation_revoke(request: HttpRequest, study_id: int, invitation_id: int) -> HttpResponse:
+    study = access.get_study_for_evaluator(request.user, study_id)
+    invitation = get_object_or_404(Invitation, pk=invitation_id, study=study)
+    if services.invitation_revoke(invitation=invitation, actor=request.user):
+        messages.success(request, f"Invitation {invitation.pk} withdrawn: nobody else can join through it.")
+    else:
+        messages.error(request, f"Invitation {invitation.pk} was already withdrawn.")
+    response = redirect("annotation:study", study_id=study.pk)
+    response["Location"] += "#invitations"
+    return response
+
+
+def _landing(member: StudyMember) -> str:
+    if member.role == StudyMember.Role.ANNOTATOR:
+        return reverse("annotation:annotate", args=[member.study_id])
+    if member.role == StudyMember.Role.MANAGER:
+        return reverse("arena:leaderboard", args=[member.study_id])
+    return reverse("annotation:study", args=[member.study_id])
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def invitation(request: HttpRequest, token: str) -> HttpResponse:
+    """An invitation link: GET says what it offers, POST (the Join button) joins.
+
+    Someone not signed in is sent to sign in and back here (``login_required``).  404 for a
+    link that does not exist, 410 for one expired, used up or withdrawn, 409 for a member of
+    the study in another role; none of them changes anything.
+    """
+    invitation = selectors.invitation_for_token(token)
+    if invitation is None:
+        return render(request, "annotation/invitation.html", {
+            "refusal": "This invitation link is not valid: check that it was copied whole, or ask the study's "
+                       "evaluator for a new one."}, status=404)
+    member = StudyMember.objects.filter(study=invitation.study, user=request.user).first()
+    if request.method == "POST":
+        try:
+            member, joined = services.invitation_accept(invitation=invitation, user=request.user)
+        except services.RoleClash as exc:
+            return _invitation_page(request, invitation, member, refusal=str(exc), status=409)
+        except services.InvitationGone as exc:
+            return _invitation_page(request, invitation, member, refusal=str(exc), status=410)
+        where = f"“{invitation.study.name}”"
+        messages.success(request, f"You joined {where} as {member.role}." if joined
+                         else f"You are already {member.role} in {where}; nothing changed.")
+        return redirect(_landing(member))
+    clash = services.invitation_member_clash(invitation, member)
+    if clash:
+        return _invitation_page(request, invitation, member, refusal=clash, status=409)
+    refusal = services.invitation_refusal(invitation) if member is None else None
+    return _invitation_page(request, invitation, member, refusal=refusal, status=410 if refusal else 200)
+
+
+def _invitation_page(request, invitation, member, *, refusal: str | None, status: int) -> HttpResponse:
+    ctx = {"invitation": invitation, "study": invitation.study, "member": member, "refusal": refusal,
+           "landing": _landing(member) if member is not None else None}
+    return render(request, "annotation/invitation.html", ctx, status=status)
 
 
 @login_required

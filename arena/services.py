@@ -162,21 +162,20 @@ def leaderboard_payload(table: selectors.BattleTable, *, rounds: int, seed: int)
     regularization, note = 0.0, ""
     try:
         board = ratings.leaderboard(counts, rounds=rounds, rng=np.random.default_rng(seed))
-    except ratings.RatingError as exc:
+    except ratings.RatingError:
         board = ratings.leaderboard(counts, rounds=rounds, rng=np.random.default_rng(seed),
                                     regularization=FALLBACK_REGULARIZATION)
         regularization = FALLBACK_REGULARIZATION
         note = (
-            f"The plain maximum-likelihood fit does not exist ({exc}); ratings use a weak "
-            f"Gaussian prior (L2 penalty {FALLBACK_REGULARIZATION} on log-strengths), which pulls "
-            "undefeated or unconnected models towards the mean."
+            f"{_why_no_plain_fit(counts)}, so the votes alone cannot say how far apart the ratings are. "
+            "Until more votes come in, every rating is pulled slightly towards the average (a weak prior)."
         )
     else:
         if board.fallback_rounds:
             note = (
-                f"{board.fallback_rounds} of {rounds} bootstrap resamples left a model undefeated; those "
-                f"rounds were fitted with a weak prior (L2 penalty {board.fallback_regularization}), "
-                "so the intervals are slightly narrower than a plain fit would give."
+                f"In {board.fallback_rounds} of the {rounds} resamples behind the intervals a model won or lost "
+                "every battle; those resamples pull ratings slightly towards the average (a weak prior), so "
+                "the intervals are a little narrower than they would otherwise be."
             )
     order = [counts.index(r.model) for r in board]
     best_first = [r.model for r in board]
@@ -202,6 +201,31 @@ def leaderboard_payload(table: selectors.BattleTable, *, rounds: int, seed: int)
     ).to_json()
 
 
+def _plain_list(names: list[str], limit: int = 5) -> str:
+    shown = names[:limit]
+    more = len(names) - len(shown)
+    if more:
+        return f"{', '.join(shown)} and {more} more"
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
+
+
+def _why_no_plain_fit(counts: ratings.BattleCounts) -> str:
+    """Why the plain Bradley-Terry fit has no answer, in words a manager reads."""
+    effective = counts.effective_wins
+    models = list(counts.models)
+    never_lost = [m for k, m in enumerate(models) if effective[k].sum() > 0 and effective[:, k].sum() == 0]
+    never_won = [m for k, m in enumerate(models) if effective[:, k].sum() > 0 and effective[k].sum() == 0]
+    parts = []
+    if never_lost:
+        parts.append(f"{_plain_list(never_lost)} won every battle so far")
+    if never_won:
+        parts.append(f"{_plain_list(never_won)} lost every battle so far")
+    if parts:
+        return ", and ".join(parts)
+    return ("Some models have only won, or only lost, against the rest, or were never compared with them "
+            "(directly or through other models)")
+
+
 def _style_control(counts, models, a, b, table, best_first) -> dict:
     """Length-controlled ratings: Bradley-Terry with the length difference as a covariate."""
     score = np.array(outcomes.SCORE)[table.outcome]
@@ -220,8 +244,9 @@ def _style_control(counts, models, a, b, table, best_first) -> dict:
                 regularization=FALLBACK_REGULARIZATION,
             )
             regularization = FALLBACK_REGULARIZATION
-        except ratings.RatingError as exc:
-            return {"available": False, "reason": str(exc)}
+        except ratings.RatingError:
+            return {"available": False, "reason": "the votes so far cannot separate length from quality; "
+                                                  "more votes between outputs of different lengths will"}
     by_model = dict(zip(fit.models, fit.ratings))
     return {
         "available": True,

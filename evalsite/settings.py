@@ -138,6 +138,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "rest_framework",
+    "rest_framework.authtoken",  # API tokens for scripts (manage.py drf_create_token USER)
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from our own static files
     "csp",
     "axes",
     "annotation",
@@ -369,13 +372,50 @@ EVALSITE_ALLOW_HUB_IDS = envbool("EVALSITE_ALLOW_HUB_IDS", True)
 # URL prefixes an OpenAI-compatible base_url must fall under (comma list); empty allows any.
 EVALSITE_BASE_URLS = envlist("EVALSITE_BASE_URLS", [])
 
+# --- Invitations --------------------------------------------------------------------
+# An invitation link expires after this many days unless its evaluator picks another span.
+EVALSITE_INVITATION_DAYS = envint("EVALSITE_INVITATION_DAYS", 7)
+# The longest span an evaluator may pick for a link.
+EVALSITE_INVITATION_MAX_DAYS = envint("EVALSITE_INVITATION_MAX_DAYS", 90)
+if not 1 <= EVALSITE_INVITATION_DAYS <= EVALSITE_INVITATION_MAX_DAYS:
+    raise ImproperlyConfigured(
+        f"EVALSITE_INVITATION_DAYS must be between 1 and EVALSITE_INVITATION_MAX_DAYS "
+        f"({EVALSITE_INVITATION_MAX_DAYS}), got {EVALSITE_INVITATION_DAYS}"
+    )
+
+# --- REST API (annotation/api, arena/api, evalsite/api_urls.py) ------------------------
 REST_FRAMEWORK = {
+    # The first class names the scheme of the 401's WWW-Authenticate header ("Token"); a
+    # session comes last, so a browser's cookie still works (with CSRF on unsafe methods).
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
         "evalsite.throttle.LockoutAwareBasicAuthentication",  # Basic auth, counted by axes
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Evalsite API",
+    "DESCRIPTION": (
+        "Studies, blind annotation tasks, outputs, judgments (export and import) and leaderboards. "
+        "Authenticate with `Authorization: Token <key>` (make one with `manage.py drf_create_token USER`), "
+        "HTTP Basic, or the site's session cookie (with the CSRF token on POST)."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI from drf-spectacular-sidecar's static files: nothing comes from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # no badge fetched from validator.swagger.io: the docs page talks to this site only
+    "SWAGGER_UI_SETTINGS": {"validatorUrl": None},
+    # The schema and docs describe the API to anyone (the operations still need credentials);
+    # they read no credentials, so a bad token or password is not counted against anyone here.
+    "SERVE_AUTHENTICATION": [],
+    "ENUM_NAME_OVERRIDES": {"StudyRoleEnum": "annotation.models.StudyMember.Role"},
 }
 
 LOGGING = {

@@ -11,6 +11,6 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(authentication_form=SignInForm), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("arena/", include("arena.urls")),
-    path("api/", include("arena.api.urls")),
+    path("api/", include("evalsite.api_urls")),
     path("", include("annotation.urls")),
 ]

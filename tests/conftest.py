@@ -189,6 +189,15 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory, 
     time.sleep(0.5)
 
 
+def client_for(user):
+    """A test client signed in as ``user`` (force_login: sign-in throttling needs a request)."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return client
+
+
 def wait_for(predicate, *, timeout: float = 120.0, interval: float = 0.25, what: str = "condition", worker=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -92,6 +92,7 @@ class Endpoint:
 
 NEW_PROMPTS = b"id,prompt,reference,tags\nn1,A new prompt,Ref,new\n"
 OUTPUTS = imported_jsonl({f"p{i}": f"Delta answer {i}" for i in range(1, 5)})
+JUDGMENTS = b"prompt_id,model_a,model_b,outcome,annotator\np1,alpha-model,beta-model,a,spare\n"
 ENDPOINTS: dict[str, Endpoint] = {
     "healthz": Endpoint(role="anonymous"),
     "login": Endpoint(role="anonymous", post={"username": "ann1", "password": "wrong-pw", "next": "/"},
@@ -112,6 +113,15 @@ ENDPOINTS: dict[str, Endpoint] = {
                                       post={"username": "spare", "role": "annotator", "group": "g1"}),
     "annotation:member_exclude": Endpoint(args=("study", "spare"), get=False, post={"excluded": "1"}),
     "annotation:member_remove": Endpoint(args=("study", "spare"), get=False),
+    "annotation:member_change": Endpoint(args=("study", "spare"), get=False, post={"role": "manager", "group": "g2"}),
+    "annotation:candidate_rename": Endpoint(args=("study", "candidate"), get=False, post={"name": "renamed-model"}),
+    "annotation:candidate_hide": Endpoint(args=("study", "candidate"), get=False, post={"hidden": "1"}),
+    "annotation:candidate_remove": Endpoint(args=("study", "candidate"), get=False),
+    "annotation:invitation_create": Endpoint(args=("study",), get=False,
+                                             post={"role": "annotator", "group": "g3", "days": "7", "uses": "2",
+                                                   "crowd": "on"}),
+    "annotation:invitation_revoke": Endpoint(args=("study", "invitation"), get=False),
+    "annotation:invitation": Endpoint(args=("invitation_token",), role="annotator"),
     "annotation:audit": Endpoint(args=("study",), query=("page",)),
     "annotation:generate": Endpoint(args=("study",), get=False),
     "annotation:prompts_add": Endpoint(args=("study",), get=False, files={"prompts": ("n.csv", NEW_PROMPTS)}),
@@ -125,6 +135,16 @@ ENDPOINTS: dict[str, Endpoint] = {
     "api-audit": Endpoint(args=("study",), query=("page",)),
     "api-leaderboard": Endpoint(args=("study",), role="manager", query=("slice",)),
     "api-progress": Endpoint(args=("study",)),
+    "api-studies": Endpoint(),
+    "api-study": Endpoint(args=("study",)),
+    "api-task-next": Endpoint(args=("study",), role="annotator"),
+    "api-judgment": Endpoint(args=("token",), get=False, role="annotator",
+                             post={"choice": "left", "rationale": "fine", "active_ms": "1200"}),
+    "api-outputs": Endpoint(args=("study",), query=("candidate", "status", "cursor", "page_size")),
+    "api-judgments": Endpoint(args=("study",), role="manager", query=("format", "pseudonymize")),
+    "api-judgments-import": Endpoint(args=("study",), get=False, files={"file": ("j.csv", JUDGMENTS)}),
+    "api-schema": Endpoint(role="anonymous", query=("format", "lang", "version")),
+    "api-docs": Endpoint(role="anonymous", query=("lang", "script")),
 }
 
 
@@ -158,9 +178,12 @@ def world(study_factory, evaluator, annotators, manager, make_user):
     client.force_login(annotators[0])
     page = client.get(reverse("annotation:annotate", args=[study.pk])).content.decode()
     token = page.split('action="/tasks/', 1)[1].split("/", 1)[0]
+    candidate = services.candidate_create(study=study, name="spare-model", backend="imported", spec={})
+    invitation, invitation_token = services.invitation_create(study=study, role="annotator", max_uses=None)
     return {
         "users": {"anonymous": None, "annotator": annotators[0], "evaluator": evaluator, "manager": manager},
-        "ids": {"study": study.pk, "spare": spare.pk, "output": study.outputs.first().pk, "token": token},
+        "ids": {"study": study.pk, "spare": spare.pk, "output": study.outputs.first().pk, "token": token,
+                "candidate": candidate.pk, "invitation": invitation.pk, "invitation_token": invitation_token},
         "study": study,
     }
 
@@ -222,7 +245,7 @@ def test_no_input_to_any_endpoint_gives_a_server_error(world):
                       f"POST {name} with {key}={label} as {endpoint.role}")
     # Ids beyond any integer column, in every URL that takes an id.
     for name, endpoint in ENDPOINTS.items():
-        ids = [a for a in endpoint.args if a != "token"]
+        ids = [a for a in endpoint.args if not a.endswith("token")]
         for huge in (2**63, 10**30):
             if ids:
                 args = [huge if a in ids else world["ids"][a] for a in endpoint.args]

@@ -78,8 +78,9 @@ def test_the_apis_basic_auth_counts_failures_and_answers_a_lockout_with_json_429
     make_user("walt")
     for _ in range(4):
         response = _basic(client, "vera", "wrong")
-        # 403, not 401: the API's first authentication is the session's, which sends no challenge
-        assert response.status_code == 403 and response.json() == {"detail": "Invalid username/password."}
+        # 401 with a challenge: the API's first authentication class (Token) names its scheme
+        assert response.status_code == 401 and response.json() == {"detail": "Invalid username/password."}
+        assert response["WWW-Authenticate"] == "Token"
     fifth = _basic(client, "vera", "wrong")
     assert fifth.status_code == 429 and fifth["Content-Type"] == "application/json"
     assert LOCKED.fullmatch(fifth.json()["detail"]).group(1) == "15" and fifth["Retry-After"] == "900"
@@ -95,15 +96,15 @@ def test_failures_on_the_sign_in_page_and_the_api_add_up(client, make_user):
     make_user("vera")
     for _ in range(3):
         _sign_in(client, "vera", "wrong")
-    assert _basic(client, "vera", "wrong").status_code == 403
+    assert _basic(client, "vera", "wrong").status_code == 401
     assert _basic(client, "vera", "wrong").status_code == 429
 
 
 def test_basic_auth_refuses_credentials_the_failure_log_could_not_store(client):
     nul = _basic(client, "ve\x00ra", "wrong")
-    assert nul.status_code == 403 and "username: contains a NUL character" in nul.json()["detail"]
+    assert nul.status_code == 401 and "username: contains a NUL character" in nul.json()["detail"]
     long = _basic(client, "v" * 300, "wrong")
-    assert long.status_code == 403 and "a username has at most 150" in long.json()["detail"]
+    assert long.status_code == 401 and "a username has at most 150" in long.json()["detail"]
     assert not AccessAttempt.objects.exists()
 
 

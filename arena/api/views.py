@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -14,8 +15,11 @@ from .. import selectors
 from ..board import Board
 from ..models import RatingSnapshot
 from ..services import BT
+from . import serializers as s
 
 
+@extend_schema(summary="The study's leaderboard", tags=["leaderboard"], parameters=[s.LeaderboardQuerySerializer],
+               responses=s.LeaderboardSerializer)
 @api_view(["GET"])
 def leaderboard(request: Request, study_id: int) -> Response:
     """``GET /api/studies/<id>/leaderboard?slice=all|tag:<t>|group:<g>``: the last computed snapshot."""
@@ -46,6 +50,7 @@ def leaderboard(request: Request, study_id: int) -> Response:
     })
 
 
+@extend_schema(summary="Generation progress", tags=["outputs"], responses=s.ProgressSerializer)
 @api_view(["GET"])
 def progress(request: Request, study_id: int) -> Response:
     """``GET /api/studies/<id>/progress``: generation counts per candidate."""

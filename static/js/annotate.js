@@ -1,5 +1,6 @@
-// Keyboard-first judging: 1 = A better, 2 = B better, 3 = tie, 4 = both bad.
-// Also measures time the task was visible, so judgments carry active time.
+// Keyboard-first judging: 1 = A better, 2 = B better, 3 = tie, 4 = both bad (the legend under
+// the buttons lists them).  Also measures time the task was visible, so judgments carry active
+// time, and collapses a long prompt behind a "Show all" button.
 (function () {
   "use strict";
   var shownAt = performance.now();
@@ -28,7 +29,40 @@
     if (field) field.value = String(Math.round(performance.now() - shownAt - hiddenTotal));
   }, true);
 
+  // A long prompt shows its first lines and a "Show all" button; a short one shows whole.
+  // Collapsed here rather than by the server, so that without JavaScript the prompt is whole.
+  function setupPrompt() {
+    var text = document.getElementById("prompt-text");
+    var toggle = document.getElementById("prompt-toggle");
+    if (!text || !toggle) return;
+    text.classList.add("collapsed");
+    if (text.scrollHeight <= text.clientHeight + 2) {
+      text.classList.remove("collapsed");
+      toggle.hidden = true;
+      return;
+    }
+    setExpanded(text, toggle, false);
+    toggle.hidden = false;
+  }
+
+  function setExpanded(text, toggle, expanded) {
+    text.classList.toggle("collapsed", !expanded);
+    toggle.setAttribute("aria-expanded", expanded ? "true" : "false");
+    toggle.textContent = expanded ? "Show less" : "Show all";
+  }
+
+  document.addEventListener("click", function (event) {
+    var toggle = event.target.closest ? event.target.closest("#prompt-toggle") : null;
+    if (!toggle) return;
+    var text = document.getElementById("prompt-text");
+    if (text) setExpanded(text, toggle, text.classList.contains("collapsed"));
+  });
+
+  setupPrompt();
   document.addEventListener("htmx:afterSwap", resetTimer);
+  // After settling, not swapping: while settling htmx gives same-id elements their old
+  // attributes back for a moment, then the new ones, which would undo the collapse.
+  document.addEventListener("htmx:afterSettle", setupPrompt);
 
   // Errors htmx does not swap (403 excluded, 404 unknown task, 5xx) and lost connections:
   // say so on the task itself, so no vote silently disappears.

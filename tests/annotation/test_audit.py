@@ -141,8 +141,12 @@ def test_adding_a_person_and_changing_their_role_are_each_recorded(client, study
     assert client.post(url, {"username": "newcomer", "role": "annotator", "group": "night"}).status_code == 302
     entry = _one_entry(study, since, actor=owner, action=Action.MEMBER_ADDED, target="newcomer")
     assert entry.detail == {"role": "annotator", "group": "night"}
-    assert client.post(url, {"username": "newcomer", "role": "manager", "group": "night"}).status_code == 302
-    entry = _one_entry(study, entry.pk, actor=owner, action=Action.MEMBER_ADDED, target="newcomer")
+    # adding again with another role is refused: a role changes only by its own action
+    assert client.post(url, {"username": "newcomer", "role": "manager", "group": "night"}).status_code == 409
+    assert _new_entries(study, entry.pk) == []
+    change = reverse("annotation:member_change", args=[study.pk, newcomer.pk])
+    assert client.post(change, {"role": "manager", "group": "night"}).status_code == 302
+    entry = _one_entry(study, entry.pk, actor=owner, action=Action.MEMBER_ROLE_CHANGED, target="newcomer")
     assert entry.detail == {"role": {"from": "annotator", "to": "manager"}}
     assert client.post(url, {"username": "newcomer", "role": "manager", "group": "night"}).status_code == 302
     assert _new_entries(study, entry.pk) == []

@@ -310,21 +310,25 @@ class _Handler(BaseHTTPRequestHandler):
     def _echo(self, mode: str, status: int) -> None:
         """Reply with the request's own headers in it, as ``echo_headers`` describes."""
         dump = "".join(f"{name}: {value}\r\n" for name, value in self.headers.items())
+        # the connection is closed after an echo: say so, or a client may send its retry down it
+        close = {"Connection": "close"}
         if mode == "error":
             self._send_json(status, _error(f"upstream refused the request; it had these headers: "
-                                           f"{dict(self.headers.items())}", "proxy_error"))
+                                           f"{dict(self.headers.items())}", "proxy_error"), close)
         elif mode == "wrong_shape":
-            self._send_json(200, {"echo": {"headers": dict(self.headers.items())}})
+            self._send_json(200, {"echo": {"headers": dict(self.headers.items())}}, close)
         elif mode == "malformed":
             data = f"<html>debug: request was\r\n{self.requestline}\r\n{dump}</html>".encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
         else:  # bad_header: written raw, since http.server would not send a line without a colon
             auth = self.headers.get("Authorization", "no authorization")
-            head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nEchoed {auth}\r\nContent-Length: 2\r\n\r\n"
+            head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nEchoed {auth}\r\nConnection: close\r\n"
+                    "Content-Length: 2\r\n\r\n")
             self.wfile.write(head.encode("latin-1", "replace") + b"{}")
         self.close_connection = True
 

@@ -1,0 +1,198 @@
+"""What the annotation API takes and gives: input serializers validate, output serializers document.
+
+No rule lives here: the views fetch through ``annotation.access`` and change state through
+``annotation.services``; these classes only check the shape of a request and describe the shape of
+a response (drf-spectacular reads them for the OpenAPI schema).
+"""
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from arena import outcomes
+
+from .. import exchange
+from ..models import Output, StudyMember
+
+MAX_POSITIVE_INT = 2**31 - 1
+ROLES = StudyMember.Role.choices
+
+
+# --- studies ---------------------------------------------------------------------------------
+
+
+class StudySummarySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    role = serializers.ChoiceField(choices=ROLES, help_text="The caller's role here (the highest, if several).")
+    roles = serializers.ListField(child=serializers.ChoiceField(choices=ROLES))
+    url = serializers.CharField(help_text="This study in the API.")
+
+
+class CandidateSummarySerializer(serializers.Serializer):
+    name = serializers.CharField()
+    backend = serializers.CharField()
+    hidden = serializers.BooleanField(help_text="Hidden candidates get no new pairs.")
+
+
+class StudyDetailSerializer(StudySummarySerializer):
+    overlap = serializers.IntegerField(help_text="How many annotators judge each pair.")
+    units_total = serializers.IntegerField(help_text="Pairs built so far.")
+    # an annotator's view
+    done = serializers.IntegerField(required=False, help_text="Annotators: judgments you have submitted.")
+    remaining = serializers.IntegerField(required=False,
+                                         help_text="Annotators: pairs you have not judged (an upper bound).")
+    tasks_url = serializers.CharField(required=False, help_text="Annotators: where the next task is.")
+    # the evaluator's and manager's view
+    prompts = serializers.IntegerField(required=False)
+    judgments = serializers.IntegerField(required=False)
+    samples_per_prompt = serializers.IntegerField(required=False)
+    adaptive_sampling = serializers.BooleanField(required=False)
+    candidates = CandidateSummarySerializer(many=True, required=False)
+    links = serializers.DictField(child=serializers.CharField(), required=False,
+                                  help_text="Evaluators and managers: the study's other endpoints.")
+
+
+# --- tasks and judgments ---------------------------------------------------------------------
+
+
+class TaskOutputSerializer(serializers.Serializer):
+    label = serializers.ChoiceField(choices=["A", "B"], help_text="A is shown on the left, B on the right.")
+    text = serializers.CharField()
+
+
+class CriterionSerializer(serializers.Serializer):
+    """A Likert criterion (Likert tasks only; pairwise tasks send an empty list)."""
+
+    name = serializers.CharField()
+    scale = serializers.IntegerField(help_text="Points 1..scale.")
+    labels = serializers.ListField(child=serializers.CharField())
+    not_applicable = serializers.BooleanField()
+
+
+class TaskSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(
+        choices=["open", "finished", "waiting"],
+        help_text="open: a task to judge; finished: nothing left for you; waiting: outputs are still being "
+                  "generated, ask again later.")
+    detail = serializers.CharField(help_text="What the state means, in words.")
+    token = serializers.CharField(allow_null=True, help_text="The task's opaque token (null when there is none).")
+    kind = serializers.ChoiceField(choices=["pairwise"], allow_null=True,
+                                   help_text="pairwise today; likert tasks will come with criteria.")
+    prompt = serializers.CharField(allow_null=True)
+    outputs = TaskOutputSerializer(many=True)
+    criteria = CriterionSerializer(many=True)
+    tags = serializers.ListField(child=serializers.CharField(), help_text="Failure-mode tags one may pick.")
+    done = serializers.IntegerField()
+    remaining = serializers.IntegerField()
+
+
+class JudgmentInputSerializer(serializers.Serializer):
+    """A verdict on a pairwise task, in screen sides (the outcome vocabulary's ``CHOICES``)."""
+
+    choice = serializers.ChoiceField(choices=list(outcomes.CHOICES),
+                                     help_text="left: A is better; right: B is better; tie; both_bad.")
+    rationale = serializers.CharField(required=False, allow_blank=True, default="",
+                                      max_length=exchange.MAX_RATIONALE)
+    active_ms = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=0,
+                                         max_value=MAX_POSITIVE_INT,
+                                         help_text="Time the task was on screen and the annotator active.")
+
+
+class JudgmentOutputSerializer(serializers.Serializer):
+    token = serializers.CharField()
+    choice = serializers.ChoiceField(choices=list(outcomes.CHOICES))
+    rationale = serializers.CharField()
+    active_ms = serializers.IntegerField(allow_null=True)
+    submitted_at = serializers.DateTimeField()
+
+
+class JudgmentSubmitResponseSerializer(serializers.Serializer):
+    created = serializers.BooleanField(help_text="false when this repeats the verdict already stored.")
+    judgment = JudgmentOutputSerializer()
+    next = TaskSerializer()
+
+
+class RefusalSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    code = serializers.CharField()
+
+
+# --- outputs -------------------------------------------------------------------------------
+
+
+class OutputQuerySerializer(serializers.Serializer):
+    candidate = serializers.CharField(required=False, max_length=200, help_text="Only this candidate's outputs.")
+    status = serializers.ChoiceField(choices=Output.Status.values, required=False)
+
+
+class OutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    prompt_id = serializers.CharField()
+    candidate = serializers.CharField()
+    sample_index = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=Output.Status.values)
+    text = serializers.CharField()
+    error = serializers.CharField()
+    latency_ms = serializers.FloatField(allow_null=True)
+    prompt_tokens = serializers.IntegerField(allow_null=True)
+    completion_tokens = serializers.IntegerField(allow_null=True)
+    cost = serializers.FloatField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+# --- judgments in and out ------------------------------------------------------------------
+
+
+class ExportQuerySerializer(serializers.Serializer):
+    format = serializers.ChoiceField(choices=list(exchange.FORMATS), default="csv", required=False)
+    pseudonymize = serializers.BooleanField(
+        default=False, required=False,
+        help_text="Replace annotators' names by pseudonyms stable within this study (HMAC keyed by the "
+                  "site's SECRET_KEY).")
+
+
+class ImportInputSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="CSV or JSON Lines in the export's columns; the name's extension "
+                                           "(.csv, .jsonl) says which.")
+
+
+class ImportResultSerializer(serializers.Serializer):
+    study = serializers.IntegerField()
+    imported = serializers.IntegerField()
+
+
+class UploadRowErrorSerializer(serializers.Serializer):
+    line = serializers.IntegerField(allow_null=True, help_text="1-based line of the file (the CSV header is 1).")
+    index = serializers.IntegerField(allow_null=True, help_text="Element of a JSON list, when the file is one.")
+    field = serializers.CharField(allow_null=True)
+    message = serializers.CharField()
+
+
+class UploadErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    errors = UploadRowErrorSerializer(many=True)
+    total = serializers.IntegerField(help_text="Errors found; at most 50 are listed.")
+
+
+# --- the audit log ------------------------------------------------------------------------
+
+
+class AuditEntrySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    at = serializers.DateTimeField()
+    actor = serializers.CharField()
+    actor_id = serializers.IntegerField(allow_null=True)
+    action = serializers.CharField()
+    action_label = serializers.CharField()
+    target = serializers.CharField()
+    detail = serializers.DictField()
+
+
+class AuditPageSerializer(serializers.Serializer):
+    study = serializers.IntegerField()
+    count = serializers.IntegerField()
+    page = serializers.IntegerField()
+    pages = serializers.IntegerField()
+    entries = AuditEntrySerializer(many=True)
