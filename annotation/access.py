@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
+import json
 from datetime import datetime
 from datetime import timezone as dt_timezone
 
@@ -16,7 +17,7 @@ from django.http import Http404
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from .models import Assignment, Study, StudyMember
+from .models import Assignment, Study, StudyMember, Unit
 
 Role = StudyMember.Role
 
@@ -79,9 +80,10 @@ def get_member_for_annotator(user: AbstractBaseUser, study_id: int) -> StudyMemb
 
 _ASSIGNMENT_SQL = f"""
 SELECT a.id, a.study_id, a.unit_id, a.left_is_a, s.name, s.units_total, s.overlap, s.adaptive_sampling,
-       s.lease_sweep_at, m.role, m.excluded, m.done
+       s.lease_sweep_at, m.role, m.excluded, m.done, u.kind, s.likert_criteria, s.failure_tags, s.ask_rationale
 FROM {Assignment._meta.db_table} a
 JOIN {Study._meta.db_table} s ON s.id = a.study_id
+JOIN {Unit._meta.db_table} u ON u.id = a.unit_id
 LEFT JOIN {StudyMember._meta.db_table} m ON m.study_id = a.study_id AND m.user_id = a.annotator_id
 WHERE a.token = %s AND a.annotator_id = %s"""
 
@@ -99,14 +101,22 @@ def get_assignment_for_annotator(user: AbstractBaseUser, token: str) -> Assignme
             row = cur.fetchone()
     if row is None:
         raise Http404("No such task for you: the link is wrong or belongs to someone else.")
-    pk, study_id, unit_id, left_is_a, name, units_total, overlap, adaptive, sweep_at, role, excluded, done = row
+    (pk, study_id, unit_id, left_is_a, name, units_total, overlap, adaptive, sweep_at, role, excluded, done, kind,
+     criteria, tags, ask_rationale) = row
     _check_annotator(role, bool(excluded))
     assignment = Assignment(id=pk, study_id=study_id, unit_id=unit_id, annotator_id=user.pk, token=token,
                             left_is_a=bool(left_is_a))
     assignment.study = Study(id=study_id, name=name, units_total=units_total, overlap=overlap,
-                             adaptive_sampling=bool(adaptive), lease_sweep_at=_datetime(sweep_at))
+                             adaptive_sampling=bool(adaptive), lease_sweep_at=_datetime(sweep_at),
+                             likert_criteria=_json(criteria), failure_tags=_json(tags), ask_rationale=ask_rationale)
     assignment.member_done = done
+    assignment.unit_kind = kind
     return assignment
+
+
+def _json(value):
+    """A JSON column read by a raw query (SQLite gives text, PostgreSQL the decoded value)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _datetime(value):

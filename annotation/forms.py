@@ -5,7 +5,7 @@ from django.core.validators import ProhibitNullCharactersValidator
 
 from arena import outcomes
 
-from . import usertext
+from . import taskconfig, usertext
 from .generation.base import GenerationSettings
 from .models import Candidate
 
@@ -59,7 +59,56 @@ class UploadField(forms.FileField):
                 raise forms.ValidationError(error, code="too_big")
 
 
-class StudyCreateForm(forms.Form):
+_CRITERIA_HELP = ('JSON list, e.g. [{"key": "factuality", "name": "Factuality", "scale": 3, '
+                  '"labels": ["Wrong", "Partly right", "Right"], "allow_na": true}] (scale 2 to 10, a label per point).')
+_TAGS_HELP = 'JSON list, e.g. [{"key": "hands", "label": "Malformed hands"}, {"key": "refused", "label": "Refused"}].'
+
+
+class TaskSettingsMixin(forms.Form):
+    """What annotators are asked; checked whole by annotation.taskconfig (the service does it again)."""
+
+    task_kinds = forms.ChoiceField(choices=[("pairwise", "Blind pairs"), ("likert", "Likert ratings of one output"),
+                                            ("both", "Both, mixed")], initial="pairwise", required=False)
+    likert_criteria = TextField(widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}), required=False,
+                                help_text=_CRITERIA_HELP)
+    failure_tags = TextField(widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}), required=False,
+                             help_text=_TAGS_HELP)
+    ask_rationale = forms.ChoiceField(choices=[("optional", "Optional"), ("required", "Required"), ("off", "Not asked")],
+                                      initial="optional", required=False)
+
+    def _json_list(self, name: str) -> list:
+        raw = (self.cleaned_data.get(name) or "").strip() or "[]"
+        try:
+            value = usertext.loads(raw)
+        except usertext.JSONTextError as exc:
+            raise forms.ValidationError(f"{name} is not valid JSON: {exc}")
+        return value
+
+    def clean(self):
+        data = super().clean()
+        data["tasks"] = None  # not sent: the study keeps what it asks (blind pairs when created)
+        if "task_kinds" in self.data and "task_kinds" in data:
+            try:
+                data["tasks"] = taskconfig.config_validate(
+                    task_kinds=data["task_kinds"] or "pairwise", ask_rationale=data.get("ask_rationale") or "optional",
+                    likert_criteria=self._json_list("likert_criteria"), failure_tags=self._json_list("failure_tags"))
+            except (taskconfig.ConfigError, forms.ValidationError) as exc:
+                message = exc.messages[0] if isinstance(exc, forms.ValidationError) else str(exc)
+                field = next((f for f in ("likert_criteria", "failure_tags", "task_kinds", "ask_rationale")
+                              if message.startswith(f)), None)
+                self.add_error(field, message)
+        return data
+
+    @staticmethod
+    def initial_for(study) -> dict:
+        import json
+
+        return {"task_kinds": study.task_kinds, "ask_rationale": study.ask_rationale,
+                "likert_criteria": json.dumps(study.likert_criteria, indent=1) if study.likert_criteria else "",
+                "failure_tags": json.dumps(study.failure_tags) if study.failure_tags else ""}
+
+
+class StudyCreateForm(TaskSettingsMixin, forms.Form):
     name = TextField(max_length=200)
     description = TextField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
     prompts = UploadField(help_text="CSV or JSONL with id, prompt, optional reference and tags.")
@@ -85,7 +134,7 @@ class StudyCreateForm(forms.Form):
         return {"max_new_tokens": d["max_new_tokens"], "temperature": d["temperature"], "seed": d["seed"]}
 
 
-class StudySettingsForm(forms.Form):
+class StudySettingsForm(TaskSettingsMixin, forms.Form):
     overlap = forms.IntegerField(min_value=1, max_value=20, help_text="Annotators per pair (new and open pairs).")
     adaptive_sampling = forms.BooleanField(required=False)
 
@@ -132,9 +181,26 @@ class MemberForm(forms.Form):
 
 
 class JudgmentForm(forms.Form):
-    choice = forms.ChoiceField(choices=[(c, c) for c in outcomes.CHOICES])
+    """A pairwise choice or Likert ratings (``rating_<key>``: a point, or ``na``), tags and a reason.
+
+    Whether the answer fits the task and the study's criteria is the service's check
+    (annotation.taskconfig); this form only reads the fields."""
+
+    choice = forms.ChoiceField(choices=[(c, c) for c in outcomes.CHOICES], required=False)
     rationale = TextField(required=False, max_length=5000)
     active_ms = forms.IntegerField(required=False, min_value=0, max_value=MAX_POSITIVE_INT)
+
+    def ratings(self) -> dict | None:
+        """The ``rating_<key>`` fields as {key: point or None}; None when there are none."""
+        ratings = {}
+        for name, value in self.data.items():
+            if name.startswith("rating_"):
+                value = value.strip()
+                ratings[name[len("rating_"):]] = None if value == "na" else int(value) if value.isdigit() else value
+        return ratings or None
+
+    def tags(self) -> list[str]:
+        return self.data.getlist("tag") if hasattr(self.data, "getlist") else []
 
 
 # --- invitations, roles, candidates ---------------------------------------------------

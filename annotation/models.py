@@ -37,6 +37,18 @@ class Study(models.Model):
     lease_sweep_at = models.DateTimeField(
         null=True, blank=True, help_text="When expired leases are next released (amortised, not per request)."
     )
+    # What annotators are asked (annotation.taskconfig validates all four in one place).
+    task_kinds = models.CharField(
+        max_length=20, default="pairwise",
+        help_text="pairwise, likert or both: blind pairs, single outputs rated on criteria, or the two mixed.",
+    )
+    likert_criteria = models.JSONField(
+        default=list, blank=True, help_text="[{key, name, scale, labels, allow_na}]: what a Likert task rates."
+    )
+    failure_tags = models.JSONField(default=list, blank=True, help_text="[{key, label}]: failure modes to tag.")
+    ask_rationale = models.CharField(
+        max_length=10, default="optional", help_text="off, optional or required: the free-text rationale."
+    )
 
     class Meta:
         verbose_name_plural = "studies"
@@ -232,6 +244,17 @@ class Output(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    class Identity(models.TextChoices):
+        """The evaluator's decision on an output that names a model or maker (annotation.identity)."""
+
+        UNCHECKED = "", "Not checked yet"
+        CLEAN = "clean", "Names no model"
+        FLAGGED = "flagged", "Names a model: awaiting a decision"
+        KEPT = "kept", "Kept"
+        EXCLUDED = "excluded", "Excluded from pairs"
+
+    identity = models.CharField(max_length=10, choices=Identity.choices, default=Identity.UNCHECKED, blank=True)
+
     class Meta:
         constraints = [
             models.UniqueConstraint(
@@ -246,6 +269,9 @@ class Output(models.Model):
             models.Index(fields=["claimed_at"], condition=Q(status="running"), name="output_running_claimed"),
             models.Index(fields=["claimed_by"], condition=Q(status="queued") & ~Q(claimed_by=""),
                          name="output_queued_received"),
+            # the identity guard's list and the study page's count read only outputs awaiting a decision
+            models.Index(fields=["study", "identity"], condition=Q(identity__in=["", "flagged"]),
+                         name="output_identity_open"),
         ]
 
     def __str__(self) -> str:
@@ -283,22 +309,30 @@ class Unit(models.Model):
 
     class Kind(models.TextChoices):
         PAIRWISE = "pairwise", "Blind pairwise"
+        LIKERT = "likert", "Likert ratings of one output"
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="units")
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.PAIRWISE)
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="units")
     output_a = models.ForeignKey(Output, on_delete=models.CASCADE, related_name="+")
-    output_b = models.ForeignKey(Output, on_delete=models.CASCADE, related_name="+")
+    # A Likert unit is about output_a alone: output_b and cand_hi are empty, cand_lo is its candidate.
+    output_b = models.ForeignKey(Output, on_delete=models.CASCADE, related_name="+", null=True, blank=True)
     needed = models.PositiveSmallIntegerField(default=1)
     taken = models.PositiveSmallIntegerField(default=0)
     cand_lo = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+", db_index=False)
-    cand_hi = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+", db_index=False)
+    cand_hi = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+", db_index=False,
+                                null=True, blank=True)
     a_is_lo = models.BooleanField(help_text="Whether output_a belongs to cand_lo.")
     pair_seq = models.PositiveIntegerField(
         default=0, help_text="Position among the units of its candidate pair; its parity balances the sides."
     )
     shuffle = models.IntegerField(default=0, help_text="A random key: open units are served in this order.")
     is_gold = models.BooleanField(default=False)
+    rule_tie = models.BooleanField(
+        default=False,
+        help_text="The two outputs are identical or nearly so (EVALSITE_NEAR_IDENTICAL): recorded as a tie "
+                  "by rule, created closed (needed = 0) and never served.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -310,6 +344,13 @@ class Unit(models.Model):
                 condition=Q(output_a__lt=F("output_b")), name="unit_pair_ordered"
             ),
             models.CheckConstraint(condition=Q(cand_lo__lt=F("cand_hi")), name="unit_candidates_ordered"),
+            models.UniqueConstraint(fields=["study", "output_a"], condition=Q(kind="likert"),
+                                    name="unit_unique_likert"),
+            models.CheckConstraint(
+                condition=Q(kind="likert", output_b__isnull=True, cand_hi__isnull=True)
+                | (~Q(kind="likert") & Q(output_b__isnull=False, cand_hi__isnull=False)),
+                name="unit_single_or_pair",
+            ),
         ]
         indexes = [
             # the units still open, fewest places taken first: what a lease scans
@@ -385,9 +426,13 @@ class Judgment(models.Model):
     annotator = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="judgments"
     )
-    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, blank=True)
     left_is_a = models.BooleanField()
     rationale = models.TextField(blank=True)
+    # Likert: {criterion key: point, or null for "not applicable"}; null on pairwise judgments,
+    # whose outcome is set (a Likert judgment's outcome is empty).
+    ratings = models.JSONField(null=True, blank=True)
+    tags = models.JSONField(null=True, blank=True, help_text="Failure-mode tag keys chosen (any kind of task).")
     served_at = models.DateTimeField()
     submitted_at = models.DateTimeField(auto_now_add=True)
     active_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -429,6 +474,8 @@ class AuditEntry(models.Model):
         CANDIDATE_HIDDEN = "candidate_hidden", "Candidate hidden from new pairs"
         CANDIDATE_SHOWN = "candidate_shown", "Candidate shown in new pairs again"
         JUDGMENTS_IMPORTED = "judgments_imported", "Judgments imported"
+        OUTPUT_IDENTITY_KEPT = "output_identity_kept", "Output naming a model kept"
+        OUTPUT_IDENTITY_EXCLUDED = "output_identity_excluded", "Output naming a model excluded"
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="audit_entries")
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,

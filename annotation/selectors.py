@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Avg, Count, Q, Sum
+from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Q, Sum
 from django.utils import timezone
 
 from .models import Candidate, Invitation, Output, Prompt, Study, WorkerHeartbeat
@@ -163,3 +163,175 @@ def study_invitations(study: Study, limit: int = 50) -> list[Invitation]:
     for inv in invitations:
         inv.current_state = inv.state(now)
     return invitations
+
+
+# --- quality: ties by rule, identity guard, annotator quality, judgments --------------
+
+
+def rule_tie_count(study: Study) -> int:
+    from .models import Unit
+
+    return Unit.objects.filter(study=study, rule_tie=True).count()
+
+
+def rule_ties(study: Study):
+    """The pairs recorded as ties by rule, for a paginated list."""
+    from .models import Unit
+
+    return (Unit.objects.filter(study=study, rule_tie=True)
+            .select_related("prompt", "cand_lo", "cand_hi", "output_a", "output_b").order_by("prompt__position", "pk"))
+
+
+def rule_ties_per_pair(study: Study) -> list[tuple[str, str, int]]:
+    """How many ties by rule each candidate pair has, most first (one grouped query)."""
+    from .models import Unit
+
+    names = dict(Candidate.objects.filter(study=study).values_list("pk", "name"))
+    rows = (Unit.objects.filter(study=study, rule_tie=True).values_list("cand_lo", "cand_hi")
+            .annotate(n=Count("id")).order_by("-n", "cand_lo", "cand_hi"))
+    return [(names.get(lo, "?"), names.get(hi, "?"), n) for lo, hi, n in rows]
+
+
+def candidate_pairs(study: Study) -> list[tuple[str, str]]:
+    """Every pair of the study's candidates as (value "lo-hi", label), for the judgments filter."""
+    from itertools import combinations
+
+    cands = list(Candidate.objects.filter(study=study).order_by("name").values_list("pk", "name"))
+    return [(f"{min(a, b)}-{max(a, b)}", f"{na} vs {nb}") for (a, na), (b, nb) in combinations(cands, 2)]
+
+
+def identity_counts(study: Study) -> dict[str, int]:
+    """How many finished outputs are in each state of the identity guard (one grouped query)."""
+    rows = (Output.objects.filter(study=study, status=Output.Status.DONE)
+            .values_list("identity").annotate(n=Count("id")))
+    counts = {state: 0 for state in Output.Identity.values}
+    counts.update(dict(rows))
+    return counts
+
+
+def identity_awaiting(study: Study) -> int:
+    """Outputs that name a model or maker and wait for the evaluator's decision."""
+    return Output.objects.filter(study=study, identity=Output.Identity.FLAGGED).count()
+
+
+def identity_outputs(study: Study, state: str):
+    """The study's outputs in one identity state (flagged, kept or excluded), for a paginated list."""
+    return (Output.objects.filter(study=study, status=Output.Status.DONE, identity=state)
+            .select_related("candidate", "prompt").order_by("prompt__position", "candidate__name", "sample_index"))
+
+
+@dataclass(frozen=True)
+class IdentityRow:
+    output: Output
+    snippets: list  # (before, match, after)
+
+
+def identity_rows(study: Study, outputs, pattern) -> list[IdentityRow]:
+    from . import identity
+
+    rows = []
+    for output in outputs:
+        text = output.text or ""
+        rows.append(IdentityRow(output=output, snippets=identity.snippets(text, identity.hits(text, pattern)[:10])))
+    return rows
+
+
+@dataclass(frozen=True)
+class QualityRow:
+    user_id: int
+    name: str
+    group: str
+    excluded: bool
+    stats: object  # metrics.quality.AnnotatorQuality
+
+
+def _thresholds():
+    from metrics import quality
+
+    return quality.Thresholds(
+        speeding_seconds=settings.EVALSITE_SPEEDING_SECONDS,
+        straightline_share=settings.EVALSITE_STRAIGHTLINE_SHARE / 100,
+        straightline_run=settings.EVALSITE_STRAIGHTLINE_RUN,
+        min_judgments=settings.EVALSITE_QUALITY_MIN_JUDGMENTS,
+    )
+
+
+def quality_table(study: Study, *, pseudonymize: bool = False) -> list[QualityRow]:
+    """One row per annotator of the study: the statistics of :mod:`metrics.quality` over their
+    pairwise judgments (Likert judgments, which have no outcome, are left out).
+
+    Three reads: the members; every pairwise judgment's annotator, answer and times, in
+    submission order (narrow columns, streamed); and the outcome counts of the units with at
+    least three judgments, for agreement with peers.  Excluded annotators' votes do not make
+    a majority; their own agreement is still measured against the others.
+    """
+    from metrics import quality
+
+    from .api.selectors import pseudonym
+    from .models import Judgment, StudyMember
+
+    members = list(StudyMember.objects.filter(study=study, role=StudyMember.Role.ANNOTATOR)
+                   .select_related("user").order_by("user__username"))
+    excluded = {m.user_id for m in members if m.excluded}
+    pairwise = Judgment.objects.filter(study=study).exclude(outcome="")
+    answers: dict[int, list] = {}
+    seconds: dict[int, list] = {}
+    active: dict[int, list] = {}
+    # the time on task is subtracted in SQL: one interval per row instead of two timestamps to parse
+    took = ExpressionWrapper(F("submitted_at") - F("served_at"), output_field=DurationField())
+    for user_id, outcome, left_is_a, duration, active_ms in (
+            pairwise.order_by("annotator_id", "submitted_at", "pk").annotate(took=took)
+            .values_list("annotator_id", "outcome", "left_is_a", "took", "active_ms")
+            .iterator(chunk_size=5000)):
+        answers.setdefault(user_id, []).append(_screen_choice(outcome, left_is_a))
+        seconds.setdefault(user_id, []).append(duration.total_seconds())
+        active.setdefault(user_id, []).append(active_ms / 1000 if active_ms is not None else None)
+    multi = (pairwise.values("unit_id").annotate(n=Count("id")).filter(n__gte=quality.MIN_PEER_JUDGMENTS)
+             .values("unit_id"))
+    unit_votes: dict[int, dict] = {}
+    own_votes: dict[int, dict] = {}
+    for unit_id, user_id, outcome in pairwise.filter(unit_id__in=multi).values_list("unit_id", "annotator_id",
+                                                                                     "outcome"):
+        own_votes.setdefault(user_id, {})[unit_id] = outcome
+        if user_id not in excluded:
+            votes = unit_votes.setdefault(unit_id, {})
+            votes[outcome] = votes.get(outcome, 0) + 1
+    thresholds = _thresholds()
+    rows = []
+    for m in members:
+        agree, compared = quality.peer_agreement(own_votes.get(m.user_id, {}), unit_votes,
+                                                 own_in_votes=m.user_id not in excluded)
+        stats = quality.annotator_quality(answers.get(m.user_id, []), seconds.get(m.user_id, []),
+                                          active.get(m.user_id, []), agree, compared, thresholds,
+                                          describe=_CHOICE_WORDS.get)
+        name = pseudonym(study.pk, m.user_id) if pseudonymize else m.user.get_username()
+        rows.append(QualityRow(user_id=m.user_id, name=name, group=m.group, excluded=m.excluded, stats=stats))
+    return rows
+
+
+_CHOICE_WORDS = {"left": "left is better", "right": "right is better", "tie": "tie", "both_bad": "both bad"}
+
+
+def _screen_choice(outcome: str, left_is_a: bool) -> str:
+    """The button the annotator pressed (left/right/tie/both bad), from the stored outcome."""
+    if outcome == "a":
+        return "left" if left_is_a else "right"
+    if outcome == "b":
+        return "right" if left_is_a else "left"
+    return outcome
+
+
+def judgments_list(study: Study, *, pair: tuple[int, int] | None = None, annotator_id: int | None = None):
+    """The study's judgments, newest first, with what a reader of rationales needs beside each."""
+    from .models import Judgment
+
+    qs = Judgment.objects.filter(study=study)
+    if pair is not None:
+        qs = qs.filter(unit__cand_lo_id=min(pair), unit__cand_hi_id=max(pair))
+    if annotator_id is not None:
+        qs = qs.filter(annotator_id=annotator_id)
+    return (qs.select_related("annotator", "unit__prompt", "unit__cand_lo", "unit__cand_hi")
+            .only("outcome", "left_is_a", "rationale", "served_at", "submitted_at", "active_ms", "annotator__username",
+                  "unit__a_is_lo", "unit__kind", "unit__prompt__external_id", "unit__cand_lo__name",
+                  "unit__cand_hi__name")
+            .order_by("-submitted_at", "-pk"))

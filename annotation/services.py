@@ -5,6 +5,7 @@ none of them writes study rows on its own.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -22,11 +23,12 @@ from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q
+from django.db.models.functions import Substr
 from django.utils import timezone
 
 from arena import outcomes
 
-from . import audit, selectors, uploads
+from . import audit, identity, neardup, selectors, taskconfig, uploads
 from .generation import base as generation_base
 from .models import (
     Assignment,
@@ -66,11 +68,15 @@ def study_create(
     annotators: Iterable = (),
     managers: Iterable = (),
     adaptive_sampling: bool = False,
+    tasks: dict | None = None,
 ) -> Study:
     """Create a study with its prompt set; the upload is validated whole first.
 
-    Raises ``uploads.UploadError`` (nothing written) when any prompt row is bad.
+    ``tasks``: what annotators are asked (task_kinds, likert_criteria, failure_tags,
+    ask_rationale; see :mod:`annotation.taskconfig`); blind pairs with an optional reason
+    when not given.  Raises ``uploads.UploadError`` (nothing written) when any prompt row is bad.
     """
+    tasks = tasks_validate(tasks or {})
     rows = uploads.parse_prompts(prompts_data, prompts_filename,
                                  max_bytes=django_settings.EVALSITE_UPLOAD_MAX_BYTES).rows
     gen = generation_settings_validate(generation_settings or {})
@@ -87,6 +93,7 @@ def study_create(
             samples_per_prompt=samples_per_prompt,
             generation_settings=gen,
             adaptive_sampling=adaptive_sampling,
+            **tasks,
         )
         StudyMember.objects.create(study=study, user=created_by, role=StudyMember.Role.EVALUATOR)
         _ratings_marker_create(study)
@@ -99,8 +106,34 @@ def study_create(
             "prompts": len(rows), "file": prompts_filename, "overlap": overlap,
             "samples_per_prompt": samples_per_prompt, "adaptive_sampling": adaptive_sampling,
             "generation_settings": gen, "annotators": [u.get_username() for u in annotators],
-            "managers": [u.get_username() for u in managers],
+            "managers": [u.get_username() for u in managers], **tasks,
         })
+    return study
+
+
+_TASK_DEFAULTS = {"task_kinds": "pairwise", "likert_criteria": [], "failure_tags": [], "ask_rationale": "optional"}
+
+
+def tasks_validate(raw: dict) -> dict:
+    """A study's task settings, defaults filled in, checked together; ServiceError names the field."""
+    try:
+        return taskconfig.config_validate(**{**_TASK_DEFAULTS, **raw})
+    except taskconfig.ConfigError as exc:
+        raise ServiceError(str(exc)) from None
+
+
+def study_update_tasks(*, study: Study, tasks: dict, actor=None) -> Study:
+    """Change what annotators are asked; Likert units are built for the finished outputs when
+    the study now has Likert tasks.  Judgments already given keep their ratings and tags."""
+    tasks = tasks_validate(tasks)
+    with transaction.atomic():
+        before = Study.objects.select_for_update().filter(pk=study.pk).values(*_TASK_DEFAULTS).get()
+        Study.objects.filter(pk=study.pk).update(**tasks)
+        changed = audit.changes(before, tasks)
+        if changed:
+            audit.record(study, actor, audit.Action.SETTINGS_CHANGED, study.name, changed)
+    study.refresh_from_db()
+    units_build(study=study)
     return study
 
 
@@ -133,7 +166,7 @@ def study_update_settings(*, study: Study, overlap: int, adaptive_sampling: bool
         Study.objects.filter(pk=study.pk).update(overlap=overlap, adaptive_sampling=adaptive_sampling)
         # the units of hidden candidates stay closed (needed = 0; see candidate_hide)
         hidden = list(Candidate.objects.filter(study=study, hidden=True).values_list("pk", flat=True))
-        Unit.objects.filter(study=study).exclude(cand_lo__in=hidden).exclude(cand_hi__in=hidden).update(
+        _reopenable(Unit.objects.filter(study=study).exclude(cand_lo__in=hidden).exclude(cand_hi__in=hidden)).update(
             needed=overlap)
         changed = audit.changes(before, {"overlap": overlap, "adaptive_sampling": adaptive_sampling})
         if changed:
@@ -538,6 +571,14 @@ def candidate_check_run(*, candidate_id: int, worker: str = "") -> str:
     return state
 
 
+def _reopenable(units):
+    """Leave out the units that stay closed whatever the overlap: ties by rule and pairs with an
+    output the identity guard excluded (see :func:`output_identity_decide`)."""
+    excluded = Output.objects.filter(identity=Output.Identity.EXCLUDED)
+    return (units.exclude(rule_tie=True).exclude(output_a__in=excluded.values("pk"))
+            .exclude(output_b__in=excluded.values("pk")))
+
+
 def _candidate_units(candidate: Candidate):
     return Unit.objects.filter(study_id=candidate.study_id).filter(Q(cand_lo=candidate) | Q(cand_hi=candidate))
 
@@ -622,7 +663,7 @@ def candidate_hide(*, candidate: Candidate, hidden: bool = True, actor=None) -> 
             audit.record(study, actor, audit.Action.CANDIDATE_HIDDEN, candidate.name, {"open_pairs_closed": closed})
         else:
             others = list(Candidate.objects.filter(study=study, hidden=True).values_list("pk", flat=True))
-            opening = units.exclude(cand_lo__in=others).exclude(cand_hi__in=others)
+            opening = _reopenable(units.exclude(cand_lo__in=others).exclude(cand_hi__in=others))
             reopened = opening.filter(taken__lt=overlap).count()
             opening.update(needed=overlap)
             audit.record(study, actor, audit.Action.CANDIDATE_SHOWN, candidate.name, {"pairs_reopened": reopened})
@@ -678,6 +719,9 @@ def outputs_import(*, candidate: Candidate, data: uploads.UploadData, filename: 
         )
         # a re-import can change texts already judged (and so length bins): recount in full
         Study.objects.filter(pk=study.pk).update(version=F("version") + 1)
+        # replaced texts are checked again by the identity guard (units_build, below); decisions stay
+        Output.objects.filter(study=study, candidate=candidate, identity__in=[
+            Output.Identity.CLEAN, Output.Identity.FLAGGED]).update(identity=Output.Identity.UNCHECKED)
         audit.record(study, actor, audit.Action.OUTPUTS_IMPORTED, candidate.name,
                      {"outputs": len(rows), "file": filename})
     units_build(study=study)
@@ -1024,6 +1068,22 @@ def generation_run(*, candidate_id: int, output_ids: Sequence[int], claim: str, 
 # --- rating units, assignments, judgments -------------------------------------------
 
 
+def _pair_texts(new: Sequence) -> tuple[dict[int, str], set[int]]:
+    """The first characters of the outputs of new pairs (what the near-identical rule compares,
+    bounded by EVALSITE_NEAR_IDENTICAL_CHARS), and those the identity guard excluded."""
+    ids = {o for _, (oa, _ca), (ob, _cb) in new for o in (oa, ob)}
+    limit = django_settings.EVALSITE_NEAR_IDENTICAL_CHARS * 2  # room for whitespace that normalising drops
+    texts, excluded = {}, set()
+    ids_list = sorted(ids)
+    for i in range(0, len(ids_list), 2000):
+        for pk, text, identity_state in Output.objects.filter(pk__in=ids_list[i:i + 2000]).values_list(
+                "pk", Substr("text", 1, limit), "identity"):
+            texts[pk] = text or ""
+            if identity_state == Output.Identity.EXCLUDED:
+                excluded.add(pk)
+    return texts, excluded
+
+
 def units_build(*, study: Study, prompt_ids: Iterable[int] | None = None) -> int:
     """Create a blind pairwise unit for every pair of finished outputs of a prompt.
 
@@ -1037,6 +1097,8 @@ def units_build(*, study: Study, prompt_ids: Iterable[int] | None = None) -> int
     existing_units = Unit.objects.filter(study=study)
     if prompt_ids is not None:
         prompt_ids = list(prompt_ids)
+    outputs_identity_scan(study=study, prompt_ids=prompt_ids, unchecked_only=True)
+    if prompt_ids is not None:
         done = done.filter(prompt_id__in=prompt_ids)
         existing_units = existing_units.filter(prompt_id__in=prompt_ids)
     rows = done.values_list("pk", "prompt_id", "sample_index", "candidate_id").order_by("prompt_id", "sample_index", "pk")
@@ -1050,26 +1112,63 @@ def units_build(*, study: Study, prompt_ids: Iterable[int] | None = None) -> int
         for a, b in combinations(sorted(outs), 2)
         if (a[0], b[0]) not in existing and a[1] != b[1]
     ]
+    if study.task_kinds == "likert":  # single outputs rated on criteria, no pairs
+        new = []
     if new:
         seq = dict(
             ((lo, hi), n) for lo, hi, n in Unit.objects.filter(study=study)
             .values("cand_lo", "cand_hi").annotate(n=Count("id")).values_list("cand_lo", "cand_hi", "n")
         )
         hidden = set(Candidate.objects.filter(study=study, hidden=True).values_list("pk", flat=True))
+        texts, identity_excluded = _pair_texts(new)
         units = []
         for prompt_id, (oa, ca), (ob, cb) in new:
             lo, hi = min(ca, cb), max(ca, cb)
             n = seq.get((lo, hi), 0)
             seq[(lo, hi)] = n + 1
-            needed = 0 if lo in hidden or hi in hidden else study.overlap  # a hidden candidate's pairs stay closed
-            units.append(Unit(study=study, prompt_id=prompt_id, output_a_id=oa, output_b_id=ob, needed=needed,
+            # identical or near-identical outputs are a tie by rule, never served
+            rule_tie = neardup.similarity_at_least(texts.get(oa, ""), texts.get(ob, ""),
+                                                   django_settings.EVALSITE_NEAR_IDENTICAL,
+                                                   django_settings.EVALSITE_NEAR_IDENTICAL_CHARS)
+            # a hidden candidate's pairs, an output excluded by the identity guard and a rule tie stay closed
+            closed = lo in hidden or hi in hidden or oa in identity_excluded or ob in identity_excluded or rule_tie
+            units.append(Unit(study=study, prompt_id=prompt_id, output_a_id=oa, output_b_id=ob,
+                              needed=0 if closed else study.overlap, rule_tie=rule_tie,
                               cand_lo_id=lo, cand_hi_id=hi, a_is_lo=ca == lo, pair_seq=n,
                               shuffle=random.randrange(2**31)))
         Unit.objects.bulk_create(units, ignore_conflicts=True, batch_size=2000)
+    if study.task_kinds in ("likert", "both"):
+        likert_units_build(study=study, prompt_ids=prompt_ids)
     total = Unit.objects.filter(study=study).count()
     Study.objects.filter(pk=study.pk).update(units_total=total)
     study.units_total = total
     return total
+
+
+def likert_units_build(*, study: Study, prompt_ids: Iterable[int] | None = None) -> int:
+    """Create a Likert unit (one output, rated on the study's criteria) for every finished output.
+
+    Idempotent (one Likert unit per output, a unique constraint); the same ``needed`` =
+    overlap, ``taken`` and ``shuffle`` as pairs, so the lease serves both kinds from one
+    index, interleaved by their random keys.  Returns the number of units created.
+    """
+    done = Output.objects.filter(study=study, status=Output.Status.DONE).exclude(identity=Output.Identity.EXCLUDED)
+    if prompt_ids is not None:
+        done = done.filter(prompt_id__in=list(prompt_ids))
+    have = Unit.objects.filter(study=study, kind=Unit.Kind.LIKERT)
+    if prompt_ids is not None:
+        have = have.filter(prompt_id__in=list(prompt_ids))
+    existing = set(have.values_list("output_a_id", flat=True))
+    hidden = set(Candidate.objects.filter(study=study, hidden=True).values_list("pk", flat=True))
+    units = [
+        Unit(study=study, kind=Unit.Kind.LIKERT, prompt_id=prompt_id, output_a_id=pk, output_b_id=None,
+             cand_lo_id=cand, cand_hi_id=None, a_is_lo=True, needed=0 if cand in hidden else study.overlap,
+             shuffle=random.randrange(2**31))
+        for pk, prompt_id, cand in done.values_list("pk", "prompt_id", "candidate_id").order_by("pk")
+        if pk not in existing
+    ]
+    Unit.objects.bulk_create(units, ignore_conflicts=True, batch_size=2000)
+    return len(units)
 
 
 def _lease_seconds() -> int:
@@ -1176,11 +1275,11 @@ _UNIT, _ASSIGNMENT, _JUDGMENT, _MEMBER, _PROMPT, _OUTPUT = (
 )
 _PICK_SQL = f"""
 SELECT u.id, u.taken, u.pair_seq, u.a_is_lo, u.prompt_id, u.output_a_id, u.output_b_id, p.text, oa.text, ob.text,
-       oa.candidate_id, ob.candidate_id
+       oa.candidate_id, ob.candidate_id, u.kind
 FROM {_UNIT} u
 JOIN {_PROMPT} p ON p.id = u.prompt_id
 JOIN {_OUTPUT} oa ON oa.id = u.output_a_id
-JOIN {_OUTPUT} ob ON ob.id = u.output_b_id
+LEFT JOIN {_OUTPUT} ob ON ob.id = u.output_b_id
 WHERE u.study_id = %s AND u.taken < u.needed {{pair}}
   AND NOT EXISTS (SELECT 1 FROM {_ASSIGNMENT} a WHERE a.unit_id = u.id AND a.annotator_id = %s AND NOT a.released)
 ORDER BY u.taken, u.shuffle
@@ -1196,8 +1295,9 @@ RETURNING id"""
 _CLOSE_SQL = f"UPDATE {_ASSIGNMENT} SET submitted_at = %s WHERE id = %s AND submitted_at IS NULL AND NOT released"
 _JUDGMENT_SQL = f"""
 INSERT INTO {_JUDGMENT} (assignment_id, study_id, unit_id, annotator_id, outcome, left_is_a, rationale, served_at,
-                         submitted_at, active_ms)
-SELECT id, study_id, unit_id, annotator_id, %s, left_is_a, %s, leased_at, %s, %s FROM {_ASSIGNMENT} WHERE id = %s
+                         submitted_at, active_ms, ratings, tags)
+SELECT id, study_id, unit_id, annotator_id, %s, left_is_a, %s, leased_at, %s, %s, {{json}}, {{json}}
+FROM {_ASSIGNMENT} WHERE id = %s
 RETURNING id"""
 _DONE_SQL_BY_ASSIGNMENT = f"""
 UPDATE {_MEMBER} SET done = done + 1
@@ -1213,7 +1313,7 @@ WITH picked AS (
   LIMIT 1 {{lock}}
 ), took AS (
   UPDATE {_UNIT} u SET taken = u.taken + 1 FROM picked WHERE u.id = picked.id AND u.taken < u.needed
-  RETURNING u.id, picked.taken AS before, u.pair_seq, u.a_is_lo, u.prompt_id, u.output_a_id, u.output_b_id
+  RETURNING u.id, picked.taken AS before, u.pair_seq, u.a_is_lo, u.prompt_id, u.output_a_id, u.output_b_id, u.kind
 ), lease AS (
   INSERT INTO {_ASSIGNMENT} (study_id, unit_id, annotator_id, token, left_is_a, leased_at, expires_at, released)
   SELECT %s, took.id, %s, %s, ((took.pair_seq + took.before) %% 2 = 0) = took.a_is_lo, %s, %s, false FROM took
@@ -1223,24 +1323,33 @@ WITH picked AS (
   RETURNING id, unit_id, left_is_a
 )
 SELECT lease.id, lease.left_is_a, took.id, took.before, took.pair_seq, took.a_is_lo, took.prompt_id,
-       took.output_a_id, took.output_b_id, p.text, oa.text, ob.text, oa.candidate_id, ob.candidate_id
+       took.output_a_id, took.output_b_id, p.text, oa.text, ob.text, oa.candidate_id, ob.candidate_id, took.kind
 FROM took LEFT JOIN lease ON lease.unit_id = took.id
 JOIN {_PROMPT} p ON p.id = took.prompt_id
 JOIN {_OUTPUT} oa ON oa.id = took.output_a_id
-JOIN {_OUTPUT} ob ON ob.id = took.output_b_id"""
+LEFT JOIN {_OUTPUT} ob ON ob.id = took.output_b_id"""
 _SUBMIT_CTE_SQL = f"""
 WITH closed AS (
   UPDATE {_ASSIGNMENT} SET submitted_at = %s WHERE id = %s AND submitted_at IS NULL AND NOT released
   RETURNING id, study_id, unit_id, annotator_id, left_is_a, leased_at
 ), judged AS (
   INSERT INTO {_JUDGMENT} (assignment_id, study_id, unit_id, annotator_id, outcome, left_is_a, rationale, served_at,
-                           submitted_at, active_ms)
-  SELECT id, study_id, unit_id, annotator_id, %s, left_is_a, %s, leased_at, %s, %s FROM closed
+                           submitted_at, active_ms, ratings, tags)
+  SELECT id, study_id, unit_id, annotator_id, %s, left_is_a, %s, leased_at, %s, %s, %s::jsonb, %s::jsonb FROM closed
   RETURNING id, study_id, annotator_id
 ), counted AS (
   UPDATE {_MEMBER} m SET done = m.done + 1 FROM judged WHERE m.study_id = judged.study_id AND m.user_id = judged.annotator_id
 )
 SELECT id FROM judged"""
+
+
+def _json_sql(sql: str) -> str:
+    """A JSON parameter: PostgreSQL's jsonb needs the cast; SQLite stores the text as it is."""
+    return sql.format(json="%s::jsonb" if connection.vendor == "postgresql" else "%s")
+
+
+def _json_param(value) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 class _LeaseClash(IntegrityError):
@@ -1270,7 +1379,7 @@ def _lease_one(study: Study, annotator, now: datetime, *, pair: tuple[int, int] 
             if row is None:
                 return None
             (assignment_id, left_is_a, unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text,
-             text_a, text_b, cand_a, cand_b) = row
+             text_a, text_b, cand_a, cand_b, kind) = row
             if assignment_id is None:
                 raise _LeaseClash()
         else:
@@ -1278,7 +1387,8 @@ def _lease_one(study: Study, annotator, now: datetime, *, pair: tuple[int, int] 
             row = cur.fetchone()
             if row is None:
                 return None
-            unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text, text_a, text_b, cand_a, cand_b = row
+            (unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text, text_a, text_b, cand_a, cand_b,
+             kind) = row
             cur.execute(_TAKE_SQL, [unit_id])
             if cur.rowcount != 1:
                 return None
@@ -1292,11 +1402,12 @@ def _lease_one(study: Study, annotator, now: datetime, *, pair: tuple[int, int] 
                 raise _LeaseClash()
             (assignment_id,) = inserted
     lo, hi = (cand_a, cand_b) if a_is_lo else (cand_b, cand_a)
-    unit = Unit(id=unit_id, study_id=study.pk, prompt_id=prompt_id, output_a_id=out_a, output_b_id=out_b,
+    unit = Unit(id=unit_id, study_id=study.pk, kind=kind, prompt_id=prompt_id, output_a_id=out_a, output_b_id=out_b,
                 cand_lo_id=lo, cand_hi_id=hi, taken=taken + 1, pair_seq=pair_seq, a_is_lo=bool(a_is_lo))
     unit.prompt = Prompt(id=prompt_id, study_id=study.pk, text=prompt_text)
     unit.output_a = Output(id=out_a, study_id=study.pk, prompt_id=prompt_id, candidate_id=cand_a, text=text_a)
-    unit.output_b = Output(id=out_b, study_id=study.pk, prompt_id=prompt_id, candidate_id=cand_b, text=text_b)
+    unit.output_b = None if out_b is None else Output(id=out_b, study_id=study.pk, prompt_id=prompt_id,
+                                                      candidate_id=cand_b, text=text_b)
     assignment = Assignment(id=assignment_id, study_id=study.pk, unit_id=unit_id, annotator_id=annotator.pk,
                             token=token, left_is_a=bool(left_is_a), leased_at=now, expires_at=expires, released=False)
     assignment.unit = unit
@@ -1318,7 +1429,9 @@ def _adaptive_pairs(study: Study) -> list[tuple[int, int] | None]:
 
 @dataclass(frozen=True)
 class TaskView:
-    """What an annotator's page may show: no candidate name, id or backend."""
+    """What an annotator's page may show: no candidate name, id or backend.
+
+    A Likert task shows one output (``left``; ``right`` is empty) and the criteria."""
 
     token: str
     prompt: str
@@ -1326,24 +1439,29 @@ class TaskView:
     right: str
     done: int
     remaining: int
+    kind: str = "pairwise"
+    criteria: tuple = ()
+    tags: tuple = ()  # each {key, label, letter}: the letter toggles it
+    ask_rationale: str = "optional"
 
 
-def task_view(*, assignment: Assignment, done: int, units_total: int) -> TaskView:
+def task_view(*, assignment: Assignment, done: int, units_total: int, study: Study | None = None) -> TaskView:
     """The page of one lease; ``done`` and ``units_total`` come from counters, not counts.
 
     ``remaining`` is an upper bound: the units this annotator has not judged yet, less
-    the one on screen; others may fill some of them first.
+    the one on screen; others may fill some of them first.  ``study`` (loaded already
+    by the caller) gives the criteria, tags and whether a reason is asked.
     """
     unit = assignment.unit
+    study = study or assignment.study
+    common = dict(token=assignment.token, prompt=unit.prompt.text, done=done,
+                  remaining=max(0, units_total - done - 1), tags=tuple(taskconfig.tag_letters(study.failure_tags)),
+                  ask_rationale=study.ask_rationale)
+    if unit.kind == Unit.Kind.LIKERT:
+        return TaskView(left=unit.output_a.text, right="", kind=Unit.Kind.LIKERT,
+                        criteria=tuple(study.likert_criteria), **common)
     first, second = (unit.output_a, unit.output_b) if assignment.left_is_a else (unit.output_b, unit.output_a)
-    return TaskView(
-        token=assignment.token,
-        prompt=unit.prompt.text,
-        left=first.text,
-        right=second.text,
-        done=done,
-        remaining=max(0, units_total - done - 1),
-    )
+    return TaskView(left=first.text, right=second.text, **common)
 
 
 class AlreadySubmitted(ServiceError):
@@ -1354,12 +1472,18 @@ class LeaseExpired(ServiceError):
     pass
 
 
+class AnswerInvalid(ServiceError):
+    """The answer does not fit the task (a bad choice, rating or tag, a missing reason): a 400."""
+
+
 def judgment_submit(
     *,
     assignment: Assignment,
-    choice: str,
+    choice: str | None = None,
     rationale: str = "",
     active_ms: int | None = None,
+    ratings: dict | None = None,
+    tags: Sequence[str] | None = None,
     now: datetime | None = None,
 ) -> tuple[Judgment, bool]:
     """Record an annotator's verdict on their assignment, in terms of outputs.
@@ -1370,60 +1494,85 @@ def judgment_submit(
     time still holds its place until it is released; a released one is accepted when
     its unit still has a free place.  The annotator's ``done`` counter moves with the
     judgment, in the same transaction, and one leaderboard refresh is requested.
+
+    A pairwise task takes ``choice``; a Likert task takes ``ratings`` ({criterion key:
+    point or None for not applicable}); either takes ``tags`` (keys of the study's failure
+    tags).  Both are checked against the study's settings (:mod:`annotation.taskconfig`),
+    and a required rationale must be there; ``ServiceError`` names what is wrong.
     """
+    study = assignment.study
+    kind = getattr(assignment, "unit_kind", None) or assignment.unit.kind
     try:
-        outcome = outcomes.STORED[outcomes.from_choice(choice, assignment.left_is_a)]
+        rationale = taskconfig.rationale_check(study.ask_rationale, rationale)
+        tags = taskconfig.tags_check(study.failure_tags, tags)
+        if kind == Unit.Kind.LIKERT:
+            if choice:
+                raise taskconfig.ConfigError("choice: this is a Likert task; send ratings, not a choice")
+            ratings = taskconfig.ratings_validate(study.likert_criteria, ratings)
+            outcome = ""
+        else:
+            if ratings is not None:
+                raise taskconfig.ConfigError("ratings: this is a pairwise task; send a choice, not ratings")
+            if not choice:
+                raise taskconfig.ConfigError("choice: say which output is better (left, right, tie or both_bad)")
+            outcome = outcomes.STORED[outcomes.from_choice(choice, assignment.left_is_a)]
     except ValueError as exc:
-        raise ServiceError(str(exc)) from None
+        raise AnswerInvalid(str(exc)) from None
+    answer = (outcome, ratings, tags)
     now = now or timezone.now()
     stamp = connection.ops.adapt_datetimefield_value(now)
     try:
         with transaction.atomic(), connection.cursor() as cur:
-            judgment_id = _close_and_judge(cur, assignment.pk, outcome, rationale, stamp, active_ms)
+            judgment_id = _close_and_judge(cur, assignment.pk, answer, rationale, stamp, active_ms)
             if judgment_id is None:  # the lease was not open: already judged, or released
                 state = Assignment.objects.filter(pk=assignment.pk).values("submitted_at", "released").first()
                 if state is None:  # its candidate was removed meanwhile (candidate_remove)
                     raise LeaseExpired("This task is no longer offered: its pair was taken out of the study.")
                 if state["submitted_at"] is not None:
-                    return _same_or_refuse(Judgment.objects.get(assignment_id=assignment.pk), outcome), False
+                    return _same_or_refuse(Judgment.objects.get(assignment_id=assignment.pk), answer), False
                 if not Unit.objects.filter(pk=assignment.unit_id, taken__lt=F("needed")).update(taken=F("taken") + 1):
                     raise LeaseExpired("This task's lease expired and someone else has taken it.")
                 # closed in the same UPDATE, so it never counts as a second open lease
                 Assignment.objects.filter(pk=assignment.pk).update(released=False, submitted_at=now)
-                judgment_id = _judge(cur, assignment.pk, outcome, rationale, stamp, active_ms)
+                judgment_id = _judge(cur, assignment.pk, answer, rationale, stamp, active_ms)
     except IntegrityError:
-        return _same_or_refuse(Judgment.objects.get(assignment_id=assignment.pk), outcome), False
+        return _same_or_refuse(Judgment.objects.get(assignment_id=assignment.pk), answer), False
     _request_ratings(assignment.study_id, vote=True)
     judgment = Judgment(id=judgment_id, assignment_id=assignment.pk, study_id=assignment.study_id,
                         unit_id=assignment.unit_id, annotator_id=assignment.annotator_id, outcome=outcome,
                         left_is_a=assignment.left_is_a, rationale=rationale.strip()[:5000], submitted_at=now,
-                        active_ms=active_ms)
+                        active_ms=active_ms, ratings=ratings, tags=tags)
     return judgment, True
 
 
-def _close_and_judge(cur, assignment_id: int, outcome: str, rationale: str, stamp, active_ms) -> int | None:
+def _close_and_judge(cur, assignment_id: int, answer: tuple, rationale: str, stamp, active_ms) -> int | None:
     """Close an open lease, write its judgment and count it; None when the lease was not open."""
     rationale = rationale.strip()[:5000]
+    outcome, ratings, tags = answer
     if connection.vendor == "postgresql":
-        cur.execute(_SUBMIT_CTE_SQL, [stamp, assignment_id, outcome, rationale, stamp, active_ms])
+        cur.execute(_SUBMIT_CTE_SQL, [stamp, assignment_id, outcome, rationale, stamp, active_ms,
+                                      _json_param(ratings), _json_param(tags)])
         row = cur.fetchone()
         return row[0] if row else None
     cur.execute(_CLOSE_SQL, [stamp, assignment_id])
     if cur.rowcount != 1:
         return None
-    return _judge(cur, assignment_id, outcome, rationale, stamp, active_ms)
+    return _judge(cur, assignment_id, answer, rationale, stamp, active_ms)
 
 
-def _judge(cur, assignment_id: int, outcome: str, rationale: str, stamp, active_ms) -> int:
+def _judge(cur, assignment_id: int, answer: tuple, rationale: str, stamp, active_ms) -> int:
     """Write the judgment of a just-closed lease and count it for its annotator."""
-    cur.execute(_JUDGMENT_SQL, [outcome, rationale.strip()[:5000], stamp, active_ms, assignment_id])
+    outcome, ratings, tags = answer
+    cur.execute(_json_sql(_JUDGMENT_SQL), [outcome, rationale.strip()[:5000], stamp, active_ms,
+                                           _json_param(ratings), _json_param(tags), assignment_id])
     (judgment_id,) = cur.fetchone()
     cur.execute(_DONE_SQL_BY_ASSIGNMENT, [assignment_id])
     return judgment_id
 
 
-def _same_or_refuse(existing: Judgment, outcome: str) -> Judgment:
-    if existing.outcome == outcome:
+def _same_or_refuse(existing: Judgment, answer: tuple) -> Judgment:
+    outcome, ratings, tags = answer
+    if existing.outcome == outcome and existing.ratings == ratings and (existing.tags or []) == (tags or []):
         return existing
     raise AlreadySubmitted("This task was already submitted with another answer.")
 
@@ -1708,3 +1857,83 @@ def _judgments_plan(study: Study, parsed) -> list[_PlannedJudgment]:
         errors = sorted([*parsed.errors, *errors], key=lambda e: (e.line or 0, e.field or ""))
         raise uploads.UploadError(errors[:uploads.MAX_REPORTED_ERRORS], total)
     return plan
+
+
+# --- identity-leak guard -------------------------------------------------------------
+
+
+def identity_pattern(study: Study):
+    """The identity guard's pattern for a study: the word list plus its candidates' names and the
+    model names their specs give."""
+    extra = []
+    for name, backend, spec in Candidate.objects.filter(study=study).values_list("name", "backend", "spec"):
+        extra.append(name)
+        extra.extend(identity.spec_model_names(backend, spec))
+    return identity.matcher(extra)
+
+
+def outputs_identity_scan(*, study: Study, prompt_ids: Iterable[int] | None = None,
+                          unchecked_only: bool = False) -> int:
+    """Mark the finished outputs that name a model or maker as awaiting the evaluator's decision.
+
+    ``unchecked_only`` (what :func:`units_build` asks, per generation batch) looks only at
+    outputs never checked; a full scan (the "Check again" button, after a candidate was added or
+    renamed) looks again at every output with no decision yet.  Kept and excluded outputs keep
+    their decision.  Returns how many outputs await a decision afterwards among those looked at.
+    """
+    outputs = Output.objects.filter(study=study, status=Output.Status.DONE)
+    if prompt_ids is not None:
+        outputs = outputs.filter(prompt_id__in=list(prompt_ids))
+    states = [Output.Identity.UNCHECKED] if unchecked_only else [
+        Output.Identity.UNCHECKED, Output.Identity.CLEAN, Output.Identity.FLAGGED]
+    outputs = outputs.filter(identity__in=states)
+    pattern = None
+    flagged, clean = [], []
+    for pk, text in outputs.values_list("pk", "text").iterator(chunk_size=2000):
+        pattern = pattern or identity_pattern(study)
+        (flagged if pattern.search(text or "") else clean).append(pk)
+    for state, ids in ((Output.Identity.FLAGGED, flagged), (Output.Identity.CLEAN, clean)):
+        for i in range(0, len(ids), 2000):
+            Output.objects.filter(pk__in=ids[i:i + 2000], identity__in=states).update(identity=state)
+    return len(flagged)
+
+
+IDENTITY_DECISIONS = (Output.Identity.KEPT, Output.Identity.EXCLUDED)
+
+
+def output_identity_decide(*, output: Output, decision: str, actor=None) -> bool:
+    """Keep an output that names a model, or exclude it from pairs; returns whether anything changed.
+
+    Excluding closes its pairs as hiding a candidate does (``needed`` = 0, so no lease picks
+    them); judgments already given stay.  Keeping an output that was excluded opens its pairs
+    again with the study's overlap, unless they stay closed for another reason (a hidden
+    candidate, the other output excluded, a tie by rule).  Each decision is audit-logged.
+    """
+    if decision not in IDENTITY_DECISIONS:
+        raise ServiceError(f"decision must be one of: {', '.join(IDENTITY_DECISIONS)}; got {decision!r}")
+    study = output.study
+    with transaction.atomic():
+        overlap = Study.objects.select_for_update().values_list("overlap", flat=True).get(pk=study.pk)
+        before = Output.objects.filter(pk=output.pk).values_list("identity", flat=True).get()
+        if before == decision:
+            return False
+        Output.objects.filter(pk=output.pk).update(identity=decision)
+        units = Unit.objects.filter(study=study).filter(Q(output_a=output) | Q(output_b=output))
+        if decision == Output.Identity.EXCLUDED:
+            changed = units.filter(taken__lt=F("needed")).count()
+            units.update(needed=0)
+            action = audit.Action.OUTPUT_IDENTITY_EXCLUDED
+        else:
+            hidden = list(Candidate.objects.filter(study=study, hidden=True).values_list("pk", flat=True))
+            opening = _reopenable(units.exclude(cand_lo__in=hidden).exclude(cand_hi__in=hidden))
+            changed = opening.filter(taken__lt=overlap).count() if before == Output.Identity.EXCLUDED else 0
+            if before == Output.Identity.EXCLUDED:
+                opening.update(needed=overlap)
+            action = audit.Action.OUTPUT_IDENTITY_KEPT
+        target = f"{output.candidate.name} on prompt {output.prompt.external_id}"
+        audit.record(study, actor, action, target,
+                     {"decision": audit.change(Output.Identity(before).label, Output.Identity(decision).label),
+                      "output": output.pk, "sample": output.sample_index,
+                      ("pairs_closed" if decision == Output.Identity.EXCLUDED else "pairs_reopened"): changed})
+    output.identity = decision
+    return True

@@ -48,5 +48,10 @@ urlpatterns = [
     path("studies/<int:study_id>/outputs/retry-failed/", views.outputs_retry_failed, name="retry_failed"),
     path("studies/<int:study_id>/outputs/<int:output_id>/retry/", views.output_retry, name="output_retry"),
     path("studies/<int:study_id>/annotate/", views.annotate, name="annotate"),
+    path("studies/<int:study_id>/quality/", views.quality, name="quality"),
+    path("studies/<int:study_id>/judgments/", views.judgments, name="judgments"),
+    path("studies/<int:study_id>/identity/", views.identity_check, name="identity"),
+    path("studies/<int:study_id>/identity/<int:output_id>/", views.output_identity, name="output_identity"),
+    path("studies/<int:study_id>/rule-ties/", views.rule_ties, name="rule_ties"),
     path("tasks/<task_token:token>/", views.judgment_submit, name="submit"),
 ]

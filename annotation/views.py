@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_htmx.http import HttpResponseStopPolling
 
 from . import access, audit, selectors, services
@@ -63,6 +63,7 @@ def study_create(request: HttpRequest) -> HttpResponse:
                 annotators=form.cleaned_data["annotators"],
                 managers=form.cleaned_data["managers"],
                 adaptive_sampling=form.cleaned_data["adaptive_sampling"],
+                tasks=form.cleaned_data["tasks"],
             )
         except UploadError as exc:
             upload_errors = exc.errors
@@ -89,9 +90,15 @@ def _study_context(study, **extra) -> dict:
         "n_judgments": study.judgments.count(),
         "members": study.members.select_related("user").order_by("role", "user__username"),
         "settings_form": StudySettingsForm(initial={"overlap": study.overlap,
-                                                    "adaptive_sampling": study.adaptive_sampling}),
+                                                    "adaptive_sampling": study.adaptive_sampling,
+                                                    **StudySettingsForm.initial_for(study)}),
         **extra,
     }
+
+
+def _identity_context(study) -> dict:
+    counts = selectors.identity_counts(study)
+    return {"identity_awaiting": counts[Output.Identity.FLAGGED], "identity_unchecked": counts[Output.Identity.UNCHECKED]}
 
 
 def _page_context(study, **extra) -> dict:
@@ -100,6 +107,7 @@ def _page_context(study, **extra) -> dict:
     return _study_context(
         study, candidates=study.candidates.order_by("name"), invitations=selectors.study_invitations(study),
         roles=StudyMember.Role.values,
+        n_rule_ties=selectors.rule_tie_count(study), **_identity_context(study),
         **{**forms, **extra},
     )
 
@@ -116,8 +124,16 @@ def study_settings(request: HttpRequest, study_id: int) -> HttpResponse:
     study = access.get_study_for_evaluator(request.user, study_id)
     form = StudySettingsForm(request.POST)
     if form.is_valid():
-        services.study_update_settings(study=study, actor=request.user, **form.cleaned_data)
-        messages.success(request, "Settings saved.")
+        d = form.cleaned_data
+        try:
+            services.study_update_settings(study=study, actor=request.user, overlap=d["overlap"],
+                                           adaptive_sampling=d["adaptive_sampling"])
+            if d["tasks"] is not None:
+                services.study_update_tasks(study=study, tasks=d["tasks"], actor=request.user)
+        except services.ServiceError as exc:
+            messages.error(request, f"Settings not saved: {exc}")
+        else:
+            messages.success(request, "Settings saved.")
     else:
         messages.error(request, "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
     return redirect("annotation:study", study_id=study.pk)
@@ -230,6 +246,8 @@ def member_exclude(request: HttpRequest, study_id: int, user_id: int) -> HttpRes
     services.member_exclude(study=study, user=member.user, excluded=flag == "1", actor=request.user)
     messages.success(request, f"{name} is excluded: their judgments no longer count." if flag == "1"
                      else f"{name} is re-admitted: their judgments count again.")
+    if request.POST.get("next") == "quality":  # the quality table's buttons come back to it
+        return redirect("annotation:quality", study_id=study.pk)
     return redirect("annotation:study", study_id=study.pk)
 
 
@@ -470,7 +488,8 @@ def study_audit(request: HttpRequest, study_id: int) -> HttpResponse:
 
 def _task_response(request: HttpRequest, study, assignment, *, done: int, error: str = "",
                    status: int = 200) -> HttpResponse:
-    task = services.task_view(assignment=assignment, done=done, units_total=study.units_total) if assignment else None
+    task = (services.task_view(assignment=assignment, done=done, units_total=study.units_total, study=study)
+            if assignment else None)
     # Only when there is no pair: outputs still being generated mean "not yet", not "all done".
     generating = task is None and selectors.generation_pending(study.pk)
     ctx = {"study_id": study.pk, "study_name": study.name, "task": task, "error": error, "done": done,
@@ -508,10 +527,15 @@ def judgment_submit(request: HttpRequest, token: str) -> HttpResponse:
     try:
         _, created = services.judgment_submit(
             assignment=assignment,
-            choice=form.cleaned_data["choice"],
+            choice=form.cleaned_data["choice"] or None,
             rationale=form.cleaned_data["rationale"] or "",
             active_ms=form.cleaned_data["active_ms"],
+            ratings=form.ratings() if assignment.unit_kind == "likert" else None,
+            tags=form.tags(),
         )
+    except services.AnswerInvalid as exc:
+        current = services.assignment_next(study=study, annotator=request.user)
+        return _task_response(request, study, current, done=done, error=f"Not recorded: {exc}", status=400)
     except services.ServiceError as exc:
         current = services.assignment_next(study=study, annotator=request.user)
         return _task_response(request, study, current, done=done, error=str(exc), status=409)
@@ -519,3 +543,116 @@ def judgment_submit(request: HttpRequest, token: str) -> HttpResponse:
     # The lease just closed was the annotator's only open one unless this was a repeat.
     nxt = services.assignment_next(study=study, annotator=request.user, check_held=not created)
     return _task_response(request, study, nxt, done=done)
+
+
+# --- quality: ties by rule, identity guard, annotator quality, judgments --------------
+
+QUALITY_PAGE_SIZE = 50
+
+
+def _is_evaluator(user, study) -> bool:
+    return StudyMember.Role.EVALUATOR in access.study_roles(user, study)
+
+
+@login_required
+@require_safe
+def rule_ties(request: HttpRequest, study_id: int) -> HttpResponse:
+    """The pairs whose outputs were identical or nearly so, recorded as ties by rule."""
+    study = access.get_study_for_evaluator(request.user, study_id)
+    page = Paginator(selectors.rule_ties(study), QUALITY_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "annotation/rule_ties.html", {"study": study, "page": page,
+                                                         "per_pair": selectors.rule_ties_per_pair(study)})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def identity_check(request: HttpRequest, study_id: int) -> HttpResponse:
+    """Outputs that name a model or maker, each match highlighted; POST checks every output again."""
+    study = access.get_study_for_evaluator(request.user, study_id)
+    if request.method == "POST":
+        flagged = services.outputs_identity_scan(study=study)
+        messages.success(request, f"Checked every output without a decision: {flagged} name a model or maker.")
+        return redirect("annotation:identity", study_id=study.pk)
+    state = request.GET.get("state", Output.Identity.FLAGGED)
+    if state not in (Output.Identity.FLAGGED, Output.Identity.KEPT, Output.Identity.EXCLUDED):
+        state = Output.Identity.FLAGGED
+    page = Paginator(selectors.identity_outputs(study, state), QUALITY_PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = selectors.identity_rows(study, page, services.identity_pattern(study))
+    counts = selectors.identity_counts(study)
+    return render(request, "annotation/identity.html", {
+        "study": study, "page": page, "rows": rows, "state": state, "counts": counts,
+        "unchecked": counts[Output.Identity.UNCHECKED],
+        "states": [(s, Output.Identity(s).label) for s in
+                   (Output.Identity.FLAGGED, Output.Identity.KEPT, Output.Identity.EXCLUDED)]})
+
+
+@login_required
+@require_POST
+def output_identity(request: HttpRequest, study_id: int, output_id: int) -> HttpResponse:
+    """Keep (``decision=kept``) or exclude (``decision=excluded``) an output that names a model."""
+    study = access.get_study_for_evaluator(request.user, study_id)
+    output = get_object_or_404(Output.objects.select_related("study", "candidate", "prompt"), study=study,
+                               pk=output_id)
+    decision = request.POST.get("decision", "")
+    try:
+        services.output_identity_decide(output=output, decision=decision, actor=request.user)
+    except services.ServiceError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"{output.candidate.name} on prompt {output.prompt.external_id}: "
+                         + ("excluded from pairs." if decision == Output.Identity.EXCLUDED else "kept."))
+    return redirect(reverse("annotation:identity", args=[study.pk]) + "?state=" + Output.Identity.FLAGGED)
+
+
+@login_required
+@require_safe
+def quality(request: HttpRequest, study_id: int) -> HttpResponse:
+    """Per-annotator quality; evaluators exclude or re-admit from it, managers read it (pseudonyms)."""
+    study = access.get_study_for_manager(request.user, study_id)
+    evaluator = _is_evaluator(request.user, study)
+    rows = selectors.quality_table(study, pseudonymize=not evaluator)
+    return render(request, "annotation/quality.html", {
+        "study": study, "rows": rows, "evaluator": evaluator, "thresholds": selectors._thresholds()})
+
+
+@login_required
+@require_safe
+def judgments(request: HttpRequest, study_id: int) -> HttpResponse:
+    """Every judgment with its rationale, newest first; filter by candidate pair or annotator."""
+    study = access.get_study_for_manager(request.user, study_id)
+    evaluator = _is_evaluator(request.user, study)
+    pair = annotator_id = None
+    try:
+        if request.GET.get("pair"):
+            lo, hi = (int(x) for x in request.GET["pair"].split("-", 1))
+            pair = (min(lo, hi), max(lo, hi))
+        if request.GET.get("annotator") and evaluator:
+            annotator_id = int(request.GET["annotator"])
+    except ValueError:
+        messages.error(request, "pair: give two candidate ids as LO-HI; annotator: a user id.")
+    page = Paginator(selectors.judgments_list(study, pair=pair, annotator_id=annotator_id),
+                     QUALITY_PAGE_SIZE).get_page(request.GET.get("page"))
+    from .api.selectors import pseudonym
+
+    for j in page:
+        j.who = j.annotator.get_username() if evaluator else pseudonym(study.pk, j.annotator_id)
+        _describe_judgment(j)
+    query = "&".join(f"{k}={v}" for k, v in (("pair", pair and f"{pair[0]}-{pair[1]}"), ("annotator", annotator_id))
+                     if v)
+    return render(request, "annotation/judgments.html", {
+        "study": study, "page": page, "evaluator": evaluator, "pair": pair, "annotator_id": annotator_id, "query": query,
+        "pair_value": f"{pair[0]}-{pair[1]}" if pair else "",
+        "pairs": selectors.candidate_pairs(study),
+        "annotators": study.members.filter(role=StudyMember.Role.ANNOTATOR).select_related("user")
+        if evaluator else []})
+
+
+def _describe_judgment(j) -> None:
+    """Which candidate was on each side, and the verdict in words naming the winner."""
+    unit = j.unit
+    lo, hi = unit.cand_lo.name, (unit.cand_hi.name if unit.cand_hi_id else "–")
+    a_name, b_name = (lo, hi) if unit.a_is_lo else (hi, lo)
+    j.left_name, j.right_name = (a_name, b_name) if j.left_is_a else (b_name, a_name)
+    j.verdict = {"a": f"{a_name} better", "b": f"{b_name} better", "tie": "Tie", "both_bad": "Both bad"}.get(
+        j.outcome, "Rated (Likert)")
+    j.seconds = (j.submitted_at - j.served_at).total_seconds()

@@ -42,9 +42,11 @@ def study_slices(study_id: int) -> list[Slice]:
 
 
 def study_judgments(study_id: int, slice_key: str = ALL) -> QuerySet:
-    """Judgments that count for a slice: excluded annotators are always left out."""
+    """Pairwise judgments that count for a slice: excluded annotators are always left out.
+
+    Likert judgments (empty outcome; summarised by metrics.likert) are not battles."""
     excluded = StudyMember.objects.filter(study_id=study_id, excluded=True).values("user")
-    qs = Judgment.objects.filter(study_id=study_id).exclude(annotator__in=excluded)
+    qs = Judgment.objects.filter(study_id=study_id).exclude(annotator__in=excluded).exclude(outcome="")
     kind, _, value = slice_key.partition(":")
     if slice_key == ALL:
         return qs

@@ -57,6 +57,15 @@ def leaderboard(request: HttpRequest, study_id: int) -> HttpResponse:
     study = access.get_study_for_manager(request.user, study_id)
     # Reads only: the worker refreshes snapshots after votes; the page says how old this one is.
     ctx = leaderboard_context(study, request.GET.get("slice", selectors.ALL))
+    if not request.htmx and (study.likert_criteria or study.failure_tags):
+        from metrics.selectors import likert_summary
+
+        likert = likert_summary(study)
+        keys, tags = [c["key"] for c in likert["criteria"]], [t["key"] for t in likert["tags"]]
+        # in the columns' order, for the template (which cannot look a key up)
+        likert["rows"] = [{"candidate": c["candidate"], "cells": [c["criteria"][k] for k in keys],
+                           "tag_cells": [c["tags"][t] for t in tags]} for c in likert["candidates"]]
+        ctx["likert"] = likert
     template = "arena/partials/_leaderboard.html" if request.htmx else "arena/leaderboard.html"
     return render(request, template, ctx)
 

@@ -383,6 +383,23 @@ if not 1 <= EVALSITE_INVITATION_DAYS <= EVALSITE_INVITATION_MAX_DAYS:
         f"({EVALSITE_INVITATION_MAX_DAYS}), got {EVALSITE_INVITATION_DAYS}"
     )
 
+# --- Quality (rule ties, identity guard, annotator quality table) ---------------------
+# Two outputs of a pair at least this similar (percent; whitespace and case ignored) are not
+# served: the pair is recorded as a tie by rule.  100: only identical texts; 0: rule off.
+EVALSITE_NEAR_IDENTICAL = envint("EVALSITE_NEAR_IDENTICAL", 95)
+# The similarity compares at most this many characters of each output (bounds its cost).
+EVALSITE_NEAR_IDENTICAL_CHARS = envint("EVALSITE_NEAR_IDENTICAL_CHARS", 4000)
+# An annotator whose median active time per task is under this many seconds is flagged as speeding.
+EVALSITE_SPEEDING_SECONDS = envint("EVALSITE_SPEEDING_SECONDS", 3)
+# Straight-lining: flagged when one answer makes up at least this share (percent) of an
+# annotator's judgments, or when the same answer runs this many times in a row...
+EVALSITE_STRAIGHTLINE_SHARE = envint("EVALSITE_STRAIGHTLINE_SHARE", 90)
+EVALSITE_STRAIGHTLINE_RUN = envint("EVALSITE_STRAIGHTLINE_RUN", 20)
+# ...and the annotator has at least this many judgments (fewer say too little to flag).
+EVALSITE_QUALITY_MIN_JUDGMENTS = envint("EVALSITE_QUALITY_MIN_JUDGMENTS", 10)
+if not 0 <= EVALSITE_NEAR_IDENTICAL <= 100:
+    raise ImproperlyConfigured(f"EVALSITE_NEAR_IDENTICAL is a percent (0..100), got {EVALSITE_NEAR_IDENTICAL}")
+
 # --- REST API (annotation/api, arena/api, evalsite/api_urls.py) ------------------------
 REST_FRAMEWORK = {
     # The first class names the scheme of the 401's WWW-Authenticate header ("Token"); a

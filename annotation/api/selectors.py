@@ -36,7 +36,9 @@ def judgment_rows(study: Study, *, pseudonymize: bool = False, chunk: int = EXPO
               "active_ms", "annotator_id", f"annotator__{username}")
     last = 0
     while True:
-        batch = list(Judgment.objects.filter(study=study, id__gt=last).order_by("id").values_list(*fields)[:chunk])
+        # pairwise verdicts only: Likert ratings are summarised on the leaderboard (metrics.likert)
+        batch = list(Judgment.objects.filter(study=study, id__gt=last).exclude(outcome="").order_by("id")
+                     .values_list(*fields)[:chunk])
         if not batch:
             return
         for (pk, prompt_id, sample, model_a, model_b, left_is_a, outcome, rationale, served_at, submitted_at,

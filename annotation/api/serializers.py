@@ -65,10 +65,16 @@ class TaskOutputSerializer(serializers.Serializer):
 class CriterionSerializer(serializers.Serializer):
     """A Likert criterion (Likert tasks only; pairwise tasks send an empty list)."""
 
+    key = serializers.CharField(help_text="The key to rate it under in `ratings`.")
     name = serializers.CharField()
     scale = serializers.IntegerField(help_text="Points 1..scale.")
-    labels = serializers.ListField(child=serializers.CharField())
-    not_applicable = serializers.BooleanField()
+    labels = serializers.ListField(child=serializers.CharField(), help_text="A label for each point, 1 first.")
+    allow_na = serializers.BooleanField(help_text="Whether null (not applicable) is accepted.")
+
+
+class TagSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    label = serializers.CharField()
 
 
 class TaskSerializer(serializers.Serializer):
@@ -78,21 +84,27 @@ class TaskSerializer(serializers.Serializer):
                   "generated, ask again later.")
     detail = serializers.CharField(help_text="What the state means, in words.")
     token = serializers.CharField(allow_null=True, help_text="The task's opaque token (null when there is none).")
-    kind = serializers.ChoiceField(choices=["pairwise"], allow_null=True,
-                                   help_text="pairwise today; likert tasks will come with criteria.")
+    kind = serializers.ChoiceField(choices=["pairwise", "likert"], allow_null=True,
+                                   help_text="pairwise: outputs A and B, send a choice; likert: output A alone, "
+                                             "send ratings on the criteria.")
     prompt = serializers.CharField(allow_null=True)
     outputs = TaskOutputSerializer(many=True)
     criteria = CriterionSerializer(many=True)
-    tags = serializers.ListField(child=serializers.CharField(), help_text="Failure-mode tags one may pick.")
+    tags = TagSerializer(many=True, help_text="Failure-mode tags one may pick (send their keys).")
     done = serializers.IntegerField()
     remaining = serializers.IntegerField()
 
 
 class JudgmentInputSerializer(serializers.Serializer):
-    """A verdict on a pairwise task, in screen sides (the outcome vocabulary's ``CHOICES``)."""
+    """A verdict on a pairwise task, in screen sides (the outcome vocabulary's ``CHOICES``), or the
+    ratings of a Likert task; failure tags on either."""
 
-    choice = serializers.ChoiceField(choices=list(outcomes.CHOICES),
-                                     help_text="left: A is better; right: B is better; tie; both_bad.")
+    choice = serializers.ChoiceField(choices=list(outcomes.CHOICES), required=False,
+                                     help_text="Pairwise: left: A is better; right: B is better; tie; both_bad.")
+    ratings = serializers.DictField(child=serializers.IntegerField(allow_null=True), required=False, default=None,
+                                    help_text="Likert: {criterion key: point, or null for not applicable}.")
+    tags = serializers.ListField(child=serializers.CharField(max_length=40), required=False, default=list,
+                                 max_length=50, help_text="Keys of the failure tags seen.")
     rationale = serializers.CharField(required=False, allow_blank=True, default="",
                                       max_length=exchange.MAX_RATIONALE)
     active_ms = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=0,
@@ -102,7 +114,9 @@ class JudgmentInputSerializer(serializers.Serializer):
 
 class JudgmentOutputSerializer(serializers.Serializer):
     token = serializers.CharField()
-    choice = serializers.ChoiceField(choices=list(outcomes.CHOICES))
+    choice = serializers.ChoiceField(choices=list(outcomes.CHOICES), allow_null=True)
+    ratings = serializers.DictField(child=serializers.IntegerField(allow_null=True), allow_null=True)
+    tags = serializers.ListField(child=serializers.CharField())
     rationale = serializers.CharField()
     active_ms = serializers.IntegerField(allow_null=True)
     submitted_at = serializers.DateTimeField()

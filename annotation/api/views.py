@@ -111,13 +111,16 @@ def _task(study, assignment, *, done: int) -> dict:
             "token": None, "kind": None, "prompt": None, "outputs": [], "criteria": [], "tags": [],
             "done": done, "remaining": 0,
         }
-    view = services.task_view(assignment=assignment, done=done, units_total=study.units_total)
-    return {
-        "state": "open", "detail": "A pair to judge: which output answers the prompt better?",
-        "token": view.token, "kind": "pairwise", "prompt": view.prompt,
-        "outputs": [{"label": "A", "text": view.left}, {"label": "B", "text": view.right}],
-        "criteria": [], "tags": [], "done": view.done, "remaining": view.remaining,
-    }
+    view = services.task_view(assignment=assignment, done=done, units_total=study.units_total, study=study)
+    tags = [{"key": t["key"], "label": t["label"]} for t in view.tags]
+    common = {"state": "open", "token": view.token, "kind": view.kind, "prompt": view.prompt, "tags": tags,
+              "done": view.done, "remaining": view.remaining}
+    reason = " Send a rationale: this study requires one." if view.ask_rationale == "required" else ""
+    if view.kind == "likert":
+        return {**common, "detail": "One output to rate on each criterion." + reason,
+                "outputs": [{"label": "A", "text": view.left}], "criteria": list(view.criteria)}
+    return {**common, "detail": "A pair to judge: which output answers the prompt better?" + reason,
+            "outputs": [{"label": "A", "text": view.left}, {"label": "B", "text": view.right}], "criteria": []}
 
 
 @method_decorator(never_cache, name="dispatch")
@@ -172,14 +175,17 @@ class JudgmentSubmitApi(APIView):
             return Response({"detail": str(exc), "code": "already_submitted"}, status=status.HTTP_409_CONFLICT)
         except services.LeaseExpired as exc:
             return Response({"detail": str(exc), "code": "lease_expired"}, status=status.HTTP_409_CONFLICT)
-        except services.ServiceError as exc:
-            raise ValidationError({"choice": [str(exc)]}) from None
+        except services.ServiceError as exc:  # AnswerInvalid: the message starts with the field it names
+            field, _, _ = str(exc).partition(":")
+            field = field if field in ("choice", "ratings", "tags", "rationale") else "choice"
+            raise ValidationError({field: [str(exc)]}) from None
         done += created
         # the lease just closed was the annotator's only open one, unless this was a repeat
         nxt = services.assignment_next(study=study, annotator=request.user, check_held=not created)
         body = {
             "created": created,
-            "judgment": {"token": token, "choice": _choice(judgment.outcome, assignment.left_is_a),
+            "judgment": {"token": token, "ratings": judgment.ratings, "tags": judgment.tags or [],
+                         "choice": _choice(judgment.outcome, assignment.left_is_a) if judgment.outcome else None,
                          "rationale": judgment.rationale, "active_ms": judgment.active_ms,
                          "submitted_at": judgment.submitted_at},
             "next": _task(study, nxt, done=done),

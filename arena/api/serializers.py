@@ -48,6 +48,10 @@ class LeaderboardSerializer(serializers.Serializer):
     position_bias = ProportionSerializer(required=False, allow_null=True)
     length_bias = ProportionSerializer(required=False, allow_null=True)
     slices = serializers.ListField(child=serializers.CharField(), required=False)
+    likert = serializers.DictField(
+        required=False, allow_null=True,
+        help_text="Likert criteria per candidate (n, mean, Student-t 95% interval, points' distribution, n/a count) "
+                  "and failure-tag rates (Wilson 95%); null when the study rates and tags nothing.")
 
 
 class CandidateProgressSerializer(serializers.Serializer):

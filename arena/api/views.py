@@ -28,9 +28,10 @@ def leaderboard(request: Request, study_id: int) -> Response:
     if slice_key not in {s.key for s in selectors.study_slices(study.pk)}:
         raise ValidationError({"slice": f"unknown slice {slice_key!r} for this study"})
     snapshot = RatingSnapshot.objects.filter(study=study, slice_key=slice_key, method=BT).first()
+    likert = _likert(study)
     if snapshot is None:  # reads never enqueue work; the worker computes after votes
         return Response({"study": study.pk, "slice": slice_key, "computed_at": None, "age_seconds": None,
-                         "rows": []})
+                         "rows": [], "likert": likert})
     board = snapshot.board or Board(rounds=0, seed=0, n_battles=0)
     data = board.to_json()
     return Response({
@@ -47,7 +48,18 @@ def leaderboard(request: Request, study_id: int) -> Response:
         "position_bias": board.position_bias,
         "length_bias": board.length_bias,
         "slices": [s.key for s in selectors.study_slices(study.pk)],
+        "likert": likert,
     })
+
+
+def _likert(study) -> dict | None:
+    """Likert ratings and tag rates per candidate (all of the study's judgments, whatever the slice);
+    null when the study rates nothing and tags nothing."""
+    if not (study.likert_criteria or study.failure_tags):
+        return None
+    from metrics.selectors import likert_summary
+
+    return likert_summary(study)
 
 
 @extend_schema(summary="Generation progress", tags=["outputs"], responses=s.ProgressSerializer)

@@ -88,15 +88,74 @@
     showProblem("Not recorded: the connection failed. Check your network and press the key again.");
   });
 
+  // Likert tasks: a digit rates the current criterion (the one holding the focus, else the
+  // first unrated) and moves the focus to the next; 0 or n is "not applicable" where offered
+  // (on a 10-point scale 0 is 10); Enter submits.  Tag letters toggle tags on any task.
+  function currentCriterion(form) {
+    var active = document.activeElement;
+    var holder = active && active.closest ? active.closest(".criterion") : null;
+    if (holder && form.contains(holder)) return holder;
+    var all = form.querySelectorAll(".criterion");
+    for (var i = 0; i < all.length; i++) {
+      if (!all[i].querySelector("input:checked")) return all[i];
+    }
+    return null;
+  }
+
+  function rate(form, key) {
+    var criterion = currentCriterion(form);
+    if (!criterion) return false;
+    var scale = parseInt(criterion.getAttribute("data-scale"), 10);
+    var value = null;
+    if (/^[1-9]$/.test(key) && parseInt(key, 10) <= scale) value = key;
+    else if (key === "0" && scale === 10) value = "10";
+    else if (key === "0" || key === "n" || key === "N") value = "na";
+    if (value === null) return false;
+    var input = criterion.querySelector('input[value="' + value + '"]');
+    if (!input) return false;
+    input.checked = true;
+    var all = Array.prototype.slice.call(form.querySelectorAll(".criterion"));
+    var next = all[all.indexOf(criterion) + 1];
+    var focusTarget = next ? (next.querySelector("input:checked") || next.querySelector("input")) : form.querySelector("#likert-submit");
+    if (focusTarget) focusTarget.focus();
+    return true;
+  }
+
+  function toggleTag(form, key) {
+    var box = form.querySelector('input[name=tag][data-letter="' + key.toLowerCase() + '"]');
+    if (!box) return false;
+    box.checked = !box.checked;
+    return true;
+  }
+
   document.addEventListener("keydown", function (event) {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     var target = event.target;
-    if (target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT")) {
+    var typing = target && (target.tagName === "TEXTAREA" || (target.tagName === "INPUT" && target.type !== "radio" && target.type !== "checkbox"));
+    if (typing) {
       if (event.key === "Escape") target.blur();
       return;
     }
     var form = document.getElementById("task-form");
     if (!form) return;
+    if (form.querySelector(".criterion")) {
+      if (event.key === "Enter") {
+        var submit = form.querySelector("#likert-submit");
+        if (submit && !submit.disabled) {
+          event.preventDefault();
+          submit.click();
+        }
+        return;
+      }
+      if (rate(form, event.key)) {
+        event.preventDefault();
+        return;
+      }
+    }
+    if (event.key.length === 1 && /[a-z]/i.test(event.key) && toggleTag(form, event.key)) {
+      event.preventDefault();
+      return;
+    }
     var button = form.querySelector('button[data-key="' + event.key + '"]');
     if (button && !button.disabled) {
       event.preventDefault();

@@ -37,7 +37,8 @@ def _assert_blind(raw: bytes, study) -> None:
     for output in task["outputs"]:
         assert set(output) == {"label", "text"}
     if "judgment" in data:
-        assert set(data["judgment"]) == {"token", "choice", "rationale", "active_ms", "submitted_at"}
+        assert set(data["judgment"]) == {"token", "choice", "ratings", "tags", "rationale", "active_ms",
+                                          "submitted_at"}
     numbers = {v for v in _values(data) if isinstance(v, int) and not isinstance(v, bool)}
     assert numbers <= {task["done"], task["remaining"], data.get("judgment", {}).get("active_ms")}
 

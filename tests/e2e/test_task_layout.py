@@ -23,6 +23,8 @@ CODE = "```python\ndef median(xs):\n    xs = sorted(xs)\n    if len(xs) % 2:\n  
 LONG_OUTPUT = "\n\n".join([CODE, "| n | median |\n|--:|--:|\n| 3 | 2 |"] + [f"Paragraph {i} of the explanation." for i in range(80)])
 HOSTILE_OUTPUT = ('Before <script>window.pwned=1</script> middle <img src=x onerror="window.pwned=1"> after\n\n'
                   "[link](javascript:window.pwned=1)\n\n" + CODE)
+# Two outputs that are not near-identical (such a pair is a tie by rule and never served)
+OTHER_HOSTILE_OUTPUT = "The other model answers in its own words, at some length, before the same tricks.\n\n" + HOSTILE_OUTPUT
 
 LAPTOP = {"width": 1366, "height": 768}
 PHONE = {"width": 390, "height": 844}
@@ -73,7 +75,7 @@ def _assert_top_on_screen_above_the_bar(page, selector: str, bar: dict) -> dict:
 
 
 def test_a_script_in_an_output_is_shown_as_text_and_never_runs(live_server, browser, evaluator, annotators):
-    study = _study(evaluator, annotators[:1], ["Hello?"], (HOSTILE_OUTPUT, HOSTILE_OUTPUT))
+    study = _study(evaluator, annotators[:1], ["Hello?"], (HOSTILE_OUTPUT, OTHER_HOSTILE_OUTPUT))
     context, page = _open(browser, live_server.url, annotators[0].username, study, LAPTOP)
     page.wait_for_load_state("networkidle")
 
@@ -102,7 +104,7 @@ def test_a_script_in_an_output_is_shown_as_text_and_never_runs(live_server, brow
 @pytest.mark.parametrize("viewport", [LAPTOP, PHONE], ids=["1366x768", "390x844"])
 def test_the_outputs_and_the_vote_bar_are_on_screen_under_a_collapsed_long_prompt(
         live_server, browser, evaluator, annotators, viewport):
-    study = _study(evaluator, annotators[:1], [LONG_PROMPT, LONG_PROMPT.replace("a function", "another function")], (LONG_OUTPUT, LONG_OUTPUT))
+    study = _study(evaluator, annotators[:1], [LONG_PROMPT, LONG_PROMPT.replace("a function", "another function")], (LONG_OUTPUT, LONG_OUTPUT.replace("Paragraph", "Section")))
     context, page = _open(browser, live_server.url, annotators[0].username, study, viewport)
 
     toggle = page.locator("#prompt-toggle")

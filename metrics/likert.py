@@ -1,0 +1,108 @@
+"""Likert ratings and failure tags summarised per candidate (pure: no Django import).
+
+Per candidate and criterion: the number of ratings, their mean with a Student-t 95%
+confidence interval (mean ± t₀.₉₇₅,ₙ₋₁ · s/√n, s the sample standard deviation), the
+distribution over the points 1..scale and the "not applicable" count.  The t interval
+treats the points as interval-scaled, the usual reading of Likert means (Norman 2010,
+"Likert scales, levels of measurement and the 'laws' of statistics", Adv. Health Sci.
+Educ. 15:625-632); the distribution is reported beside it for those who prefer not to.
+Tag rates: the share of a candidate's rated outputs given each tag, with the Wilson score
+interval (:func:`arena.ratings.wilson_interval`).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import stdtrit
+
+from arena.ratings import wilson_interval
+
+
+@dataclass(frozen=True)
+class CriterionSummary:
+    """One candidate on one criterion; ``mean``/``lower``/``upper`` are NaN with too few ratings
+    (no ratings: no mean; one rating: a mean but no interval)."""
+
+    n: int
+    n_na: int
+    mean: float
+    lower: float
+    upper: float
+    distribution: tuple[int, ...]  # counts of points 1..scale
+
+
+@dataclass(frozen=True)
+class TagRate:
+    n: int  # rated outputs carrying the tag
+    of: int  # rated outputs
+    share: float
+    lower: float
+    upper: float
+
+
+def criterion_summary(points: Iterable[int | None], scale: int, *, confidence: float = 0.95) -> CriterionSummary:
+    """Summarise the ratings of one candidate on one criterion; ``None`` is "not applicable".
+
+    Parameters
+    ----------
+    points : iterable of int or None
+        Ratings on the scale 1..``scale``.
+    scale : int
+        The criterion's number of points.
+    confidence : float
+        Two-sided coverage of the Student-t interval for the mean.
+    """
+    values = list(points)
+    rated = np.array([p for p in values if p is not None], dtype=float)
+    n_na = len(values) - len(rated)
+    if len(rated) and (rated.min() < 1 or rated.max() > scale):
+        raise ValueError(f"ratings must lie in 1..{scale}")
+    distribution = tuple(int(c) for c in np.bincount(rated.astype(int), minlength=scale + 1)[1:scale + 1])
+    n = len(rated)
+    if n == 0:
+        return CriterionSummary(0, n_na, math.nan, math.nan, math.nan, distribution)
+    mean = float(rated.mean())
+    if n == 1:
+        return CriterionSummary(1, n_na, mean, math.nan, math.nan, distribution)
+    half = float(stdtrit(n - 1, 0.5 + confidence / 2) * rated.std(ddof=1) / math.sqrt(n))
+    return CriterionSummary(n, n_na, mean, mean - half, mean + half, distribution)
+
+
+def summarize(criteria: Sequence[Mapping], rows: Iterable[tuple[str, Mapping]]) -> dict[str, dict[str, CriterionSummary]]:
+    """``rows`` of (candidate, ratings {criterion key: point or None}) to {candidate: {key: summary}}.
+
+    Criteria no longer configured are left out; a candidate appears once it has a rating row.
+    """
+    by_candidate: dict[str, dict[str, list]] = {}
+    for candidate, ratings in rows:
+        per = by_candidate.setdefault(candidate, {c["key"]: [] for c in criteria})
+        for c in criteria:
+            if c["key"] in ratings:
+                per[c["key"]].append(ratings[c["key"]])
+    scales = {c["key"]: c["scale"] for c in criteria}
+    return {
+        candidate: {key: criterion_summary(points, scales[key]) for key, points in per.items()}
+        for candidate, per in sorted(by_candidate.items())
+    }
+
+
+def tag_rates(tag_keys: Sequence[str], rows: Iterable[tuple[str, Sequence[str]]]) -> dict[str, dict[str, TagRate]]:
+    """``rows`` of (candidate, tags given to one rated output) to {candidate: {tag: rate}}."""
+    outputs: dict[str, int] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for candidate, tags in rows:
+        outputs[candidate] = outputs.get(candidate, 0) + 1
+        per = counts.setdefault(candidate, dict.fromkeys(tag_keys, 0))
+        for tag in set(tags or ()):
+            if tag in per:
+                per[tag] += 1
+    result = {}
+    for candidate in sorted(outputs):
+        result[candidate] = {}
+        for tag in tag_keys:
+            p = wilson_interval(counts[candidate][tag], outputs[candidate])
+            result[candidate][tag] = TagRate(counts[candidate][tag], outputs[candidate], p.share, p.lower, p.upper)
+    return result

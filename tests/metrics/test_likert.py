@@ -1,0 +1,62 @@
+"""Likert summaries against independent computations (numpy, scipy.stats), with no database."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from metrics import likert
+
+
+def test_the_mean_and_t_interval_match_scipy():
+    rng = np.random.default_rng(3)
+    points = rng.integers(1, 6, size=37).tolist()
+    s = likert.criterion_summary(points + [None, None], scale=5)
+    low, high = stats.t.interval(0.95, len(points) - 1, loc=np.mean(points), scale=stats.sem(points))
+    assert (s.n, s.n_na) == (37, 2)
+    assert s.mean == pytest.approx(np.mean(points))
+    assert (s.lower, s.upper) == (pytest.approx(low), pytest.approx(high))
+    assert s.distribution == tuple(int((np.array(points) == k).sum()) for k in range(1, 6))
+
+
+def test_a_known_small_sample_gives_the_textbook_interval():
+    # 2, 4, 4, 5: mean 3.75, s = 1.2583, t(0.975, 3) = 3.1824 -> half width 2.0022
+    s = likert.criterion_summary([2, 4, 4, 5], scale=5)
+    assert s.mean == 3.75
+    assert (s.lower, s.upper) == (pytest.approx(1.7478, abs=1e-4), pytest.approx(5.7522, abs=1e-4))
+    assert s.distribution == (0, 1, 0, 2, 1)
+
+
+def test_too_few_ratings_give_no_interval_and_out_of_scale_points_are_refused():
+    none = likert.criterion_summary([None], scale=3)
+    assert (none.n, none.n_na, none.distribution) == (0, 1, (0, 0, 0)) and math.isnan(none.mean)
+    one = likert.criterion_summary([3], scale=3)
+    assert one.mean == 3 and math.isnan(one.lower) and math.isnan(one.upper)
+    with pytest.raises(ValueError, match="1..3"):
+        likert.criterion_summary([4], scale=3)
+
+
+def test_summaries_group_by_candidate_and_tag_rates_use_wilson_intervals():
+    criteria = [{"key": "f", "scale": 3}, {"key": "s", "scale": 5}]
+    rows = [("a", {"f": 1, "s": 5}), ("b", {"f": None, "s": 2}), ("a", {"f": 3, "s": 4})]
+    out = likert.summarize(criteria, rows)
+    assert out["a"]["f"].mean == 2 and out["a"]["s"].n == 2 and out["b"]["f"].n_na == 1
+    rates = likert.tag_rates(["hands", "text"], [("a", ["hands"]), ("a", []), ("a", ["hands", "text"]), ("b", [])])
+    hands = rates["a"]["hands"]
+    # Wilson 95% for 2 of 3, computed independently
+    z = stats.norm.ppf(0.975)
+    p, n = 2 / 3, 3
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert (hands.n, hands.of, hands.share) == (2, 3, pytest.approx(p))
+    assert (hands.lower, hands.upper) == (pytest.approx(centre - half), pytest.approx(centre + half))
+    assert rates["b"]["hands"].n == 0 and rates["b"]["hands"].of == 1
+
+
+def test_the_module_imports_without_django():
+    code = "import sys, metrics.likert; assert 'django' not in sys.modules, 'django imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
