@@ -136,6 +136,9 @@ class Prompt(models.Model):
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="prompts")
     external_id = models.CharField(max_length=200)
     text = models.TextField()
+    # ``text`` as sanitised HTML (annotation.markdown.render), written with the text: pages print it as
+    # is.  Empty means "not rendered yet" (the page renders the text); db_default for raw COPY (bench/).
+    html = models.TextField(blank=True, default="", db_default="")
     reference = models.TextField(blank=True)
     tags = models.JSONField(default=list, blank=True)
     image = models.CharField(max_length=500, blank=True)
@@ -222,6 +225,9 @@ class Output(models.Model):
     sample_index = models.PositiveSmallIntegerField(default=0)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     text = models.TextField(blank=True)
+    # ``text`` as sanitised HTML (annotation.markdown.render), written with the text: pages print it as
+    # is.  Empty means "not rendered yet" (the page renders the text); db_default for raw COPY (bench/).
+    html = models.TextField(blank=True, default="", db_default="")
     # Kept by the database, so leaderboards read lengths without moving the texts around.
     text_chars = models.GeneratedField(
         expression=Length("text"), output_field=models.PositiveIntegerField(), db_persist=True

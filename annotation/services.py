@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from arena import outcomes
 
-from . import audit, identity, neardup, selectors, taskconfig, uploads
+from . import audit, identity, markdown, neardup, selectors, taskconfig, uploads
 from .generation import base as generation_base
 from .models import (
     Assignment,
@@ -134,6 +134,8 @@ def study_update_tasks(*, study: Study, tasks: dict, actor=None) -> Study:
             audit.record(study, actor, audit.Action.SETTINGS_CHANGED, study.name, changed)
     study.refresh_from_db()
     units_build(study=study)
+    if {"likert_criteria", "failure_tags"} & set(changed):
+        _request_ratings(study.pk)  # the stored Likert summaries are laid out by these
     return study
 
 
@@ -453,6 +455,7 @@ def _prompts_write(study: Study, rows: Sequence, *, start: int) -> None:
                 study=study,
                 external_id=row.external_id,
                 text=row.text,
+                html=markdown.render(row.text),
                 reference=row.reference or "",
                 tags=list(row.tags),
                 image=row.image or "",
@@ -702,13 +705,14 @@ def outputs_import(*, candidate: Candidate, data: uploads.UploadData, filename: 
     rows = uploads.parse_imported_outputs(data, filename, known_prompt_ids=set(prompts),
                                           max_bytes=django_settings.EVALSITE_UPLOAD_MAX_BYTES).rows
     now = timezone.now()
-    fields = ["status", "text", "error", "latency_ms", "cost", "prompt_tokens", "completion_tokens", "finished_at",
-              "settings"]
+    fields = ["status", "text", "html", "error", "latency_ms", "cost", "prompt_tokens", "completion_tokens",
+              "finished_at", "settings"]
     with transaction.atomic():
         Output.objects.bulk_create(
             [
                 Output(study=study, prompt_id=prompts[row.prompt_id], candidate=candidate,
-                       sample_index=row.sample_index, status=Output.Status.DONE, text=row.text, error="",
+                       sample_index=row.sample_index, status=Output.Status.DONE, text=row.text,
+                       html=markdown.render(row.text), error="",
                        latency_ms=row.latency_ms, cost=row.cost, prompt_tokens=row.prompt_tokens,
                        completion_tokens=row.completion_tokens, finished_at=now,
                        settings={"imported_from": filename})
@@ -1021,7 +1025,9 @@ def generation_record(*, output_id: int, claim: str, result) -> bool:
     if result.error:
         fields.update(status=Output.Status.FAILED, error=result.error, claim="")
     else:
-        fields.update(status=Output.Status.DONE, text=result.text or "", error="")
+        text = result.text or ""
+        # rendered here, in the worker, once: the annotate page prints the stored HTML
+        fields.update(status=Output.Status.DONE, text=text, html=markdown.render(text), error="")
     return bool(
         Output.objects.filter(pk=output_id, claim=claim, status=Output.Status.RUNNING).update(**fields)
     )
@@ -1275,7 +1281,7 @@ _UNIT, _ASSIGNMENT, _JUDGMENT, _MEMBER, _PROMPT, _OUTPUT = (
 )
 _PICK_SQL = f"""
 SELECT u.id, u.taken, u.pair_seq, u.a_is_lo, u.prompt_id, u.output_a_id, u.output_b_id, p.text, oa.text, ob.text,
-       oa.candidate_id, ob.candidate_id, u.kind
+       oa.candidate_id, ob.candidate_id, u.kind, p.html, oa.html, ob.html
 FROM {_UNIT} u
 JOIN {_PROMPT} p ON p.id = u.prompt_id
 JOIN {_OUTPUT} oa ON oa.id = u.output_a_id
@@ -1323,7 +1329,8 @@ WITH picked AS (
   RETURNING id, unit_id, left_is_a
 )
 SELECT lease.id, lease.left_is_a, took.id, took.before, took.pair_seq, took.a_is_lo, took.prompt_id,
-       took.output_a_id, took.output_b_id, p.text, oa.text, ob.text, oa.candidate_id, ob.candidate_id, took.kind
+       took.output_a_id, took.output_b_id, p.text, oa.text, ob.text, oa.candidate_id, ob.candidate_id, took.kind,
+       p.html, oa.html, ob.html
 FROM took LEFT JOIN lease ON lease.unit_id = took.id
 JOIN {_PROMPT} p ON p.id = took.prompt_id
 JOIN {_OUTPUT} oa ON oa.id = took.output_a_id
@@ -1379,7 +1386,7 @@ def _lease_one(study: Study, annotator, now: datetime, *, pair: tuple[int, int] 
             if row is None:
                 return None
             (assignment_id, left_is_a, unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text,
-             text_a, text_b, cand_a, cand_b, kind) = row
+             text_a, text_b, cand_a, cand_b, kind, prompt_html, html_a, html_b) = row
             if assignment_id is None:
                 raise _LeaseClash()
         else:
@@ -1388,7 +1395,7 @@ def _lease_one(study: Study, annotator, now: datetime, *, pair: tuple[int, int] 
             if row is None:
                 return None
             (unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text, text_a, text_b, cand_a, cand_b,
-             kind) = row
+             kind, prompt_html, html_a, html_b) = row
             cur.execute(_TAKE_SQL, [unit_id])
             if cur.rowcount != 1:
                 return None
@@ -1404,10 +1411,11 @@ def _lease_one(study: Study, annotator, now: datetime, *, pair: tuple[int, int] 
     lo, hi = (cand_a, cand_b) if a_is_lo else (cand_b, cand_a)
     unit = Unit(id=unit_id, study_id=study.pk, kind=kind, prompt_id=prompt_id, output_a_id=out_a, output_b_id=out_b,
                 cand_lo_id=lo, cand_hi_id=hi, taken=taken + 1, pair_seq=pair_seq, a_is_lo=bool(a_is_lo))
-    unit.prompt = Prompt(id=prompt_id, study_id=study.pk, text=prompt_text)
-    unit.output_a = Output(id=out_a, study_id=study.pk, prompt_id=prompt_id, candidate_id=cand_a, text=text_a)
+    unit.prompt = Prompt(id=prompt_id, study_id=study.pk, text=prompt_text, html=prompt_html or "")
+    unit.output_a = Output(id=out_a, study_id=study.pk, prompt_id=prompt_id, candidate_id=cand_a, text=text_a,
+                           html=html_a or "")
     unit.output_b = None if out_b is None else Output(id=out_b, study_id=study.pk, prompt_id=prompt_id,
-                                                      candidate_id=cand_b, text=text_b)
+                                                      candidate_id=cand_b, text=text_b, html=html_b or "")
     assignment = Assignment(id=assignment_id, study_id=study.pk, unit_id=unit_id, annotator_id=annotator.pk,
                             token=token, left_is_a=bool(left_is_a), leased_at=now, expires_at=expires, released=False)
     assignment.unit = unit
@@ -1431,7 +1439,9 @@ def _adaptive_pairs(study: Study) -> list[tuple[int, int] | None]:
 class TaskView:
     """What an annotator's page may show: no candidate name, id or backend.
 
-    A Likert task shows one output (``left``; ``right`` is empty) and the criteria."""
+    A Likert task shows one output (``left``; ``right`` is empty) and the criteria.  Each text
+    comes with its stored HTML (``*_html``, sanitised when written; empty for a row written
+    before it was stored or by a path that missed it, and then the page renders the text)."""
 
     token: str
     prompt: str
@@ -1439,6 +1449,9 @@ class TaskView:
     right: str
     done: int
     remaining: int
+    prompt_html: str = ""
+    left_html: str = ""
+    right_html: str = ""
     kind: str = "pairwise"
     criteria: tuple = ()
     tags: tuple = ()  # each {key, label, letter}: the letter toggles it
@@ -1454,14 +1467,14 @@ def task_view(*, assignment: Assignment, done: int, units_total: int, study: Stu
     """
     unit = assignment.unit
     study = study or assignment.study
-    common = dict(token=assignment.token, prompt=unit.prompt.text, done=done,
+    common = dict(token=assignment.token, prompt=unit.prompt.text, prompt_html=unit.prompt.html, done=done,
                   remaining=max(0, units_total - done - 1), tags=tuple(taskconfig.tag_letters(study.failure_tags)),
                   ask_rationale=study.ask_rationale)
     if unit.kind == Unit.Kind.LIKERT:
-        return TaskView(left=unit.output_a.text, right="", kind=Unit.Kind.LIKERT,
+        return TaskView(left=unit.output_a.text, left_html=unit.output_a.html, right="", kind=Unit.Kind.LIKERT,
                         criteria=tuple(study.likert_criteria), **common)
     first, second = (unit.output_a, unit.output_b) if assignment.left_is_a else (unit.output_b, unit.output_a)
-    return TaskView(left=first.text, right=second.text, **common)
+    return TaskView(left=first.text, right=second.text, left_html=first.html, right_html=second.html, **common)
 
 
 class AlreadySubmitted(ServiceError):
@@ -1633,9 +1646,9 @@ def battles_import(*, study: Study, model_a: Sequence[str], model_b: Sequence[st
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             prompts = Prompt.objects.bulk_create([
-                Prompt(study=study, external_id=f"{prefix}{i + 1}", text=f"Battle {i + 1} imported from {source}",
+                Prompt(study=study, external_id=f"{prefix}{i + 1}", text=text, html=markdown.render(text),
                        position=start + i)
-                for i in range(lo, hi)
+                for i, text in ((i, f"Battle {i + 1} imported from {source}") for i in range(lo, hi))
             ])
             outputs = Output.objects.bulk_create([
                 Output(study=study, prompt=p, candidate=existing[m], status=Output.Status.DONE, finished_at=now,

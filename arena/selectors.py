@@ -45,8 +45,13 @@ def study_judgments(study_id: int, slice_key: str = ALL) -> QuerySet:
     """Pairwise judgments that count for a slice: excluded annotators are always left out.
 
     Likert judgments (empty outcome; summarised by metrics.likert) are not battles."""
+    return slice_judgments(study_id, slice_key).exclude(outcome="")
+
+
+def slice_judgments(study_id: int, slice_key: str = ALL) -> QuerySet:
+    """Every judgment of a slice, pairwise and Likert; excluded annotators are always left out."""
     excluded = StudyMember.objects.filter(study_id=study_id, excluded=True).values("user")
-    qs = Judgment.objects.filter(study_id=study_id).exclude(annotator__in=excluded).exclude(outcome="")
+    qs = Judgment.objects.filter(study_id=study_id).exclude(annotator__in=excluded)
     kind, _, value = slice_key.partition(":")
     if slice_key == ALL:
         return qs
@@ -243,4 +248,4 @@ def battles_since(study_id: int, after_id: int, limit: int = 200_000):
 
 
 __all__ = ["ALL", "BattleTable", "Cells", "judgment_cells", "settled_judgment_id", "LENGTH_BIN", "Slice", "battle_table", "battles_since", "latest_judgment_id",
-           "study_judgments", "study_slices"]
+           "slice_judgments", "study_judgments", "study_slices"]

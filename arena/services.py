@@ -15,7 +15,7 @@ from django.utils import timezone
 from annotation.models import Study
 
 from . import outcomes, ratings, selectors
-from .board import Board, BoardRow
+from .board import Board, BoardRow, LikertBoard
 from .models import RatingRequest, RatingSnapshot
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,8 @@ ONLINE_ELO = "elo_online"
 
 def ratings_recompute(*, study_id: int, slice_key: str = selectors.ALL, force: bool = False,
                       rounds: int | None = None) -> RatingSnapshot:
-    """Fit Bradley-Terry with bootstrap intervals on one slice of a study and store it.
+    """Fit Bradley-Terry with bootstrap intervals on one slice of a study and store it, with
+    the slice's Likert summaries and tag rates.
 
     Skips the work when every judgment of the slice has settled into the snapshot, unless
     ``force``.  Counting is incremental: the snapshot keeps the counted cells of every
@@ -37,17 +38,41 @@ def ratings_recompute(*, study_id: int, slice_key: str = selectors.ALL, force: b
     (:func:`arena.selectors.settled_judgment_id` says why "settled" lags the newest by
     ``EVALSITE_SETTLE_SECONDS``).  A new study version (an exclusion, re-imported outputs)
     or ``force`` counts everything again.  The bootstrap seed is derived from the data,
-    so the same judgments give the same intervals.
+    so the same judgments give the same intervals.  The Likert part
+    (:func:`metrics.selectors.likert_summary`, one ``GROUP BY``) is redone whenever the
+    slice's Likert judgments (their count or newest id) or the study's criteria and tags
+    differ from what the snapshot summarised; only Likert votes leave the pairwise board as it was.
     """
-    version = Study.objects.values_list("version", flat=True).get(pk=study_id)
+    from metrics.selectors import likert_config, likert_marker, likert_summary
+
+    study = Study.objects.only("version", "likert_criteria", "failure_tags").get(pk=study_id)
+    version = study.version
     current = RatingSnapshot.objects.filter(study_id=study_id, slice_key=slice_key, method=BT).first()
+    same = current is not None and not force and current.study_version == version
+    old = current.board if same else None
     # Nothing to do only when every judgment up to the newest has settled into the cells:
     # a young one may still be joined by an older id committing late.
-    if (current and not force and current.study_version == version and current.cells is not None
-            and current.settled_judgment_id >= selectors.latest_judgment_id(study_id, slice_key)):
+    pairwise_fresh = (same and old is not None and current.cells is not None
+                      and current.settled_judgment_id >= selectors.latest_judgment_id(study_id, slice_key))
+    criteria, tags = likert_config(study)
+    wants_likert = bool(criteria or tags)
+    if wants_likert:
+        marker = likert_marker(study_id, slice_key)
+        likert_fresh = (old is not None and old.likert is not None and list(old.likert.criteria) == criteria
+                        and list(old.likert.tags) == tags
+                        and (old.likert.n_judgments, old.likert.last_judgment_id) == marker)
+    else:
+        likert_fresh = old is not None and old.likert is None
+    if pairwise_fresh and likert_fresh:
         return current
-    incremental = (current is not None and not force and current.study_version == version
-                   and current.cells is not None)
+    likert = LikertBoard.from_json(likert_summary(study, slice_key)) if wants_likert else None
+    if pairwise_fresh:  # only the Likert part moved
+        with transaction.atomic():
+            RatingSnapshot.objects.filter(pk=current.pk).update(
+                payload=replace(old, likert=likert).to_json(), computed_at=timezone.now())
+        current.refresh_from_db()
+        return current
+    incremental = (same and current.cells is not None)
     base = selectors.Cells.from_bytes(bytes(current.cells)) if incremental else selectors.Cells.empty()
     settled_from = current.settled_judgment_id if incremental else 0
     cutoff = timezone.now() - timedelta(seconds=settings.EVALSITE_SETTLE_SECONDS)
@@ -58,6 +83,7 @@ def ratings_recompute(*, study_id: int, slice_key: str = selectors.ALL, force: b
     table = selectors.battle_table(study_id, slice_key, cells=settled + recent, last_judgment_id=max(last, settled_to))
     payload = leaderboard_payload(table, rounds=rounds or settings.EVALSITE_BOOTSTRAP_ROUNDS,
                                   seed=study_id * 1_000_003 + table.last_judgment_id)
+    payload["likert"] = likert.to_json() if likert else None
     with transaction.atomic():
         snapshot, _ = RatingSnapshot.objects.update_or_create(
             study_id=study_id, slice_key=slice_key, method=BT,

@@ -29,6 +29,10 @@ def leaderboard_context(study, slice_key: str) -> dict:
     ctx = {"study": study, "snapshot": snapshot, "slices": slices, "slice_key": slice_key, "stale": stale}
     board = snapshot.board if snapshot else None
     ctx["board"] = board
+    # The slice's Likert summaries, as the worker stored them with the board (never computed here).
+    expected = bool(study.likert_criteria or study.failure_tags)
+    likert = board.likert if board is not None and expected else None
+    ctx.update(likert=likert, likert_expected=expected, likert_rows=likert.rows() if likert else [])
     if board is None or not board.rows:
         return ctx
     lc = board.style.get("ratings") or {}
@@ -57,15 +61,6 @@ def leaderboard(request: HttpRequest, study_id: int) -> HttpResponse:
     study = access.get_study_for_manager(request.user, study_id)
     # Reads only: the worker refreshes snapshots after votes; the page says how old this one is.
     ctx = leaderboard_context(study, request.GET.get("slice", selectors.ALL))
-    if not request.htmx and (study.likert_criteria or study.failure_tags):
-        from metrics.selectors import likert_summary
-
-        likert = likert_summary(study)
-        keys, tags = [c["key"] for c in likert["criteria"]], [t["key"] for t in likert["tags"]]
-        # in the columns' order, for the template (which cannot look a key up)
-        likert["rows"] = [{"candidate": c["candidate"], "cells": [c["criteria"][k] for k in keys],
-                           "tag_cells": [c["tags"][t] for t in tags]} for c in likert["candidates"]]
-        ctx["likert"] = likert
     template = "arena/partials/_leaderboard.html" if request.htmx else "arena/leaderboard.html"
     return render(request, template, ctx)
 

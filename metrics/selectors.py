@@ -2,38 +2,68 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from itertools import repeat
 
-from annotation.models import Judgment, Study, StudyMember
+from django.db.models import Count, Max
+
+from annotation.models import Study
 
 from . import likert
+
+INTERVAL = "Student t, 95%"
 
 
 def _finite(value: float) -> float | None:
     return None if value != value else round(value, 4)  # NaN -> None (JSON has no NaN)
 
 
-def likert_summary(study: Study) -> dict:
+def likert_config(study: Study) -> tuple[list[dict], list[dict]]:
+    """The criteria and tags a Likert summary is laid out by (what a stored one is checked against)."""
+    criteria = [{"key": c["key"], "name": c["name"], "scale": c["scale"], "labels": list(c["labels"])}
+                for c in study.likert_criteria]
+    tags = [{"key": t["key"], "label": t["label"]} for t in study.failure_tags]
+    return criteria, tags
+
+
+def likert_judgments(study_id: int, slice_key: str = "all"):
+    """The Likert judgments of a slice (excluded annotators left out)."""
+    from arena.selectors import slice_judgments
+
+    return slice_judgments(study_id, slice_key).filter(ratings__isnull=False)
+
+
+def likert_marker(study_id: int, slice_key: str = "all") -> tuple[int, int]:
+    """(count, newest id) of a slice's Likert judgments: one aggregate, which the worker compares with
+    what its snapshot summarised (a count, so a judgment that commits after a newer one is noticed)."""
+    agg = likert_judgments(study_id, slice_key).order_by().aggregate(n=Count("id"), last=Max("id"))
+    return agg["n"], agg["last"] or 0
+
+
+def likert_summary(study: Study, slice_key: str = "all") -> dict:
     """Likert criteria per candidate and tag rates per candidate, as JSON-ready data.
 
     Excluded annotators' judgments are left out, as on the leaderboard.  Tag rates are
     over rated outputs (Likert judgments), the only judgments a tag can be pinned on one
-    candidate by.  Reads the study's Likert judgments (one indexed scan).
+    candidate by.  One ``GROUP BY`` over the slice's Likert judgments by (candidate,
+    ratings, tags): the rows read grow with the distinct answers, not the judgments.  The
+    aggregation worker calls this (:func:`arena.services.ratings_recompute`); pages and the
+    API read what it stored.
     """
-    excluded = StudyMember.objects.filter(study=study, excluded=True).values("user")
     rows = list(
-        Judgment.objects.filter(study=study, ratings__isnull=False).exclude(annotator__in=excluded)
+        likert_judgments(study.pk, slice_key).order_by()
         .values_list("unit__output_a__candidate__name", "ratings", "tags")
+        .annotate(n=Count("id"), last=Max("id"))
     )
-    criteria = study.likert_criteria
-    tag_keys = [t["key"] for t in study.failure_tags]
-    summaries = likert.summarize(criteria, ((c, r) for c, r, _ in rows))
-    rates = likert.tag_rates(tag_keys, ((c, t or []) for c, _, t in rows))
+    criteria, tags = likert_config(study)
+    answers = [(c, r, t) for c, r, t, n, _ in rows for _ in repeat(None, n)]
+    summaries = likert.summarize(criteria, ((c, r) for c, r, _ in answers))
+    rates = likert.tag_rates([t["key"] for t in tags], ((c, t or []) for c, _, t in answers))
     return {
-        "interval": "Student t, 95%",
-        "criteria": [{"key": c["key"], "name": c["name"], "scale": c["scale"], "labels": c["labels"]}
-                     for c in criteria],
-        "tags": [{"key": t["key"], "label": t["label"]} for t in study.failure_tags],
-        "n_judgments": len(rows),
+        "interval": INTERVAL,
+        "criteria": criteria,
+        "tags": tags,
+        "n_judgments": len(answers),
+        "last_judgment_id": max((last for *_, last in rows), default=0),
         "candidates": [
             {
                 "candidate": name,

@@ -50,8 +50,9 @@ class LeaderboardSerializer(serializers.Serializer):
     slices = serializers.ListField(child=serializers.CharField(), required=False)
     likert = serializers.DictField(
         required=False, allow_null=True,
-        help_text="Likert criteria per candidate (n, mean, Student-t 95% interval, points' distribution, n/a count) "
-                  "and failure-tag rates (Wilson 95%); null when the study rates and tags nothing.")
+        help_text="The slice's Likert criteria per candidate (n, mean, Student-t 95% interval, points' distribution, "
+                  "n/a count) and failure-tag rates (Wilson 95%), from the same snapshot as the ratings (its "
+                  "`computed_at`/`age_seconds`); null when the study rates and tags nothing or nothing is computed yet.")
 
 
 class CandidateProgressSerializer(serializers.Serializer):

@@ -25,13 +25,13 @@ def leaderboard(request: Request, study_id: int) -> Response:
     """``GET /api/studies/<id>/leaderboard?slice=all|tag:<t>|group:<g>``: the last computed snapshot."""
     study = access.get_study_for_manager(request.user, study_id)
     slice_key = request.query_params.get("slice", selectors.ALL)
-    if slice_key not in {s.key for s in selectors.study_slices(study.pk)}:
+    slices = [s.key for s in selectors.study_slices(study.pk)]
+    if slice_key not in slices:
         raise ValidationError({"slice": f"unknown slice {slice_key!r} for this study"})
     snapshot = RatingSnapshot.objects.filter(study=study, slice_key=slice_key, method=BT).first()
-    likert = _likert(study)
     if snapshot is None:  # reads never enqueue work; the worker computes after votes
         return Response({"study": study.pk, "slice": slice_key, "computed_at": None, "age_seconds": None,
-                         "rows": [], "likert": likert})
+                         "rows": [], "likert": None})
     board = snapshot.board or Board(rounds=0, seed=0, n_battles=0)
     data = board.to_json()
     return Response({
@@ -47,19 +47,9 @@ def leaderboard(request: Request, study_id: int) -> Response:
         "length_controlled": board.style,
         "position_bias": board.position_bias,
         "length_bias": board.length_bias,
-        "slices": [s.key for s in selectors.study_slices(study.pk)],
-        "likert": likert,
+        "slices": slices,
+        "likert": board.likert.to_json() if board.likert and (study.likert_criteria or study.failure_tags) else None,
     })
-
-
-def _likert(study) -> dict | None:
-    """Likert ratings and tag rates per candidate (all of the study's judgments, whatever the slice);
-    null when the study rates nothing and tags nothing."""
-    if not (study.likert_criteria or study.failure_tags):
-        return None
-    from metrics.selectors import likert_summary
-
-    return likert_summary(study)
 
 
 @extend_schema(summary="Generation progress", tags=["outputs"], responses=s.ProgressSerializer)

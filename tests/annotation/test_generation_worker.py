@@ -2,7 +2,7 @@
 import pytest
 from django.urls import reverse
 
-from annotation import services
+from annotation import markdown, services
 from annotation.models import Output, Unit
 from annotation.tasks import generate_outputs
 from tests.conftest import PROMPTS_CSV, WORKER_API_KEY, WORKER_KEY_ENV, wait_for
@@ -64,6 +64,8 @@ def test_a_worker_generates_from_an_openai_compatible_server(celery_worker_proce
         assert [o.status for o in outputs] == ["done"] * 4, [o.error for o in outputs]
         first = outputs[0]
         assert first.text == "echo: How do I reset my password? (model served-7b)"
+        # the worker stores each text's sanitised HTML with it: the annotate page prints that
+        assert all(o.html == markdown.render(o.text) and o.html.startswith("<p>") for o in outputs)
         assert first.completion_tokens == 9 and first.prompt_tokens == 6  # words, as the server counts
         assert first.cost == pytest.approx((6 * 1.0 + 9 * 2.0) / 1000)
         assert server.request_count == 5  # four prompts plus one retried 500

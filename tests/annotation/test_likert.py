@@ -259,6 +259,9 @@ def test_likert_summaries_are_on_the_leaderboard_page_and_api_without_touching_t
                                      tags=["refused"] if a.unit.cand_lo.name == "alpha-model" else [])
         else:
             services.judgment_submit(assignment=a, choice="left")
+    from arena.services import ratings_recompute
+
+    ratings_recompute(study_id=study.pk, rounds=50)  # the worker's refresh: pages and the API only read it
     api = client_for(manager).get(reverse("api-leaderboard", args=[study.pk])).json()
     likert = api["likert"]
     assert likert["n_judgments"] == 4 and likert["interval"] == "Student t, 95%"
