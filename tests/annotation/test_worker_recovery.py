@@ -226,7 +226,9 @@ def test_a_worker_killed_mid_batch_and_restarted_generates_each_output_once(work
         if settings.CELERY_BROKER_URL.startswith("redis://"):
             asked = server.request_count
             texts = dict(study.outputs.values_list("pk", "text"))
-            assert _redeliver_the_dead_workers_messages(second, study) == 2  # the two batches it was running
+            # the two batches it was running come back, and any message it had reserved but not yet
+            # started (a prefetch; CI saw one): each finds nothing left to do
+            assert _redeliver_the_dead_workers_messages(second, study) >= 2
             assert server.request_count == asked and dict(study.outputs.values_list("pk", "text")) == texts
         # (filesystem broker: the two messages were deleted when delivered; nothing can come back)
 
