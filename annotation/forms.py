@@ -7,7 +7,7 @@ from arena import outcomes
 
 from . import taskconfig, usertext
 from .generation.base import GenerationSettings
-from .models import Candidate
+from .models import Candidate, Skip
 
 User = get_user_model()
 
@@ -108,6 +108,19 @@ class TaskSettingsMixin(forms.Form):
                 "failure_tags": json.dumps(study.failure_tags) if study.failure_tags else ""}
 
 
+INSTRUCTIONS_MAX_CHARS = 20_000
+
+
+def instructions_field() -> TextField:
+    return TextField(max_length=INSTRUCTIONS_MAX_CHARS, required=False, strip=True,
+                     widget=forms.Textarea(attrs={"rows": 6}),
+                     help_text="Markdown shown to each annotator before their first task (empty: none).")
+
+
+class InstructionsForm(forms.Form):
+    instructions = instructions_field()
+
+
 class StudyCreateForm(TaskSettingsMixin, forms.Form):
     name = TextField(max_length=200)
     description = TextField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
@@ -128,6 +141,7 @@ class StudyCreateForm(TaskSettingsMixin, forms.Form):
         queryset=User.objects.filter(is_active=True).order_by("username"), required=False,
         widget=forms.CheckboxSelectMultiple,
     )
+    instructions = instructions_field()
 
     def generation_settings(self) -> dict:
         d = self.cleaned_data
@@ -178,6 +192,13 @@ class MemberForm(forms.Form):
         if user is None:
             raise forms.ValidationError(f"no user named {name!r}")
         return user
+
+
+class SkipForm(forms.Form):
+    """Why the annotator skips a task: one of a short list, and their words for "other"."""
+
+    reason = forms.ChoiceField(choices=Skip.Reason.choices)
+    note = TextField(max_length=2000, required=False)
 
 
 class JudgmentForm(forms.Form):

@@ -49,6 +49,9 @@ class Study(models.Model):
     ask_rationale = models.CharField(
         max_length=10, default="optional", help_text="off, optional or required: the free-text rationale."
     )
+    instructions = models.TextField(blank=True, help_text="Markdown shown to annotators before their first task.")
+    # Rendered once when written (annotation.markdown.render: sanitised), like Prompt.html.
+    instructions_html = models.TextField(blank=True, default="", db_default="")
 
     class Meta:
         verbose_name_plural = "studies"
@@ -74,6 +77,9 @@ class StudyMember(models.Model):
         default=False, help_text="Excluded annotators keep their judgments; aggregates skip them."
     )
     done = models.PositiveIntegerField(default=0, help_text="Judgments this member has submitted (a counter).")
+    instructions_seen_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the annotator pressed Start on the study's instructions page."
+    )
 
     class Meta:
         constraints = [
@@ -448,6 +454,33 @@ class Judgment(models.Model):
 
     def __str__(self) -> str:
         return f"judgment {self.pk}: {self.outcome}"
+
+
+class Skip(models.Model):
+    """An annotator passed on a task, with a reason.  Not a judgment: ratings and progress
+    never count it.  Its assignment is closed and released (``submitted_at`` set,
+    ``released`` true): the place went back to the unit, and the lease statements never
+    serve that unit to the same annotator again."""
+
+    class Reason(models.TextChoices):
+        CANT_JUDGE = "cant_judge", "Can't judge"
+        OFFENSIVE = "offensive", "Offensive"
+        BROKEN = "broken", "Broken output"
+        OTHER = "other", "Other"
+
+    assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE, related_name="skip")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="skips")
+    unit = models.ForeignKey(Unit, on_delete=models.CASCADE, related_name="skips")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    reason = models.CharField(max_length=12, choices=Reason.choices)
+    note = models.TextField(blank=True, help_text="The annotator's words (asked for with “other”).")
+    skipped_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["study", "skipped_at"], name="annotation_skip_study_at")]
+
+    def __str__(self) -> str:
+        return f"skip {self.pk}: {self.reason}"
 
 
 class AuditEntry(models.Model):

@@ -335,3 +335,30 @@ def judgments_list(study: Study, *, pair: tuple[int, int] | None = None, annotat
                   "unit__a_is_lo", "unit__kind", "unit__prompt__external_id", "unit__cand_lo__name",
                   "unit__cand_hi__name")
             .order_by("-submitted_at", "-pk"))
+
+
+SKIPS_SHOWN = 50
+
+
+def skip_summary(study: Study) -> dict:
+    """Skipped tasks for the judgments page: how many per reason, per candidate (a pair's skip
+    counts for both of its candidates) and per reason, and the latest ones with their words."""
+    from .models import Skip
+
+    labels = dict(Skip.Reason.choices)
+    skips = Skip.objects.filter(study=study)
+    by_reason = dict(skips.values_list("reason").annotate(n=Count("id")).values_list("reason", "n"))
+    per_candidate: dict[int, dict[str, int]] = {}
+    for field in ("unit__cand_lo", "unit__cand_hi"):
+        for cand, reason, n in (skips.exclude(**{f"{field}__isnull": True}).values_list(field, "reason")
+                                .annotate(n=Count("id")).values_list(field, "reason", "n")):
+            row = per_candidate.setdefault(cand, {})
+            row[reason] = row.get(reason, 0) + n
+    names = dict(Candidate.objects.filter(study=study).values_list("pk", "name"))
+    candidates = sorted(
+        ({"name": names.get(cand, "?"), "total": sum(row.values()), "counts": [row.get(r, 0) for r in labels]}
+         for cand, row in per_candidate.items()), key=lambda c: (-c["total"], c["name"]))
+    latest = list(skips.select_related("unit__prompt", "unit__cand_lo", "unit__cand_hi", "annotator")
+                  .order_by("-skipped_at", "-id")[:SKIPS_SHOWN])
+    return {"total": sum(by_reason.values()), "reasons": [(labels[r], by_reason.get(r, 0)) for r in labels],
+            "candidates": candidates, "latest": latest}

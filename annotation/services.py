@@ -39,6 +39,7 @@ from .models import (
     Prompt,
     PromptTag,
     Study,
+    Skip,
     StudyMember,
     Unit,
     WorkerHeartbeat,
@@ -69,6 +70,7 @@ def study_create(
     managers: Iterable = (),
     adaptive_sampling: bool = False,
     tasks: dict | None = None,
+    instructions: str = "",
 ) -> Study:
     """Create a study with its prompt set; the upload is validated whole first.
 
@@ -93,6 +95,8 @@ def study_create(
             samples_per_prompt=samples_per_prompt,
             generation_settings=gen,
             adaptive_sampling=adaptive_sampling,
+            instructions=instructions.strip(),
+            instructions_html=markdown.render(instructions.strip()),
             **tasks,
         )
         StudyMember.objects.create(study=study, user=created_by, role=StudyMember.Role.EVALUATOR)
@@ -175,6 +179,28 @@ def study_update_settings(*, study: Study, overlap: int, adaptive_sampling: bool
             audit.record(study, actor, audit.Action.SETTINGS_CHANGED, study.name, changed)
     study.refresh_from_db()
     return study
+
+
+def study_set_instructions(*, study: Study, text: str, actor=None) -> Study:
+    """Set the Markdown annotators read before their first task (rendered and sanitised once, here)."""
+    text = text.strip()
+    with transaction.atomic():
+        before = Study.objects.select_for_update().filter(pk=study.pk).values_list("instructions", flat=True).get()
+        if before != text:
+            Study.objects.filter(pk=study.pk).update(instructions=text, instructions_html=markdown.render(text))
+            audit.record(study, actor, audit.Action.SETTINGS_CHANGED, study.name, {
+                "instructions": audit.change(f"{len(before)} characters", f"{len(text)} characters")})
+    study.refresh_from_db()
+    return study
+
+
+def member_acknowledge_instructions(*, member: StudyMember) -> StudyMember:
+    """The annotator pressed Start on the instructions page; the first time counts."""
+    if member.instructions_seen_at is None:
+        now = timezone.now()
+        StudyMember.objects.filter(pk=member.pk, instructions_seen_at__isnull=True).update(instructions_seen_at=now)
+        member.instructions_seen_at = now
+    return member
 
 
 def generation_settings_validate(raw: dict) -> dict:
@@ -294,7 +320,9 @@ def member_exclude(*, study: Study, user, excluded: bool = True, actor=None) -> 
         if excluded:
             holding = Assignment.objects.filter(study=study, annotator=user, released=False)
         else:
-            holding = Assignment.objects.filter(study=study, annotator=user, submitted_at__isnull=False)
+            # judged ones only: a skipped task (closed and released) gave its place back for good
+            holding = Assignment.objects.filter(study=study, annotator=user, submitted_at__isnull=False,
+                                                judgment__isnull=False)
         # (unit, annotator) is unique, so each unit moves by exactly one place.
         step = -1 if excluded else 1
         Unit.objects.filter(pk__in=holding.values("unit_id")).update(taken=F("taken") + step)
@@ -1276,6 +1304,9 @@ def _renew(held: Assignment, now: datetime) -> Assignment:
 
 # The vote path's statements, written once in SQL that PostgreSQL and SQLite both run:
 # building and compiling the equivalent ORM queries cost more than running them.
+# The (unit, annotator) probe lets through only a lease that expired unsubmitted (released,
+# never submitted), which is taken over in place; a skipped task (released and closed) and
+# a judged one are never served to the same annotator again.
 _UNIT, _ASSIGNMENT, _JUDGMENT, _MEMBER, _PROMPT, _OUTPUT = (
     m._meta.db_table for m in (Unit, Assignment, Judgment, StudyMember, Prompt, Output)
 )
@@ -1287,7 +1318,8 @@ JOIN {_PROMPT} p ON p.id = u.prompt_id
 JOIN {_OUTPUT} oa ON oa.id = u.output_a_id
 LEFT JOIN {_OUTPUT} ob ON ob.id = u.output_b_id
 WHERE u.study_id = %s AND u.taken < u.needed {{pair}}
-  AND NOT EXISTS (SELECT 1 FROM {_ASSIGNMENT} a WHERE a.unit_id = u.id AND a.annotator_id = %s AND NOT a.released)
+  AND NOT EXISTS (SELECT 1 FROM {_ASSIGNMENT} a WHERE a.unit_id = u.id AND a.annotator_id = %s
+                  AND NOT (a.released AND a.submitted_at IS NULL))
 ORDER BY u.taken, u.shuffle
 LIMIT 1 {{lock}}"""
 _TAKE_SQL = f"UPDATE {_UNIT} SET taken = taken + 1 WHERE id = %s AND taken < needed"
@@ -1296,7 +1328,7 @@ INSERT INTO {_ASSIGNMENT} (study_id, unit_id, annotator_id, token, left_is_a, le
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (unit_id, annotator_id) DO UPDATE SET token = excluded.token, left_is_a = excluded.left_is_a,
   leased_at = excluded.leased_at, expires_at = excluded.expires_at, released = excluded.released
-  WHERE {_ASSIGNMENT}.released
+  WHERE {_ASSIGNMENT}.released AND {_ASSIGNMENT}.submitted_at IS NULL
 RETURNING id"""
 _CLOSE_SQL = f"UPDATE {_ASSIGNMENT} SET submitted_at = %s WHERE id = %s AND submitted_at IS NULL AND NOT released"
 _JUDGMENT_SQL = f"""
@@ -1314,7 +1346,8 @@ _LEASE_CTE_SQL = f"""
 WITH picked AS (
   SELECT u.id, u.taken FROM {_UNIT} u
   WHERE u.study_id = %s AND u.taken < u.needed {{pair}}
-    AND NOT EXISTS (SELECT 1 FROM {_ASSIGNMENT} a WHERE a.unit_id = u.id AND a.annotator_id = %s AND NOT a.released)
+    AND NOT EXISTS (SELECT 1 FROM {_ASSIGNMENT} a WHERE a.unit_id = u.id AND a.annotator_id = %s
+                    AND NOT (a.released AND a.submitted_at IS NULL))
   ORDER BY u.taken, u.shuffle
   LIMIT 1 {{lock}}
 ), took AS (
@@ -1325,7 +1358,7 @@ WITH picked AS (
   SELECT %s, took.id, %s, %s, ((took.pair_seq + took.before) %% 2 = 0) = took.a_is_lo, %s, %s, false FROM took
   ON CONFLICT (unit_id, annotator_id) DO UPDATE SET token = excluded.token, left_is_a = excluded.left_is_a,
     leased_at = excluded.leased_at, expires_at = excluded.expires_at, released = excluded.released
-    WHERE {_ASSIGNMENT}.released
+    WHERE {_ASSIGNMENT}.released AND {_ASSIGNMENT}.submitted_at IS NULL
   RETURNING id, unit_id, left_is_a
 )
 SELECT lease.id, lease.left_is_a, took.id, took.before, took.pair_seq, took.a_is_lo, took.prompt_id,
@@ -1542,7 +1575,10 @@ def judgment_submit(
                 if state is None:  # its candidate was removed meanwhile (candidate_remove)
                     raise LeaseExpired("This task is no longer offered: its pair was taken out of the study.")
                 if state["submitted_at"] is not None:
-                    return _same_or_refuse(Judgment.objects.get(assignment_id=assignment.pk), answer), False
+                    existing = Judgment.objects.filter(assignment_id=assignment.pk).first()
+                    if existing is None:
+                        raise AlreadySubmitted("You skipped this task, so it takes no answer now.")
+                    return _same_or_refuse(existing, answer), False
                 if not Unit.objects.filter(pk=assignment.unit_id, taken__lt=F("needed")).update(taken=F("taken") + 1):
                     raise LeaseExpired("This task's lease expired and someone else has taken it.")
                 # closed in the same UPDATE, so it never counts as a second open lease
@@ -1588,6 +1624,86 @@ def _same_or_refuse(existing: Judgment, answer: tuple) -> Judgment:
     if existing.outcome == outcome and existing.ratings == ratings and (existing.tags or []) == (tags or []):
         return existing
     raise AlreadySubmitted("This task was already submitted with another answer.")
+
+
+def task_skip(*, assignment: Assignment, reason: str, note: str = "", now: datetime | None = None) -> bool:
+    """The annotator passes on their task with a reason; returns whether this call recorded it.
+
+    The lease is closed and released in one conditional UPDATE (its row count decides
+    against a vote or a sweep in flight), and its place goes back to the unit for someone
+    else; the lease statements never serve that unit to this annotator again.  A lease
+    that already expired is recorded too (its place was given back by the sweep).  The
+    same skip again changes nothing; a skip of a judged task is refused.
+    """
+    if reason not in Skip.Reason.values:
+        raise AnswerInvalid(f"reason: choose one of {', '.join(Skip.Reason.values)}")
+    note = note.strip()[:2000]
+    if reason == Skip.Reason.OTHER and not note:
+        raise AnswerInvalid("note: say in a few words why you skip (asked for with “other”)")
+    now = now or timezone.now()
+    with transaction.atomic():
+        open_ = Assignment.objects.filter(pk=assignment.pk, submitted_at__isnull=True)
+        if open_.filter(released=False).update(released=True, submitted_at=now):
+            Unit.objects.filter(pk=assignment.unit_id).update(taken=F("taken") - 1)
+        elif not open_.filter(released=True).update(submitted_at=now):
+            if Skip.objects.filter(assignment_id=assignment.pk).exists():
+                return False
+            raise AlreadySubmitted("This task was already judged; it cannot be skipped now.")
+        Skip.objects.create(assignment_id=assignment.pk, study_id=assignment.study_id, unit_id=assignment.unit_id,
+                            annotator_id=assignment.annotator_id, reason=reason, note=note, skipped_at=now)
+    return True
+
+
+class UndoRefused(ServiceError):
+    """An undo that is not allowed (not the latest judgment, too late, nothing to undo): a 409."""
+
+
+def judgment_undo(*, assignment: Assignment, now: datetime | None = None) -> Assignment:
+    """Take back the annotator's latest judgment, within ``EVALSITE_UNDO_SECONDS`` of it.
+
+    The judgment is deleted and the annotator's ``done`` counter goes back; their lease on
+    that unit opens again (it kept its place on the unit), and the lease they were given
+    next is released so its place goes to someone else.  The study's version moves so
+    incremental counts are redone, and one leaderboard refresh is requested.  Returns the
+    reopened lease.
+    """
+    from arena.services import online_elo_reset
+
+    now = now or timezone.now()
+    window = django_settings.EVALSITE_UNDO_SECONDS
+    with transaction.atomic():
+        judgment = Judgment.objects.select_for_update().filter(assignment_id=assignment.pk).first()
+        if judgment is None:
+            raise UndoRefused("There is no judgment on this task to undo (it was undone already, or never made).")
+        latest = (Judgment.objects.filter(study_id=assignment.study_id, annotator_id=assignment.annotator_id)
+                  .order_by("-submitted_at", "-id").values_list("pk", flat=True).first())
+        if latest != judgment.pk:
+            raise UndoRefused("Only your latest judgment can be undone.")
+        if now - judgment.submitted_at > timedelta(seconds=window):
+            raise UndoRefused(f"Too late to undo: a judgment can be undone within {window} seconds "
+                              "(EVALSITE_UNDO_SECONDS).")
+        nxt = list(Assignment.objects.select_for_update().filter(
+            study_id=assignment.study_id, annotator_id=assignment.annotator_id, submitted_at__isnull=True,
+            released=False).values_list("pk", "unit_id"))
+        if nxt:
+            Assignment.objects.filter(pk__in=[pk for pk, _ in nxt]).update(released=True)
+            Unit.objects.filter(pk__in=[u for _, u in nxt]).update(taken=F("taken") - 1)
+        judgment.delete()
+        expires = now + timedelta(seconds=_lease_seconds())
+        try:
+            with transaction.atomic():
+                Assignment.objects.filter(pk=assignment.pk).update(submitted_at=None, released=False,
+                                                                   expires_at=expires)
+        except IntegrityError:  # the one-open-lease constraint: a request of theirs leased meanwhile
+            raise UndoRefused("Another of your requests took a new task at the same moment; press Undo again.") \
+                from None
+        StudyMember.objects.filter(study_id=assignment.study_id, user_id=assignment.annotator_id,
+                                   done__gt=0).update(done=F("done") - 1)
+        Study.objects.filter(pk=assignment.study_id).update(version=F("version") + 1)
+    online_elo_reset(study_id=assignment.study_id)  # the sequential preview cannot un-count a vote; replay it
+    _request_ratings(assignment.study_id)
+    return (Assignment.objects.select_related("unit__prompt", "unit__output_a", "unit__output_b")
+            .get(pk=assignment.pk))
 
 
 def _request_ratings(study_id: int, *, vote: bool = False) -> None:

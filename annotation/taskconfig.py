@@ -12,12 +12,13 @@ from collections.abc import Mapping, Sequence
 KINDS = ("pairwise", "likert", "both")
 RATIONALE = ("off", "optional", "required")
 MIN_SCALE, MAX_SCALE = 2, 10
-MAX_CRITERIA, MAX_TAGS = 12, 26
+MAX_CRITERIA = 12
 MAX_NAME = 100
 # a key is what the API and the exports carry: short, lower case, no spaces
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-# tag shortcut letters: every letter but the ones the Likert task keeps ("n": not applicable)
-TAG_KEYS = "qwertyuiopasdfghjklzxcvbm"
+# tag shortcut letters: every letter but the ones the task page keeps ("n": not applicable on
+# a Likert task, "s": skip, "u": undo)
+TAG_KEYS = "qwertyiopadfghjklzxcvbm"
 
 
 class ConfigError(ValueError):
@@ -91,8 +92,8 @@ def tags_validate(value) -> list[dict]:
     """``[{key, label}]`` checked; each tag gets a shortcut letter by position (see :data:`TAG_KEYS`)."""
     if not isinstance(value, list):
         raise ConfigError("failure_tags must be a JSON list of tags")
-    if len(value) > MAX_TAGS - 1:
-        raise ConfigError(f"failure_tags has {len(value)} tags; at most {MAX_TAGS - 1} (one key each)")
+    if len(value) > len(TAG_KEYS):
+        raise ConfigError(f"failure_tags has {len(value)} tags; at most {len(TAG_KEYS)} (one key each)")
     seen: set[str] = set()
     out = []
     for i, raw in enumerate(value, 1):

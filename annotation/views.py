@@ -1,6 +1,7 @@
 """Evaluator and annotator pages.  Thin: validate, fetch through access, call a service."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -11,21 +12,23 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
-from django_htmx.http import HttpResponseStopPolling
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from . import access, audit, selectors, services
 from .forms import (
     CandidateForm,
     CandidateRenameForm,
+    InstructionsForm,
     InvitationForm,
     JudgmentForm,
     MemberChangeForm,
     MemberForm,
+    SkipForm,
     StudyCreateForm,
     StudySettingsForm,
     upload_size_error,
 )
-from .models import Candidate, Invitation, Output, StudyMember
+from .models import Candidate, Invitation, Output, Skip, StudyMember
 from .uploads import RowError, UploadError
 
 
@@ -64,6 +67,7 @@ def study_create(request: HttpRequest) -> HttpResponse:
                 managers=form.cleaned_data["managers"],
                 adaptive_sampling=form.cleaned_data["adaptive_sampling"],
                 tasks=form.cleaned_data["tasks"],
+                instructions=form.cleaned_data["instructions"],
             )
         except UploadError as exc:
             upload_errors = exc.errors
@@ -103,7 +107,8 @@ def _identity_context(study) -> dict:
 
 def _page_context(study, **extra) -> dict:
     """The whole study page: the progress fragment's context, the forms and the invitations."""
-    forms = {"candidate_form": CandidateForm(), "member_form": MemberForm(), "invitation_form": InvitationForm()}
+    forms = {"candidate_form": CandidateForm(), "member_form": MemberForm(), "invitation_form": InvitationForm(),
+             "instructions_form": InstructionsForm(initial={"instructions": study.instructions})}
     return _study_context(
         study, candidates=study.candidates.order_by("name"), invitations=selectors.study_invitations(study),
         roles=StudyMember.Role.values,
@@ -487,13 +492,14 @@ def study_audit(request: HttpRequest, study_id: int) -> HttpResponse:
 
 
 def _task_response(request: HttpRequest, study, assignment, *, done: int, error: str = "",
-                   status: int = 200) -> HttpResponse:
+                   status: int = 200, undo_token: str = "") -> HttpResponse:
     task = (services.task_view(assignment=assignment, done=done, units_total=study.units_total, study=study)
             if assignment else None)
     # Only when there is no pair: outputs still being generated mean "not yet", not "all done".
     generating = task is None and selectors.generation_pending(study.pk)
     ctx = {"study_id": study.pk, "study_name": study.name, "task": task, "error": error, "done": done,
-           "generating": generating}
+           "generating": generating, "undo_token": undo_token, "undo_seconds": settings.EVALSITE_UNDO_SECONDS,
+           "skip_reasons": Skip.Reason.choices}
     template = "annotation/partials/_task.html" if request.htmx else "annotation/annotate.html"
     return render(request, template, ctx, status=status)
 
@@ -503,8 +509,25 @@ def _task_response(request: HttpRequest, study, assignment, *, done: int, error:
 def annotate(request: HttpRequest, study_id: int) -> HttpResponse:
     """The annotator's page: the task they hold, or the next one.  Never cached: Back shows the current task."""
     member = access.get_member_for_annotator(request.user, study_id)
+    if member.done == 0 and member.instructions_seen_at is None and member.study.instructions_html:
+        url = reverse("annotation:instructions", args=[study_id])
+        return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     assignment = services.assignment_next(study=member.study, annotator=request.user)
     return _task_response(request, member.study, assignment, done=member.done)
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "HEAD", "POST"])
+def annotate_instructions(request: HttpRequest, study_id: int) -> HttpResponse:
+    """The study's instructions: shown before the first task, and whenever the annotator asks.
+    "Start" (POST) records that they were read and leads to the task."""
+    member = access.get_member_for_annotator(request.user, study_id)
+    if request.method == "POST":
+        services.member_acknowledge_instructions(member=member)
+        return redirect("annotation:annotate", study_id=study_id)
+    return render(request, "annotation/instructions.html", {
+        "study": member.study, "first_time": member.instructions_seen_at is None and member.done == 0})
 
 
 @never_cache
@@ -542,7 +565,44 @@ def judgment_submit(request: HttpRequest, token: str) -> HttpResponse:
     done += created
     # The lease just closed was the annotator's only open one unless this was a repeat.
     nxt = services.assignment_next(study=study, annotator=request.user, check_held=not created)
+    return _task_response(request, study, nxt, done=done,
+                          undo_token=token if created and settings.EVALSITE_UNDO_SECONDS else "")
+
+
+@never_cache
+@login_required
+@require_POST
+def task_skip(request: HttpRequest, token: str) -> HttpResponse:
+    """Pass on a task with a reason; its place goes to someone else, and the next task comes back."""
+    assignment = access.get_assignment_for_annotator(request.user, token)
+    study, done = assignment.study, assignment.member_done
+    form = SkipForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise services.AnswerInvalid(_form_errors(form))
+        created = services.task_skip(assignment=assignment, reason=form.cleaned_data["reason"],
+                                     note=form.cleaned_data["note"])
+    except services.ServiceError as exc:
+        status = 400 if isinstance(exc, services.AnswerInvalid) else 409
+        current = services.assignment_next(study=study, annotator=request.user)
+        return _task_response(request, study, current, done=done, error=f"Not skipped: {exc}", status=status)
+    nxt = services.assignment_next(study=study, annotator=request.user, check_held=not created)
     return _task_response(request, study, nxt, done=done)
+
+
+@never_cache
+@login_required
+@require_POST
+def judgment_undo(request: HttpRequest, token: str) -> HttpResponse:
+    """Take back the latest judgment (within EVALSITE_UNDO_SECONDS) and show that task again."""
+    assignment = access.get_assignment_for_annotator(request.user, token)
+    study, done = assignment.study, assignment.member_done
+    try:
+        reopened = services.judgment_undo(assignment=assignment)
+    except services.ServiceError as exc:
+        current = services.assignment_next(study=study, annotator=request.user)
+        return _task_response(request, study, current, done=done, error=f"Not undone: {exc}", status=409)
+    return _task_response(request, study, reopened, done=max(0, done - 1))
 
 
 # --- quality: ties by rule, identity guard, annotator quality, judgments --------------
@@ -552,6 +612,20 @@ QUALITY_PAGE_SIZE = 50
 
 def _is_evaluator(user, study) -> bool:
     return StudyMember.Role.EVALUATOR in access.study_roles(user, study)
+
+
+@login_required
+@require_POST
+def study_instructions(request: HttpRequest, study_id: int) -> HttpResponse:
+    """The evaluator sets the instructions annotators read before their first task."""
+    study = access.get_study_for_evaluator(request.user, study_id)
+    form = InstructionsForm(request.POST)
+    if form.is_valid():
+        services.study_set_instructions(study=study, text=form.cleaned_data["instructions"], actor=request.user)
+        messages.success(request, "Instructions saved.")
+    else:
+        messages.error(request, f"Instructions not saved: {_form_errors(form)}")
+    return redirect(reverse("annotation:study", args=[study.pk]) + "#instructions")
 
 
 @login_required
@@ -637,12 +711,15 @@ def judgments(request: HttpRequest, study_id: int) -> HttpResponse:
     for j in page:
         j.who = j.annotator.get_username() if evaluator else pseudonym(study.pk, j.annotator_id)
         _describe_judgment(j)
+    skips = selectors.skip_summary(study)
+    for skip in skips["latest"]:
+        skip.who = skip.annotator.get_username() if evaluator else pseudonym(study.pk, skip.annotator_id)
     query = "&".join(f"{k}={v}" for k, v in (("pair", pair and f"{pair[0]}-{pair[1]}"), ("annotator", annotator_id))
                      if v)
     return render(request, "annotation/judgments.html", {
         "study": study, "page": page, "evaluator": evaluator, "pair": pair, "annotator_id": annotator_id, "query": query,
         "pair_value": f"{pair[0]}-{pair[1]}" if pair else "",
-        "pairs": selectors.candidate_pairs(study),
+        "pairs": selectors.candidate_pairs(study), "skips": skips,
         "annotators": study.members.filter(role=StudyMember.Role.ANNOTATOR).select_related("user")
         if evaluator else []})
 

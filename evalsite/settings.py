@@ -400,6 +400,13 @@ EVALSITE_QUALITY_MIN_JUDGMENTS = envint("EVALSITE_QUALITY_MIN_JUDGMENTS", 10)
 if not 0 <= EVALSITE_NEAR_IDENTICAL <= 100:
     raise ImproperlyConfigured(f"EVALSITE_NEAR_IDENTICAL is a percent (0..100), got {EVALSITE_NEAR_IDENTICAL}")
 
+# --- Annotator's experience (instructions, skip, undo) --------------------------------
+# An annotator may take back their latest judgment for this many seconds after making it.
+EVALSITE_UNDO_SECONDS = envint("EVALSITE_UNDO_SECONDS", 30)
+if EVALSITE_UNDO_SECONDS < 0:
+    raise ImproperlyConfigured(f"EVALSITE_UNDO_SECONDS is a number of seconds (0 turns undo off), "
+                               f"got {EVALSITE_UNDO_SECONDS}")
+
 # --- REST API (annotation/api, arena/api, evalsite/api_urls.py) ------------------------
 REST_FRAMEWORK = {
     # The first class names the scheme of the 401's WWW-Authenticate header ("Token"); a

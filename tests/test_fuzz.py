@@ -128,6 +128,8 @@ ENDPOINTS: dict[str, Endpoint] = {
     "annotation:retry_failed": Endpoint(args=("study",), get=False),
     "annotation:output_retry": Endpoint(args=("study", "output"), get=False),
     "annotation:annotate": Endpoint(args=("study",), role="annotator"),
+    "annotation:instructions": Endpoint(args=("study",), role="annotator", post={}),
+    "annotation:instructions_edit": Endpoint(args=("study",), get=False, post={"instructions": "Judge *fairly*."}),
     "annotation:quality": Endpoint(args=("study",)),
     "annotation:judgments": Endpoint(args=("study",), query=("page", "pair", "annotator")),
     "annotation:identity": Endpoint(args=("study",), post={}, query=("page", "state")),
@@ -135,6 +137,9 @@ ENDPOINTS: dict[str, Endpoint] = {
     "annotation:rule_ties": Endpoint(args=("study",), query=("page",)),
     "annotation:submit": Endpoint(args=("token",), get=False, role="annotator",
                                   post={"choice": "left", "rationale": "fine", "active_ms": "1200"}),
+    "annotation:skip": Endpoint(args=("token",), get=False, role="annotator",
+                                post={"reason": "other", "note": "garbled text"}),
+    "annotation:undo": Endpoint(args=("token",), get=False, role="annotator"),
     "arena:leaderboard": Endpoint(args=("study",), role="manager", query=("slice",)),
     "arena:recompute": Endpoint(args=("study",), get=False, role="manager", post={"slice": "all"}),
     "api-audit": Endpoint(args=("study",), query=("page",)),
@@ -211,7 +216,8 @@ def url_of(name: str, world: dict) -> str:
 
 
 # The ones that change who is in the study or cast the annotator's vote go last.
-ORDER = sorted(ENDPOINTS, key=lambda n: n in ("annotation:member_remove", "annotation:submit", "logout"))
+ORDER = sorted(ENDPOINTS, key=lambda n: n in ("annotation:member_remove", "annotation:submit", "annotation:skip",
+                                              "annotation:undo", "logout"))
 
 
 def test_no_input_to_any_endpoint_gives_a_server_error(world):

@@ -1,6 +1,7 @@
-// Keyboard-first judging: 1 = A better, 2 = B better, 3 = tie, 4 = both bad (the legend under
-// the buttons lists them).  Also measures time the task was visible, so judgments carry active
-// time, and collapses a long prompt behind a "Show all" button.
+// Keyboard-first judging: 1 = A better, 2 = B better, 3 = tie, 4 = both bad, S = skip with a
+// reason, U = undo the last vote (the legend under the buttons lists them).  Also measures
+// time the task was visible, so judgments carry active time, and collapses a long prompt
+// behind a "Show all" button.
 (function () {
   "use strict";
   var shownAt = performance.now();
@@ -128,12 +129,77 @@
     return true;
   }
 
+  // Skip: S opens the reasons (a digit picks one, "Other" moves to the words box), Enter
+  // skips, Esc goes back to the task.  Undo: U, while the server's window is open.
+  function openSkip(panel) {
+    panel.open = true;
+    var checked = panel.querySelector("input[name=reason]:checked") || panel.querySelector("input[name=reason]");
+    if (checked) checked.focus();
+  }
+
+  function closeSkip(panel) {
+    panel.open = false;
+    var summary = panel.querySelector("summary");
+    if (summary) summary.focus();
+  }
+
+  function skipKey(panel, event) {
+    var form = panel.querySelector("#skip-form");
+    if (event.key === "Escape") {
+      closeSkip(panel);
+      return true;
+    }
+    if (event.key === "Enter") {
+      if (form.requestSubmit) form.requestSubmit(); else form.querySelector("#skip-submit").click();
+      return true;
+    }
+    var radio = form.querySelector('input[name=reason][data-key="' + event.key + '"]');
+    if (!radio) return false;
+    radio.checked = true;
+    radio.focus();
+    if (radio.value === "other") {
+      var note = form.querySelector("#skip-note");
+      if (note) note.focus();
+    }
+    return true;
+  }
+
+  function setupUndo() {
+    var undo = document.getElementById("undo-form");
+    if (!undo || undo.getAttribute("data-timer")) return;
+    undo.setAttribute("data-timer", "1");
+    var seconds = parseInt(undo.getAttribute("data-undo-seconds"), 10) || 0;
+    setTimeout(function () {
+      if (undo.parentNode) undo.parentNode.removeChild(undo);
+    }, seconds * 1000);
+  }
+  setupUndo();
+  document.addEventListener("htmx:afterSettle", setupUndo);
+
   document.addEventListener("keydown", function (event) {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     var target = event.target;
     var typing = target && (target.tagName === "TEXTAREA" || (target.tagName === "INPUT" && target.type !== "radio" && target.type !== "checkbox"));
+    var panel = document.getElementById("skip-panel");
+    if (panel && panel.open && target && panel.contains(target) && !(typing && event.key !== "Escape")) {
+      if (skipKey(panel, event)) event.preventDefault();
+      return;
+    }
     if (typing) {
       if (event.key === "Escape") target.blur();
+      return;
+    }
+    if (event.key === "u" || event.key === "U") {
+      var undoButton = document.getElementById("undo-button");
+      if (undoButton && !undoButton.disabled) {
+        event.preventDefault();
+        undoButton.click();
+      }
+      return;
+    }
+    if ((event.key === "s" || event.key === "S") && panel) {
+      event.preventDefault();
+      openSkip(panel);
       return;
     }
     var form = document.getElementById("task-form");

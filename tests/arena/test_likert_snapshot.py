@@ -18,7 +18,6 @@ from arena.models import RatingSnapshot
 from arena.services import BT, ratings_recompute, ratings_refresh
 from metrics import likert
 from tests.annotation.test_likert import CRITERIA, TAGS, likert_study  # noqa: F401  (fixture)
-from tests.conftest import client_for
 
 pytestmark = pytest.mark.django_db
 
