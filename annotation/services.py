@@ -933,11 +933,16 @@ def worker_register(*, worker_id: str, nodename: str, pid: int) -> int:
     if replaced:
         log.warning("worker %s replaces %d earlier start(s) under that node name; their outputs are "
                     "queued again (give each worker a unique --hostname)", nodename, replaced)
+    _heartbeat_write(worker_id=worker_id, nodename=nodename, pid=pid, now=now)
+    return replaced
+
+
+def _heartbeat_write(*, worker_id: str, nodename: str, pid: int, now: datetime) -> None:
+    """The worker's row says it is alive now (created if missing, revived if taken for gone)."""
     WorkerHeartbeat.objects.update_or_create(
         worker_id=worker_id, defaults={"beat_at": now, "stopped_at": None},
         create_defaults={"nodename": nodename, "pid": pid, "started_at": now, "beat_at": now},
     )
-    return replaced
 
 
 def worker_beat(*, worker_id: str, nodename: str, pid: int) -> None:
@@ -948,10 +953,7 @@ def worker_beat(*, worker_id: str, nodename: str, pid: int) -> None:
     if revived:
         log.warning("worker %s (%s) was taken for gone (silent too long, or another start used its node "
                     "name); its outputs were queued again", nodename, worker_id)
-    WorkerHeartbeat.objects.update_or_create(
-        worker_id=worker_id, defaults={"beat_at": now, "stopped_at": None},
-        create_defaults={"nodename": nodename, "pid": pid, "started_at": now, "beat_at": now},
-    )
+    _heartbeat_write(worker_id=worker_id, nodename=nodename, pid=pid, now=now)
 
 
 def worker_stop(*, worker_id: str) -> None:

@@ -9,16 +9,10 @@ from tests.conftest import imported_jsonl
 
 from .conftest import login
 from .test_csp import WATCH_VIOLATIONS
+from tests.annotation.test_likert import CRITERIA, TAGS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CRITERIA = [
-    {"key": "factuality", "name": "Factuality", "scale": 3, "labels": ["Wrong", "Partly right", "Right"],
-     "allow_na": True},
-    {"key": "style", "name": "Style consistency", "scale": 5,
-     "labels": ["Very poor", "Poor", "Fair", "Good", "Very good"]},
-]
-TAGS = [{"key": "hallucination", "label": "Hallucination"}, {"key": "refused", "label": "Refused"}]
 VIEWPORTS = {"laptop": {"width": 1366, "height": 768}, "phone": {"width": 390, "height": 844}}
 
 
