@@ -4,6 +4,7 @@ from .models import (
     Assignment,
     AuditEntry,
     Candidate,
+    Invitation,
     Judgment,
     Output,
     Prompt,
@@ -37,6 +38,31 @@ class PromptTagInline(admin.TabularInline):
     model = PromptTag
     extra = 0
     fields = ["tag"]
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Links are made on the study page, where the token is shown once: the admin lists and
+    revokes-by-date them but cannot add one, and the stored hash is never editable."""
+
+    list_display = ["id", "study", "role", "group", "created_by", "expires_at", "uses_of", "link_state"]
+    list_filter = ["role"]
+    search_fields = ["study__name", "group"]
+    raw_id_fields = ["study", "created_by"]
+    readonly_fields = ["token_hash", "created_at", "uses"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.display(description="uses")
+    def uses_of(self, obj: Invitation) -> str:
+        return f"{obj.uses} / {obj.max_uses if obj.max_uses is not None else 'any'}"
+
+    @admin.display(description="state")
+    def link_state(self, obj: Invitation) -> str:
+        from django.utils import timezone
+
+        return obj.state(timezone.now())
 
 
 @admin.register(PromptTag)

@@ -5,21 +5,35 @@ the API, a management command and the tests share one definition of the format.
 
 One row per judgment, in CSV (a header, then rows) or JSON Lines (one object per line):
 
+``kind``
+    ``pairwise`` (a verdict on two outputs) or ``likert`` (ratings of one output on the study's
+    criteria); on import optional, ``pairwise`` by default;
 ``prompt_id``
     the prompt's id in the study (its ``id`` column when the prompts were uploaded);
 ``sample_index``
     which sample of the prompt the two outputs are (0 unless the study draws several);
 ``model_a``, ``model_b``
-    the two candidates, by name; ``model_a`` is the one ``outcome`` calls ``a``;
+    the two candidates, by name; ``model_a`` is the one ``outcome`` calls ``a``; on a Likert row
+    ``model_a`` is the candidate of the rated output and ``model_b`` is empty;
 ``shown_left``
     the candidate the annotator saw on the left (on import: optional, ``model_a`` by default,
-    as in Chatbot Arena's files);
+    as in Chatbot Arena's files); empty on a Likert row;
 ``outcome``
-    the verdict in the stored vocabulary: ``a``, ``b``, ``tie`` or ``both_bad``;
+    the verdict in the stored vocabulary: ``a``, ``b``, ``tie`` or ``both_bad``; empty on a
+    Likert row;
 ``winner``
     the same verdict in Chatbot Arena's vocabulary: ``model_a``, ``model_b``, ``tie`` or
     ``tie (bothbad)`` (so an export is also a battle file); on import one of ``outcome`` and
-    ``winner`` is enough, and when both are given they must agree;
+    ``winner`` is enough, and when both are given they must agree; empty on a Likert row;
+``ratings``
+    a Likert row's ratings.  JSON Lines: an object ``{criterion key: point}``, with ``null`` for
+    "not applicable" (``null`` on a pairwise row).  CSV: one column per criterion, named
+    ``rating:<key>`` (the study's criteria, in its order, then any key a judgment was rated on
+    that the study no longer asks), holding the point, ``na`` for "not applicable", or nothing
+    (not rated: every pairwise row, and a criterion added after the judgment);
+``tags``
+    the failure tags chosen, by key (any kind of row).  JSON Lines: a list; CSV: the keys joined
+    by ``;`` (empty when none);
 ``rationale``
     the annotator's free text (at most :data:`MAX_RATIONALE` characters);
 ``served_at``, ``submitted_at``
@@ -43,7 +57,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -56,6 +71,9 @@ from .usertext import text_problem
 __all__ = [
     "COLUMNS",
     "FORMATS",
+    "KINDS",
+    "NOT_APPLICABLE",
+    "RATING_PREFIX",
     "MAX_RATIONALE",
     "JudgmentRow",
     "ParsedJudgments",
@@ -65,13 +83,18 @@ __all__ = [
     "parse_judgments",
 ]
 
-COLUMNS = ("prompt_id", "sample_index", "model_a", "model_b", "shown_left", "outcome", "winner", "rationale",
-           "served_at", "submitted_at", "active_ms", "annotator", "excluded")
+COLUMNS = ("kind", "prompt_id", "sample_index", "model_a", "model_b", "shown_left", "outcome", "winner", "ratings",
+           "tags", "rationale", "served_at", "submitted_at", "active_ms", "annotator", "excluded")
+KINDS = ("pairwise", "likert")
+RATING_PREFIX = "rating:"  # a CSV column rating:<criterion key>
+NOT_APPLICABLE = "na"  # a CSV rating cell for "not applicable" (null in JSON Lines)
+MAX_RATING = 100  # beyond any scale (taskconfig.MAX_SCALE); the study's scale is checked by the service
 FORMATS = ("csv", "jsonl")
 MAX_RATIONALE = 5000  # what the vote path keeps (annotation.services.judgment_submit)
 MAX_ACTIVE_MS = 2**31 - 1  # PositiveIntegerField
 MAX_USERNAME = 150  # Django's username column
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+_RATING_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")  # taskconfig's criterion keys
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
@@ -93,17 +116,42 @@ class _Line:
         return value
 
 
-def csv_lines(rows: Iterable[dict]) -> Iterator[str]:
-    """The header, then each row, as CSV text, one row at a time (nothing is held)."""
+def csv_header(rating_keys: Sequence[str] = ()) -> list[str]:
+    """The CSV columns: :data:`COLUMNS` with ``ratings`` spread into one ``rating:<key>`` column each."""
+    at = COLUMNS.index("ratings")
+    return [*COLUMNS[:at], *(RATING_PREFIX + key for key in rating_keys), *COLUMNS[at + 1:]]
+
+
+def csv_lines(rows: Iterable[dict], rating_keys: Sequence[str] = ()) -> Iterator[str]:
+    """The header, then each row, as CSV text, one row at a time (nothing is held).
+
+    ``rating_keys`` are the criteria that get a ``rating:<key>`` column; a row's rating under
+    any other key would be lost, so the caller passes every key its rows were rated on."""
     writer = csv.writer(_Line(), lineterminator="\r\n")
-    yield writer.writerow(COLUMNS)
+    yield writer.writerow(csv_header(rating_keys))
+    at = COLUMNS.index("ratings")
+    before, after = COLUMNS[:at], COLUMNS[at + 1:]
     for row in rows:
-        yield writer.writerow([_csv_value(row[name]) for name in COLUMNS])
+        ratings = row["ratings"] or {}
+        yield writer.writerow([
+            *(_csv_value(row[name]) for name in before),
+            *(_csv_rating(ratings, key) for key in rating_keys),
+            *(_csv_value(row[name]) for name in after),
+        ])
+
+
+def _csv_rating(ratings: dict, key: str) -> Any:
+    if key not in ratings:
+        return ""
+    value = ratings[key]
+    return NOT_APPLICABLE if value is None else value
 
 
 def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
+    if isinstance(value, (list, tuple)):
+        return csv_cell(uploads.TAG_SEPARATOR.join(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):
@@ -128,7 +176,11 @@ def _json_value(value: Any) -> Any:
 class JudgmentRow:
     """One judgment of an import file, checked on its own (the study is checked by the service).
 
-    ``code`` is the outcome code (:mod:`arena.outcomes`) for ``model_a`` against ``model_b``.
+    ``code`` is the outcome code (:mod:`arena.outcomes`) for ``model_a`` against ``model_b``
+    (-1 on a Likert row, whose ``model_a`` is the rated output's candidate and ``model_b`` and
+    ``shown_left`` are empty).  ``ratings`` ({criterion key: point or None}) is a Likert row's,
+    None on a pairwise row; ``tags`` are failure-tag keys.  Criteria and tags are checked
+    against the study by the service.
     """
 
     prompt_id: str
@@ -145,6 +197,9 @@ class JudgmentRow:
     excluded: bool | None
     line: int
     index: int | None = None
+    kind: str = "pairwise"
+    ratings: dict | None = None
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,10 +221,11 @@ def parse_judgments(data: uploads.UploadData, filename: str, *,
     line and field, so the caller writes all rows or none; with ``keep_errors`` a file whose
     records can be read returns its good rows and its errors instead, so the caller can check
     the good rows further and report everything at once.  Two rows for the same prompt, sample,
-    pair of candidates and annotator are a duplicate (an annotator judges a pair once).
+    pair of candidates and annotator are a duplicate (an annotator judges a pair once), and so
+    are two Likert rows for the same prompt, sample, candidate and annotator.
     """
-    source = uploads._Source(data, filename, required=("prompt_id", "model_a", "model_b", "annotator"),
-                             known=COLUMNS, max_bytes=max_bytes)
+    source = uploads._Source(data, filename, required=("prompt_id", "model_a", "annotator"),
+                             known=COLUMNS, known_prefixes=(RATING_PREFIX,), max_bytes=max_bytes)
     errors = uploads._Errors()
     is_csv = source.format == "csv"
     rows: list[JudgmentRow] = []
@@ -180,16 +236,32 @@ def parse_judgments(data: uploads.UploadData, filename: str, *,
             continue
         if is_csv:
             row.obj = {k: _csv_text(v) for k, v in row.obj.items()}
+        kind = _kind(row)
         prompt_id = row.string("prompt_id", required=True, max_length=uploads.MAX_ID_LENGTH, allow_int=True)
         sample = row.integer("sample_index", maximum=uploads.MAX_SAMPLE_INDEX)
         model_a = row.string("model_a", required=True, max_length=200)
-        model_b = row.string("model_b", required=True, max_length=200)
-        if model_a and model_a == model_b:
-            row.error("model_b", f"is the same candidate as model_a ({model_a!r})")
-        shown_left = row.string("shown_left", max_length=200) or model_a
-        if shown_left and model_a and model_b and shown_left not in (model_a, model_b):
-            row.error("shown_left", f"must be model_a ({model_a!r}) or model_b ({model_b!r}), not {shown_left!r}")
-        code = _verdict(row)
+        if kind == "likert":
+            for key in ("model_b", "shown_left", "outcome", "winner"):
+                value = row.obj.get(key)
+                if _given(value) and not (key == "shown_left" and value == model_a):
+                    row.error(key, "must be empty on a Likert row (the ratings of one output, model_a's)")
+            model_b = shown_left = ""
+            code = -1
+            ratings = _ratings(row, is_csv)
+        else:
+            model_b = row.string("model_b", required=True, max_length=200)
+            if model_a and model_a == model_b:
+                row.error("model_b", f"is the same candidate as model_a ({model_a!r})")
+            shown_left = row.string("shown_left", max_length=200) or model_a
+            if shown_left and model_a and model_b and shown_left not in (model_a, model_b):
+                row.error("shown_left", f"must be model_a ({model_a!r}) or model_b ({model_b!r}), not {shown_left!r}")
+            code = _verdict(row)
+            ratings = None
+            given = [k for k, v in row.obj.items()
+                     if (k == "ratings" or (is_csv and k.startswith(RATING_PREFIX))) and _given(v) and v != {}]
+            if given:
+                row.error(given[0], "only a Likert row has ratings (kind likert); a pairwise row has a verdict")
+        tags = row.tags("tags")
         rationale = row.string("rationale", strip=False).strip()
         if len(rationale) > MAX_RATIONALE:
             row.error("rationale", f"is {len(rationale)} characters long; the limit is {MAX_RATIONALE}")
@@ -201,14 +273,16 @@ def parse_judgments(data: uploads.UploadData, filename: str, *,
         annotator = row.string("annotator", required=True, max_length=MAX_USERNAME)
         excluded = _flag(row, "excluded")
         if row.ok:
-            key = (prompt_id, sample or 0, frozenset((model_a, model_b)), annotator)
+            key = (kind, prompt_id, sample or 0, frozenset((model_a, model_b)), annotator)
             first = seen.setdefault(key, (line, index))
             if first != (line, index):
-                row.error(None, f"duplicates {uploads._where(*first)}: {annotator!r} judged this pair of "
+                what = f"rated the output of {model_a!r} for" if kind == "likert" else "judged this pair of"
+                row.error(None, f"duplicates {uploads._where(*first)}: {annotator!r} {what} "
                                 f"{prompt_id!r} (sample {sample or 0}) once already")
         if row.ok:
             rows.append(JudgmentRow(prompt_id, sample or 0, model_a, model_b, shown_left, code, rationale,
-                                    served_at, submitted_at, active_ms, annotator, excluded, line, index))
+                                    served_at, submitted_at, active_ms, annotator, excluded, line, index,
+                                    kind, ratings, tags))
     if not keep_errors:
         errors.raise_if_any()
     if not rows and not errors.total:
@@ -221,6 +295,64 @@ def _csv_text(value: Any) -> Any:
     if isinstance(value, str) and value.startswith("'") and value[1:].startswith(_FORMULA_START):
         return value[1:]
     return value
+
+
+def _given(value: Any) -> bool:
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def _kind(row) -> str:
+    value = row.obj.get("kind")
+    if not _given(value):
+        return "pairwise"
+    if isinstance(value, str) and value.strip().lower() in KINDS:
+        return value.strip().lower()
+    shown = repr(value)[:40] if isinstance(value, str) else uploads._type_name(value)
+    row.error("kind", f"must be pairwise or likert, not {shown}")
+    return "pairwise"
+
+
+def _ratings(row, is_csv: bool) -> dict:
+    """A Likert row's ratings, checked for shape only ({key: point or None}); which criteria and
+    which points are the study's (``taskconfig.ratings_validate``, run by the service)."""
+    ratings: dict = {}
+    if is_csv:
+        if _given(row.obj.get("ratings")):
+            row.error("ratings", f"in CSV the ratings are one column per criterion, named {RATING_PREFIX}<key>")
+        for column, value in row.obj.items():
+            if not column.startswith(RATING_PREFIX):
+                continue
+            key = column[len(RATING_PREFIX):]
+            if not _given(value):
+                continue  # not rated
+            cell = value.strip()
+            if not _RATING_KEY.fullmatch(key):
+                row.error(column, "names no criterion key (a lower-case letter, then letters, digits or _)")
+            elif cell.lower() == NOT_APPLICABLE:
+                ratings[key] = None
+            elif cell.isdigit() and len(cell) <= 3 and 1 <= int(cell) <= MAX_RATING:
+                ratings[key] = int(cell)
+            else:
+                row.error(column, f"must be a point (a whole number from 1), {NOT_APPLICABLE} for not applicable, "
+                                  f"or empty; not {cell[:40]!r}")
+        return ratings
+    value = row.obj.get("ratings")
+    if value is None:
+        return ratings
+    if not isinstance(value, dict):
+        row.error("ratings", f"must be an object {{criterion key: point or null}}, not {uploads._type_name(value)}")
+        return ratings
+    for key, point in value.items():
+        if not _RATING_KEY.fullmatch(key):
+            row.error("ratings", f"has a key that is no criterion key: {key[:40]!r}")
+            return ratings
+        if point is not None and (isinstance(point, bool) or not isinstance(point, int)
+                                  or not 1 <= point <= MAX_RATING):
+            shown = repr(point)[:40] if isinstance(point, (int, float)) else uploads._type_name(point)
+            row.error("ratings", f"criterion {key!r} must be a point (a whole number from 1) or null, not {shown}")
+            return ratings
+        ratings[key] = point
+    return ratings
 
 
 def _verdict(row) -> int:

@@ -262,3 +262,37 @@ class MemberChangeForm(forms.Form):
 
 class CandidateRenameForm(forms.Form):
     name = TextField(max_length=200)
+
+
+# --- checks and the qualification quiz ------------------------------------------------
+
+
+class CheckSettingsForm(forms.Form):
+    check_rate = forms.IntegerField(min_value=0, max_value=50, label="Checks among tasks (%)",
+                                    help_text="Gold items and attention checks served, looking like any task.")
+    gold_pass = forms.IntegerField(min_value=0, max_value=100, label="Flag below (% right)",
+                                   help_text="The quality table flags annotators under this share of checks right.")
+    quiz_size = forms.IntegerField(min_value=0, max_value=50, label="Quiz questions",
+                                   help_text="Gold items asked before a first task; 0: no quiz.")
+    quiz_pass = forms.IntegerField(min_value=1, max_value=100, label="Quiz pass mark (%)")
+    quiz_attempts = forms.IntegerField(min_value=1, max_value=10, label="Quiz tries")
+
+
+class CheckUploadForm(forms.Form):
+    checks = UploadField(help_text="CSV or JSONL: prompt, a, b, better (a, b or tie); or prompt, candidate and "
+                                   "rating:<criterion> (a point or a range such as 4-5). Optional: kind "
+                                   "(gold or attention), note, sample.")
+
+
+class AttentionForm(forms.Form):
+    count = forms.IntegerField(min_value=1, max_value=500, initial=10)
+    criterion = TextField(max_length=100, required=False,
+                          help_text="Likert-only studies: the criterion an off-topic answer must score low on.")
+    at_most = forms.IntegerField(min_value=1, max_value=10, required=False,
+                                 help_text="Likert-only studies: the highest point it may get.")
+
+
+class QuizAnswerForm(JudgmentForm):
+    """One quiz answer: the fields of a task's answer, and which question it answers."""
+
+    index = forms.IntegerField(min_value=0, max_value=100)

@@ -52,6 +52,18 @@ class Study(models.Model):
     instructions = models.TextField(blank=True, help_text="Markdown shown to annotators before their first task.")
     # Rendered once when written (annotation.markdown.render: sanitised), like Prompt.html.
     instructions_html = models.TextField(blank=True, default="", db_default="")
+    # Known-answer checks (annotation.checks): gold items and attention checks, served to each
+    # annotator at this rate among their tasks, looking like any other task.
+    check_rate = models.PositiveSmallIntegerField(
+        default=0, help_text="Percent of an annotator's tasks that are gold items or attention checks (0-50)."
+    )
+    gold_pass = models.PositiveSmallIntegerField(
+        default=70, help_text="Percent of checks right below which the quality table flags an annotator."
+    )
+    # The qualification quiz: quiz_size gold items before the first task; 0 means no quiz.
+    quiz_size = models.PositiveSmallIntegerField(default=0)
+    quiz_pass = models.PositiveSmallIntegerField(default=80, help_text="Percent right to pass the quiz.")
+    quiz_attempts = models.PositiveSmallIntegerField(default=2, help_text="How many times the quiz may be taken.")
 
     class Meta:
         verbose_name_plural = "studies"
@@ -79,6 +91,9 @@ class StudyMember(models.Model):
     done = models.PositiveIntegerField(default=0, help_text="Judgments this member has submitted (a counter).")
     instructions_seen_at = models.DateTimeField(
         null=True, blank=True, help_text="When the annotator pressed Start on the study's instructions page."
+    )
+    qualified_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the annotator passed the study's qualification quiz."
     )
 
     class Meta:
@@ -339,7 +354,15 @@ class Unit(models.Model):
         default=0, help_text="Position among the units of its candidate pair; its parity balances the sides."
     )
     shuffle = models.IntegerField(default=0, help_text="A random key: open units are served in this order.")
-    is_gold = models.BooleanField(default=False)
+    is_gold = models.BooleanField(
+        default=False,
+        help_text="A known-answer check (gold item or attention check): created closed (needed = 0), served "
+                  "at the study's check rate once to each annotator, never counted in ratings or summaries.",
+    )
+    # A check's known answer (metrics.gold): {"kind": "gold"|"attention", "better": "a"|"b"|"tie"} for a
+    # pair (in terms of output_a/output_b), or {"kind": ..., "ratings": {criterion: [low, high]}}; "note"
+    # is the evaluator's reason, shown in the quiz's feedback.
+    expected = models.JSONField(null=True, blank=True)
     rule_tie = models.BooleanField(
         default=False,
         help_text="The two outputs are identical or nearly so (EVALSITE_NEAR_IDENTICAL): recorded as a tie "
@@ -356,7 +379,9 @@ class Unit(models.Model):
                 condition=Q(output_a__lt=F("output_b")), name="unit_pair_ordered"
             ),
             models.CheckConstraint(condition=Q(cand_lo__lt=F("cand_hi")), name="unit_candidates_ordered"),
-            models.UniqueConstraint(fields=["study", "output_a"], condition=Q(kind="likert"),
+            # one Likert unit per output; a check may show an output again (an attention check
+            # shows another prompt's output)
+            models.UniqueConstraint(fields=["study", "output_a"], condition=Q(kind="likert", is_gold=False),
                                     name="unit_unique_likert"),
             models.CheckConstraint(
                 condition=Q(kind="likert", output_b__isnull=True, cand_hi__isnull=True)
@@ -374,6 +399,8 @@ class Unit(models.Model):
                 fields=["study", "cand_lo", "cand_hi", "taken", "shuffle"],
                 condition=Q(taken__lt=F("needed")), name="unit_open_pair",
             ),
+            # the study's checks, which a check lease scans (few: tens, not thousands)
+            models.Index(fields=["study", "shuffle"], condition=Q(is_gold=True), name="unit_check"),
         ]
 
     def __str__(self) -> str:
@@ -483,6 +510,33 @@ class Skip(models.Model):
         return f"skip {self.pk}: {self.reason}"
 
 
+class QuizAttempt(models.Model):
+    """One go at a study's qualification quiz: ``quiz_size`` gold items in a fixed order.
+
+    ``items`` are the gold units asked, ``sides`` whether each one's output_a is shown on the
+    left, and ``answers`` what was answered, item by item ({"answer", "correct"}).  Quiz answers
+    are not judgments: they count for nothing but the quiz.  ``passed`` is set when the last
+    item is answered.
+    """
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="quiz_takes")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    number = models.PositiveSmallIntegerField()
+    items = models.JSONField(default=list)
+    sides = models.JSONField(default=list)
+    answers = models.JSONField(default=list)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    passed = models.BooleanField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["study", "user", "number"]
+        constraints = [models.UniqueConstraint(fields=["study", "user", "number"], name="quiz_attempt_unique")]
+
+    def __str__(self) -> str:
+        return f"quiz attempt {self.number} of {self.user} in {self.study}"
+
+
 class AuditEntry(models.Model):
     """One change to a study: who made it, when, and what (read by the study's evaluators).
 
@@ -515,6 +569,9 @@ class AuditEntry(models.Model):
         JUDGMENTS_IMPORTED = "judgments_imported", "Judgments imported"
         OUTPUT_IDENTITY_KEPT = "output_identity_kept", "Output naming a model kept"
         OUTPUT_IDENTITY_EXCLUDED = "output_identity_excluded", "Output naming a model excluded"
+        CHECKS_ADDED = "checks_added", "Gold items or attention checks added"
+        CHECK_REMOVED = "check_removed", "Check removed"
+        CHECK_SETTINGS_CHANGED = "check_settings_changed", "Check and quiz settings changed"
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="audit_entries")
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,

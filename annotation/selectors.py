@@ -242,7 +242,24 @@ class QualityRow:
     name: str
     group: str
     excluded: bool
-    stats: object  # metrics.quality.AnnotatorQuality
+    stats: dict | None  # metrics.quality.AnnotatorQuality as stored by the worker; None: not in the snapshot
+    # checks answered right and in all, the share with its Wilson interval, and whether it is under the
+    # study's pass mark (read live: a new pass mark needs no recompute); None: no check answered
+    gold: dict | None = None
+
+
+@dataclass(frozen=True)
+class QualityTable:
+    """The quality page: live members beside the statistics the worker stored.
+
+    ``computed_at`` is None while no snapshot exists (the page says the table is being
+    computed); ``behind`` says the snapshot misses judgments, an exclusion or new thresholds.
+    """
+
+    rows: list[QualityRow]
+    computed_at: datetime | None
+    n_judgments: int
+    behind: bool
 
 
 def _thresholds():
@@ -256,23 +273,46 @@ def _thresholds():
     )
 
 
-def quality_table(study: Study, *, pseudonymize: bool = False) -> list[QualityRow]:
-    """One row per annotator of the study: the statistics of :mod:`metrics.quality` over their
-    pairwise judgments (Likert judgments, which have no outcome, are left out).
+def quality_thresholds() -> dict:
+    """The flag thresholds in force, as stored with the statistics they produced."""
+    from dataclasses import asdict
+
+    return asdict(_thresholds())
+
+
+def quality_marker(study_id: int) -> tuple[int, int]:
+    """(count, newest id) of the study's pairwise judgments: the worker redoes the table when it moves."""
+    from django.db.models import Max
+
+    from .models import Judgment
+
+    # pairwise judgments, and Likert answers to checks (they move the gold accuracy column)
+    row = (Judgment.objects.filter(study_id=study_id).filter(~Q(outcome="") | Q(unit__is_gold=True))
+           .aggregate(n=Count("id"), last=Max("id")))
+    return row["n"], row["last"] or 0
+
+
+def quality_stats(study: Study) -> dict[int, dict]:
+    """Per annotator (user id): the statistics of :func:`metrics.quality.annotator_quality`
+    over their pairwise judgments, as plain dicts (Likert judgments, which have no outcome,
+    are left out).  Run by the aggregation worker; the page renders the stored dicts.
 
     Three reads: the members; every pairwise judgment's annotator, answer and times, in
     submission order (narrow columns, streamed); and the outcome counts of the units with at
     least three judgments, for agreement with peers.  Excluded annotators' votes do not make
-    a majority; their own agreement is still measured against the others.
+    a majority; their own agreement is still measured against the others.  Judgments on gold
+    units (known-answer and attention checks) count in every column but agreement: they
+    make no majority and are not compared with one.
     """
+    from dataclasses import asdict
+
     from metrics import quality
 
-    from .api.selectors import pseudonym
     from .models import Judgment, StudyMember
 
     members = list(StudyMember.objects.filter(study=study, role=StudyMember.Role.ANNOTATOR)
-                   .select_related("user").order_by("user__username"))
-    excluded = {m.user_id for m in members if m.excluded}
+                   .values_list("user_id", "excluded"))
+    excluded = {user_id for user_id, is_out in members if is_out}
     pairwise = Judgment.objects.filter(study=study).exclude(outcome="")
     answers: dict[int, list] = {}
     seconds: dict[int, list] = {}
@@ -286,27 +326,74 @@ def quality_table(study: Study, *, pseudonymize: bool = False) -> list[QualityRo
         answers.setdefault(user_id, []).append(_screen_choice(outcome, left_is_a))
         seconds.setdefault(user_id, []).append(duration.total_seconds())
         active.setdefault(user_id, []).append(active_ms / 1000 if active_ms is not None else None)
-    multi = (pairwise.values("unit_id").annotate(n=Count("id")).filter(n__gte=quality.MIN_PEER_JUDGMENTS)
+    peer = pairwise.filter(unit__is_gold=False)
+    multi = (peer.values("unit_id").annotate(n=Count("id")).filter(n__gte=quality.MIN_PEER_JUDGMENTS)
              .values("unit_id"))
     unit_votes: dict[int, dict] = {}
     own_votes: dict[int, dict] = {}
-    for unit_id, user_id, outcome in pairwise.filter(unit_id__in=multi).values_list("unit_id", "annotator_id",
-                                                                                     "outcome"):
+    for unit_id, user_id, outcome in peer.filter(unit_id__in=multi).values_list("unit_id", "annotator_id",
+                                                                                 "outcome"):
         own_votes.setdefault(user_id, {})[unit_id] = outcome
         if user_id not in excluded:
             votes = unit_votes.setdefault(unit_id, {})
             votes[outcome] = votes.get(outcome, 0) + 1
     thresholds = _thresholds()
-    rows = []
-    for m in members:
-        agree, compared = quality.peer_agreement(own_votes.get(m.user_id, {}), unit_votes,
-                                                 own_in_votes=m.user_id not in excluded)
-        stats = quality.annotator_quality(answers.get(m.user_id, []), seconds.get(m.user_id, []),
-                                          active.get(m.user_id, []), agree, compared, thresholds,
-                                          describe=_CHOICE_WORDS.get)
-        name = pseudonym(study.pk, m.user_id) if pseudonymize else m.user.get_username()
-        rows.append(QualityRow(user_id=m.user_id, name=name, group=m.group, excluded=m.excluded, stats=stats))
-    return rows
+    from .checks import check_accuracy
+
+    checked = check_accuracy(study)  # answers to gold items and attention checks, right and in all
+    stats = {}
+    for user_id, _ in members:
+        agree, compared = quality.peer_agreement(own_votes.get(user_id, {}), unit_votes,
+                                                 own_in_votes=user_id not in excluded)
+        row = quality.annotator_quality(answers.get(user_id, []), seconds.get(user_id, []),
+                                        active.get(user_id, []), agree, compared, thresholds,
+                                        describe=_CHOICE_WORDS.get)
+        right, answered = checked.get(user_id, (0, 0))
+        stats[user_id] = {**asdict(row), "flags": list(row.flags), "gold_right": right, "gold_answered": answered}
+    return stats
+
+
+def quality_table(study: Study, *, pseudonymize: bool = False) -> QualityTable:
+    """The quality page's rows: the members read live (names, groups, excluded flags, so an
+    exclusion shows at once) and the statistics from the worker's snapshot.  Three reads
+    whatever the number of judgments: the members, the snapshot, the refresh marker."""
+    from arena.models import RatingRequest, RatingSnapshot
+    from arena.selectors import ALL
+    from arena.services import QUALITY
+
+    from .api.selectors import pseudonym
+    from .models import StudyMember
+
+    members = list(StudyMember.objects.filter(study=study, role=StudyMember.Role.ANNOTATOR)
+                   .select_related("user").order_by("user__username"))
+    snapshot = RatingSnapshot.objects.filter(study=study, slice_key=ALL, method=QUALITY).first()
+    request = RatingRequest.objects.filter(study=study, slice_key=ALL).first()
+    stored = snapshot.payload.get("annotators", {}) if snapshot else {}
+    rows = [QualityRow(user_id=m.user_id, group=m.group, excluded=m.excluded, stats=stored.get(str(m.user_id)),
+                       name=pseudonym(study.pk, m.user_id) if pseudonymize else m.user.get_username(),
+                       gold=_gold_cell(stored.get(str(m.user_id)), study.gold_pass))
+            for m in members]
+    if snapshot is None:
+        return QualityTable(rows=rows, computed_at=None, n_judgments=0, behind=True)
+    # Pending, or claimed by a worker that has not confirmed the table since: O(1), no count.
+    waiting = bool(request and (request.pending or (request.started_at and snapshot.computed_at < request.started_at)))
+    behind = (waiting or snapshot.study_version != study.version
+              or snapshot.payload.get("thresholds") != quality_thresholds())
+    computed = snapshot.payload.get("computed_at")
+    return QualityTable(rows=rows, computed_at=datetime.fromisoformat(computed) if computed else snapshot.computed_at,
+                        n_judgments=snapshot.n_judgments, behind=behind)
+
+
+def _gold_cell(stats: dict | None, pass_percent: int) -> dict | None:
+    from metrics import gold
+
+    if not stats or not stats.get("gold_answered"):
+        return None
+    right, answered = stats["gold_right"], stats["gold_answered"]
+    share = gold.accuracy(right, answered)
+    return {"right": right, "answered": answered, "percent": round(100 * share.share),
+            "lower": round(100 * share.lower), "upper": round(100 * share.upper),
+            "below": gold.below_pass(right, answered, pass_percent / 100)}
 
 
 _CHOICE_WORDS = {"left": "left is better", "right": "right is better", "tie": "tie", "both_bad": "both bad"}

@@ -606,7 +606,7 @@ def _reopenable(units):
     """Leave out the units that stay closed whatever the overlap: ties by rule and pairs with an
     output the identity guard excluded (see :func:`output_identity_decide`)."""
     excluded = Output.objects.filter(identity=Output.Identity.EXCLUDED)
-    return (units.exclude(rule_tie=True).exclude(output_a__in=excluded.values("pk"))
+    return (units.exclude(rule_tie=True).exclude(is_gold=True).exclude(output_a__in=excluded.values("pk"))
             .exclude(output_b__in=excluded.values("pk")))
 
 
@@ -667,7 +667,7 @@ def candidate_remove(*, candidate: Candidate, actor=None) -> None:
             )
         outputs, pairs = candidate.outputs.count(), units.count()
         candidate.delete()
-        Study.objects.filter(pk=study.pk).update(units_total=Unit.objects.filter(study=study).count())
+        Study.objects.filter(pk=study.pk).update(units_total=Unit.objects.filter(study=study, is_gold=False).count())
         audit.record(study, actor, audit.Action.CANDIDATE_REMOVED, name,
                      {"backend": candidate.backend, "outputs": outputs, "pairs": pairs})
 
@@ -1175,7 +1175,7 @@ def units_build(*, study: Study, prompt_ids: Iterable[int] | None = None) -> int
         Unit.objects.bulk_create(units, ignore_conflicts=True, batch_size=2000)
     if study.task_kinds in ("likert", "both"):
         likert_units_build(study=study, prompt_ids=prompt_ids)
-    total = Unit.objects.filter(study=study).count()
+    total = Unit.objects.filter(study=study, is_gold=False).count()  # checks are not tasks to finish
     Study.objects.filter(pk=study.pk).update(units_total=total)
     study.units_total = total
     return total
@@ -1191,7 +1191,8 @@ def likert_units_build(*, study: Study, prompt_ids: Iterable[int] | None = None)
     done = Output.objects.filter(study=study, status=Output.Status.DONE).exclude(identity=Output.Identity.EXCLUDED)
     if prompt_ids is not None:
         done = done.filter(prompt_id__in=list(prompt_ids))
-    have = Unit.objects.filter(study=study, kind=Unit.Kind.LIKERT)
+    # an attention check shows an output under another prompt: that output still needs its own unit
+    have = Unit.objects.filter(study=study, kind=Unit.Kind.LIKERT).exclude(is_gold=True, expected__kind="attention")
     if prompt_ids is not None:
         have = have.filter(prompt_id__in=list(prompt_ids))
     existing = set(have.values_list("output_a_id", flat=True))
@@ -1279,6 +1280,13 @@ def assignment_next(*, study: Study, annotator, now: datetime | None = None,
         if held is not None:
             return _renew(held, now)
     _sweep_if_due(study, now)
+    if study.check_rate and random.random() * 100 < study.check_rate:
+        try:
+            check = _lease_check(study, annotator, now)
+        except IntegrityError:  # another request of this annotator leased first
+            check = lease_held(study=study, annotator=annotator)
+        if check is not None:
+            return check
     for attempt in range(2):
         for pair in _adaptive_pairs(study) if study.adaptive_sampling else [None]:
             try:
@@ -1312,16 +1320,19 @@ def _renew(held: Assignment, now: datetime) -> Assignment:
 _UNIT, _ASSIGNMENT, _JUDGMENT, _MEMBER, _PROMPT, _OUTPUT = (
     m._meta.db_table for m in (Unit, Assignment, Judgment, StudyMember, Prompt, Output)
 )
-_PICK_SQL = f"""
+# A unit with its texts, and whether this annotator may be given it (see above).
+_PICK_FROM = f"""
 SELECT u.id, u.taken, u.pair_seq, u.a_is_lo, u.prompt_id, u.output_a_id, u.output_b_id, p.text, oa.text, ob.text,
        oa.candidate_id, ob.candidate_id, u.kind, p.html, oa.html, ob.html
 FROM {_UNIT} u
 JOIN {_PROMPT} p ON p.id = u.prompt_id
 JOIN {_OUTPUT} oa ON oa.id = u.output_a_id
-LEFT JOIN {_OUTPUT} ob ON ob.id = u.output_b_id
+LEFT JOIN {_OUTPUT} ob ON ob.id = u.output_b_id"""
+_NOT_MET = f"""NOT EXISTS (SELECT 1 FROM {_ASSIGNMENT} a WHERE a.unit_id = u.id AND a.annotator_id = %s
+                  AND NOT (a.released AND a.submitted_at IS NULL))"""
+_PICK_SQL = f"""{_PICK_FROM}
 WHERE u.study_id = %s AND u.taken < u.needed {{pair}}
-  AND NOT EXISTS (SELECT 1 FROM {_ASSIGNMENT} a WHERE a.unit_id = u.id AND a.annotator_id = %s
-                  AND NOT (a.released AND a.submitted_at IS NULL))
+  AND {_NOT_MET}
 ORDER BY u.taken, u.shuffle
 LIMIT 1 {{lock}}"""
 _TAKE_SQL = f"UPDATE {_UNIT} SET taken = taken + 1 WHERE id = %s AND taken < needed"
@@ -1443,18 +1454,65 @@ def _lease_one(study: Study, annotator, now: datetime, *, pair: tuple[int, int] 
             if inserted is None:
                 raise _LeaseClash()
             (assignment_id,) = inserted
+    return _leased(study, annotator, (unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text,
+                                      text_a, text_b, cand_a, cand_b, kind, prompt_html, html_a, html_b),
+                   assignment_id=assignment_id, token=token, left_is_a=bool(left_is_a), now=now, expires=expires)
+
+
+def _leased(study: Study, annotator, row: tuple, *, assignment_id: int, token: str, left_is_a: bool,
+            now: datetime, expires: datetime, is_gold: bool = False) -> Assignment:
+    """The lease just written, with its unit and texts from the row its statement read (no query)."""
+    (unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text, text_a, text_b, cand_a, cand_b, kind,
+     prompt_html, html_a, html_b) = row
     lo, hi = (cand_a, cand_b) if a_is_lo else (cand_b, cand_a)
     unit = Unit(id=unit_id, study_id=study.pk, kind=kind, prompt_id=prompt_id, output_a_id=out_a, output_b_id=out_b,
-                cand_lo_id=lo, cand_hi_id=hi, taken=taken + 1, pair_seq=pair_seq, a_is_lo=bool(a_is_lo))
+                cand_lo_id=lo, cand_hi_id=hi, taken=taken + 1, pair_seq=pair_seq, a_is_lo=bool(a_is_lo),
+                is_gold=is_gold, needed=0 if is_gold else 1)
     unit.prompt = Prompt(id=prompt_id, study_id=study.pk, text=prompt_text, html=prompt_html or "")
     unit.output_a = Output(id=out_a, study_id=study.pk, prompt_id=prompt_id, candidate_id=cand_a, text=text_a,
                            html=html_a or "")
     unit.output_b = None if out_b is None else Output(id=out_b, study_id=study.pk, prompt_id=prompt_id,
                                                       candidate_id=cand_b, text=text_b, html=html_b or "")
     assignment = Assignment(id=assignment_id, study_id=study.pk, unit_id=unit_id, annotator_id=annotator.pk,
-                            token=token, left_is_a=bool(left_is_a), leased_at=now, expires_at=expires, released=False)
+                            token=token, left_is_a=left_is_a, leased_at=now, expires_at=expires, released=False)
     assignment.unit = unit
     return assignment
+
+
+# A check (annotation.checks) is open to every annotator once: no place to take, so no
+# ``taken < needed``; ``taken`` still counts its leases and judgments, like any unit's.  Each
+# annotator meets the study's checks in their own rotation of the shuffled order.
+_CHECK_PICK_SQL = f"""{_PICK_FROM}
+WHERE u.study_id = %s AND u.is_gold
+  AND {_NOT_MET}
+ORDER BY (CAST(u.shuffle AS BIGINT) + %s) %% 2147483647
+LIMIT 1"""
+_CHECK_TAKE_SQL = f"UPDATE {_UNIT} SET taken = taken + 1 WHERE id = %s"
+
+
+def _lease_check(study: Study, annotator, now: datetime) -> Assignment | None:
+    """Lease a check this annotator has not met yet (see :mod:`annotation.checks`), or None."""
+    expires = now + timedelta(seconds=_lease_seconds())
+    token = secrets.token_urlsafe(32)
+    stamps = [connection.ops.adapt_datetimefield_value(now), connection.ops.adapt_datetimefield_value(expires)]
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(_CHECK_PICK_SQL, [study.pk, annotator.pk, annotator.pk * 7919])
+        row = cur.fetchone()
+        if row is None:
+            return None
+        (unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text, text_a, text_b, cand_a, cand_b,
+         kind, prompt_html, html_a, html_b) = row
+        cur.execute(_CHECK_TAKE_SQL, [unit_id])
+        left_is_a = secrets.randbelow(2) == 0  # nothing to balance: a check measures the annotator
+        cur.execute(_LEASE_SQL, [study.pk, unit_id, annotator.pk, token, left_is_a, *stamps, False])
+        inserted = cur.fetchone()
+        if inserted is None:
+            raise _LeaseClash()
+        (assignment_id,) = inserted
+    return _leased(study, annotator, (unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text,
+                                      text_a, text_b, cand_a, cand_b, kind, prompt_html, html_a, html_b),
+                   assignment_id=assignment_id, token=token, left_is_a=left_is_a, now=now, expires=expires,
+                   is_gold=True)
 
 
 def _adaptive_pairs(study: Study) -> list[tuple[int, int] | None]:
@@ -1581,7 +1639,8 @@ def judgment_submit(
                     if existing is None:
                         raise AlreadySubmitted("You skipped this task, so it takes no answer now.")
                     return _same_or_refuse(existing, answer), False
-                if not Unit.objects.filter(pk=assignment.unit_id, taken__lt=F("needed")).update(taken=F("taken") + 1):
+                if not Unit.objects.filter(Q(taken__lt=F("needed")) | Q(is_gold=True), pk=assignment.unit_id).update(
+                        taken=F("taken") + 1):
                     raise LeaseExpired("This task's lease expired and someone else has taken it.")
                 # closed in the same UPDATE, so it never counts as a second open lease
                 Assignment.objects.filter(pk=assignment.pk).update(released=False, submitted_at=now)
@@ -1797,7 +1856,7 @@ def battles_import(*, study: Study, model_a: Sequence[str], model_b: Sequence[st
                                           left_is_a=not flip, served_at=now))
             Judgment.objects.bulk_create(judgments)
         # One long transaction whose ids interleave with votes cast meanwhile: recount in full.
-        Study.objects.filter(pk=study.pk).update(units_total=Unit.objects.filter(study=study).count(),
+        Study.objects.filter(pk=study.pk).update(units_total=Unit.objects.filter(study=study, is_gold=False).count(),
                                                  version=F("version") + 1)
         audit.record(study, actor, audit.Action.OUTPUTS_IMPORTED, source, {"battles": n, "candidates": names})
     _request_ratings(study.pk)
@@ -1850,9 +1909,10 @@ def judgments_import(*, study: Study, data: uploads.UploadData, filename: str, a
             # Raw INSERT: the model's submitted_at is auto_now_add, which would overwrite the file's times.
             stamp = connection.ops.adapt_datetimefield_value
             with connection.cursor() as cur:
-                cur.executemany(_IMPORT_JUDGMENT_SQL, [
+                cur.executemany(_json_sql(_IMPORT_JUDGMENT_SQL), [
                     (a.pk, study.pk, p.unit_id, p.annotator_id, p.outcome, p.left_is_a, p.row.rationale,
-                     stamp(a.leased_at), stamp(a.submitted_at), p.row.active_ms)
+                     stamp(a.leased_at), stamp(a.submitted_at), p.row.active_ms, _json_param(p.ratings),
+                     _json_param(p.tags))
                     for p, a in zip(plan, assignments)
                 ])
             # (unit, annotator) is unique, so a unit gains one place per row that holds one.
@@ -1878,8 +1938,8 @@ def judgments_import(*, study: Study, data: uploads.UploadData, filename: str, a
 
 _IMPORT_JUDGMENT_SQL = f"""
 INSERT INTO {_JUDGMENT} (assignment_id, study_id, unit_id, annotator_id, outcome, left_is_a, rationale, served_at,
-                         submitted_at, active_ms)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"""
+                         submitted_at, active_ms, ratings, tags)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {{json}}, {{json}})"""
 
 
 @dataclass(frozen=True)
@@ -1888,9 +1948,11 @@ class _PlannedJudgment:
     unit_id: int
     annotator_id: int
     left_is_a: bool
-    outcome: str  # stored vocabulary, in terms of the unit's outputs
+    outcome: str  # stored vocabulary, in terms of the unit's outputs; empty for Likert ratings
     excluded: bool
     taken_over: int | None  # the id of an expired, unsubmitted lease of this annotator on the unit
+    ratings: dict | None = None  # Likert: checked against the study's criteria
+    tags: list | None = None  # checked against the study's failure tags
 
 
 def _chunked(items: Sequence, size: int = 500):
@@ -1900,7 +1962,9 @@ def _chunked(items: Sequence, size: int = 500):
 
 def _judgments_plan(study: Study, parsed) -> list[_PlannedJudgment]:
     """Check the good rows of a judgments file against the study; raise ``UploadError`` listing every
-    problem, the file's own (``parsed.errors``) and the study's, by line."""
+    problem, the file's own (``parsed.errors``) and the study's, by line.  A Likert row names one
+    candidate's output, which must have a Likert unit here; its ratings are checked against the
+    study's criteria and every row's tags against its failure tags (:mod:`annotation.taskconfig`)."""
     rows = parsed.rows
     prompts = dict(Prompt.objects.filter(study=study).values_list("external_id", "pk"))
     candidates = dict(Candidate.objects.filter(study=study).values_list("name", "pk"))
@@ -1911,13 +1975,15 @@ def _judgments_plan(study: Study, parsed) -> list[_PlannedJudgment]:
             User.USERNAME_FIELD, "pk"))
     members = {user_id: (role, excluded) for user_id, role, excluded in StudyMember.objects.filter(
         study=study, user_id__in=list(users.values())).values_list("user_id", "role", "excluded")}
-    # The units of the prompts named: (prompt, sample, candidate low, candidate high) -> (unit, output_a's candidate)
-    units: dict[tuple[int, int, int, int], tuple[int, int]] = {}
+    # The units of the prompts named: (prompt, sample, candidate low, candidate high) -> (unit, output_a's candidate);
+    # a Likert unit's key has None for the high candidate.
+    units: dict[tuple[int, int, int, int | None], tuple[int, int]] = {}
     prompt_ids = sorted({prompts[row.prompt_id] for row in rows if row.prompt_id in prompts})
     for chunk in _chunked(prompt_ids):
+        # a check (is_gold) is not a task of the study: imported judgments go to its own units
         for unit_id, prompt_id, sample, lo, hi, a_is_lo in Unit.objects.filter(
-                study=study, prompt_id__in=chunk).values_list("pk", "prompt_id", "output_a__sample_index",
-                                                              "cand_lo_id", "cand_hi_id", "a_is_lo"):
+                study=study, prompt_id__in=chunk, is_gold=False).values_list(
+                "pk", "prompt_id", "output_a__sample_index", "cand_lo_id", "cand_hi_id", "a_is_lo"):
             units[(prompt_id, sample, lo, hi)] = (unit_id, lo if a_is_lo else hi)
     errors: list[uploads.RowError] = []
 
@@ -1930,10 +1996,17 @@ def _judgments_plan(study: Study, parsed) -> list[_PlannedJudgment]:
         prompt_pk = prompts.get(row.prompt_id)
         if prompt_pk is None:
             error(row, "prompt_id", f"there is no prompt {row.prompt_id!r} in this study")
-        for field in ("model_a", "model_b"):
+        likert = row.kind == Unit.Kind.LIKERT
+        for field in ("model_a",) if likert else ("model_a", "model_b"):
             name = getattr(row, field)
             if name not in candidates:
                 error(row, field, f"there is no candidate named {name!r} in this study")
+        try:
+            tags = taskconfig.tags_check(study.failure_tags, list(row.tags))
+            ratings = taskconfig.ratings_validate(study.likert_criteria, row.ratings) if likert else None
+        except taskconfig.ConfigError as exc:
+            field, _, _ = str(exc).partition(":")
+            error(row, field if field in ("tags", "ratings") else "ratings", str(exc))
         user_id = users.get(row.annotator)
         if user_id is None:
             error(row, "annotator", f"there is no account named {row.annotator!r}; the annotator column holds "
@@ -1950,6 +2023,14 @@ def _judgments_plan(study: Study, parsed) -> list[_PlannedJudgment]:
                                        "them first, or leave the column out")
         if len(errors) > bad:
             continue
+        if likert:
+            unit = units.get((prompt_pk, row.sample_index, candidates[row.model_a], None))
+            if unit is None:
+                error(row, None, f"{row.model_a!r} has no finished output for prompt {row.prompt_id!r} (sample "
+                                 f"{row.sample_index}) that this study rates on its criteria (a Likert task)")
+                continue
+            found.append((row, unit[0], user_id, True, "", members[user_id][1], ratings, tags))
+            continue
         a, b = candidates[row.model_a], candidates[row.model_b]
         unit = units.get((prompt_pk, row.sample_index, min(a, b), max(a, b)))
         if unit is None:
@@ -1959,7 +2040,7 @@ def _judgments_plan(study: Study, parsed) -> list[_PlannedJudgment]:
         unit_id, cand_a = unit
         code = row.code if cand_a == a else outcomes.swapped(row.code)
         left_is_a = candidates[row.shown_left] == cand_a
-        found.append((row, unit_id, user_id, left_is_a, outcomes.STORED[code], members[user_id][1]))
+        found.append((row, unit_id, user_id, left_is_a, outcomes.STORED[code], members[user_id][1], None, tags))
     # What the annotators already hold or judged on these units.
     held: dict[tuple[int, int], tuple[int, bool, bool]] = {}
     unit_ids = sorted({f[1] for f in found})
@@ -1969,20 +2050,21 @@ def _judgments_plan(study: Study, parsed) -> list[_PlannedJudgment]:
                 "pk", "unit_id", "annotator_id", "submitted_at", "released"):
             held[(unit_id, annotator_id)] = (pk, submitted is not None, released)
     plan = []
-    for row, unit_id, user_id, left_is_a, outcome, excluded in found:
+    for row, unit_id, user_id, left_is_a, outcome, excluded, ratings, tags in found:
         taken_over = None
         if (unit_id, user_id) in held:
             pk, submitted, released = held[(unit_id, user_id)]
+            what = f"the output of {row.model_a!r} for" if row.kind == Unit.Kind.LIKERT else "this pair of"
             if submitted:
-                error(row, "annotator", f"{row.annotator!r} has already judged this pair of {row.prompt_id!r} "
+                error(row, "annotator", f"{row.annotator!r} has already judged {what} {row.prompt_id!r} "
                                         "in this study")
                 continue
             if not released:
-                error(row, "annotator", f"{row.annotator!r} holds this pair of {row.prompt_id!r} as an open task "
+                error(row, "annotator", f"{row.annotator!r} holds {what} {row.prompt_id!r} as an open task "
                                         "right now; import once it is submitted or has expired")
                 continue
             taken_over = pk
-        plan.append(_PlannedJudgment(row, unit_id, user_id, left_is_a, outcome, excluded, taken_over))
+        plan.append(_PlannedJudgment(row, unit_id, user_id, left_is_a, outcome, excluded, taken_over, ratings, tags))
     if errors or parsed.total:
         total = parsed.total + len(errors)
         errors = sorted([*parsed.errors, *errors], key=lambda e: (e.line or 0, e.field or ""))

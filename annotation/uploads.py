@@ -376,6 +376,101 @@ def parse_imported_outputs(
     return ParsedOutputs(tuple(rows), tuple(source.warnings))
 
 
+@dataclass(frozen=True)
+class CheckRow:
+    """One known-answer check of a check file: a pair (``a``, ``b``, ``better``) or one output
+    rated on criteria (``candidate``, ``ratings`` {criterion: (low, high)})."""
+
+    prompt_id: str
+    kind: str
+    a: str
+    b: str
+    better: str
+    candidate: str
+    ratings: dict
+    sample_index: int
+    note: str
+    line: int
+
+
+def _rating_range(row: _Row, key: str, scale: int) -> tuple[int, int] | None:
+    """``"4"`` or ``"4-5"`` (inclusive) within 1..scale; empty: the criterion is not checked."""
+    raw = row.string(key, allow_int=True)
+    if not raw:
+        return None
+    low, sep, high = raw.partition("-")
+    try:
+        lo, hi = int(low.strip()), int(high.strip()) if sep else int(low.strip())
+    except ValueError:
+        row.error(key, f"must be a point or a range such as 4-5, got {raw!r}")
+        return None
+    if not 1 <= lo <= hi <= scale:
+        row.error(key, f"must lie within 1-{scale} with the low end first, got {raw!r}")
+        return None
+    return lo, hi
+
+
+def parse_checks(data: UploadData, filename: str, *, criteria: Sequence[dict] = (),
+                 max_bytes: int | None = MAX_UPLOAD_BYTES) -> tuple[CheckRow, ...]:
+    """Parse a file of gold items and attention checks (CSV, JSON Lines or a JSON list).
+
+    Columns: ``prompt`` (the prompt's id), ``kind`` (gold, the default, or attention),
+    ``note`` and ``sample`` (default 0), then either ``a``, ``b`` and ``better`` (a, b or
+    tie: two candidates' outputs and the known better one) or ``candidate`` and one
+    ``rating:<criterion>`` column per criterion checked (a point or an inclusive range such
+    as ``4-5``).  Raises :class:`UploadError` naming every bad line and field.
+    """
+    scales = {c["key"]: int(c["scale"]) for c in criteria}
+    rating_keys = [f"rating:{k}" for k in scales]
+    source = _Source(data, filename, required=("prompt",),
+                     known=("prompt", "kind", "note", "sample", "a", "b", "better", "candidate", *rating_keys),
+                     max_bytes=max_bytes)
+    errors = _Errors()
+    rows: list[CheckRow] = []
+    for line, index, obj in source.records():
+        row = source.row(obj, line, index, errors)
+        if row is None:
+            continue
+        prompt_id = row.string("prompt", required=True, max_length=MAX_ID_LENGTH, allow_int=True)
+        kind = row.string("kind") or "gold"
+        if kind not in ("gold", "attention"):
+            row.error("kind", f"must be gold or attention, got {kind!r}")
+        note = row.string("note")[:2000]
+        sample = row.integer("sample", maximum=1000) or 0
+        a, b = row.string("a", max_length=200), row.string("b", max_length=200)
+        better = row.string("better")
+        candidate = row.string("candidate", max_length=200)
+        ratings = {}
+        for key, scale in scales.items():
+            span = _rating_range(row, f"rating:{key}", scale)
+            if span is not None:
+                ratings[key] = span
+        if candidate and (a or b or better):
+            row.error("candidate", "give either a, b and better (a pair) or candidate and ratings, not both")
+        elif candidate:
+            if not ratings:
+                row.error("candidate", "name at least one rating:<criterion> with the expected point or range"
+                          + (f" (criteria: {', '.join(scales)})" if scales else "; the study has no criteria"))
+        elif a or b or better:
+            for key, value in (("a", a), ("b", b)):
+                if not value:
+                    row.error(key, "is missing: a pair check names two candidates, a and b")
+            if a and a == b:
+                row.error("b", f"must name another candidate than a ({a!r})")
+            if better not in ("a", "b", "tie"):
+                row.error("better", f"must be a, b or tie, got {better!r}")
+            if ratings:
+                row.error("better", "a pair check takes no rating columns")
+        else:
+            row.error(None, "give a, b and better (a pair check) or candidate and rating:<criterion> columns")
+        if row.ok:
+            rows.append(CheckRow(prompt_id, kind, a, b, better, candidate, ratings, sample, note, line))
+    errors.raise_if_any()
+    if not rows:
+        raise UploadError("the file has no checks")
+    return tuple(rows)
+
+
 def parse_battles(
     data: UploadData, filename: str, *, max_bytes: int | None = MAX_UPLOAD_BYTES
 ) -> Battles:
@@ -619,6 +714,7 @@ class _Source:
         required: Sequence[str],
         known: Sequence[str] | None,
         max_bytes: int | None,
+        known_prefixes: Sequence[str] = (),
     ) -> None:
         suffix = PurePath(filename or "").suffix.lower()
         if suffix in _REFUSED_SUFFIXES:
@@ -637,6 +733,8 @@ class _Source:
         self._head = self._read_head()
         self.required = tuple(required)
         self.known = None if known is None else frozenset(known)
+        # CSV columns named by a prefix and a key (the judgments' "rating:<criterion>")
+        self.known_prefixes = tuple(known_prefixes)
         self.warnings: list[str] = []
         self._unknown_keys: set[str] = set()
         self._comma_tags_warned = False
@@ -801,7 +899,7 @@ class _Source:
             raise UploadError(problems)
         if self.known is not None:
             for name in names:
-                if name and name not in self.known:
+                if name and name not in self.known and not name.startswith(self.known_prefixes):
                     self.warnings.append(f"ignored column {name!r}")
 
 

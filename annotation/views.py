@@ -33,6 +33,7 @@ from .uploads import RowError, UploadError
 
 
 @login_required
+@require_safe
 def home(request: HttpRequest) -> HttpResponse:
     studies = access.studies_for_user(request.user)
     return render(request, "annotation/home.html", {"studies": studies, "can_create": _can_create(request.user)})
@@ -90,7 +91,7 @@ def _study_context(study, **extra) -> dict:
         "stuck": selectors.stuck_outputs(study),
         "workers_alive": selectors.workers_alive(),
         "n_prompts": study.prompts.count(),
-        "n_units": study.units.count(),
+        "n_units": study.units.filter(is_gold=False).count(),
         "n_judgments": study.judgments.count(),
         "members": study.members.select_related("user").order_by("role", "user__username"),
         "settings_form": StudySettingsForm(initial={"overlap": study.overlap,
@@ -118,6 +119,7 @@ def _page_context(study, **extra) -> dict:
 
 
 @login_required
+@require_safe
 def study_detail(request: HttpRequest, study_id: int) -> HttpResponse:
     study = access.get_study_for_evaluator(request.user, study_id)
     return render(request, "annotation/study_detail.html", _page_context(study))
@@ -145,6 +147,7 @@ def study_settings(request: HttpRequest, study_id: int) -> HttpResponse:
 
 
 @login_required
+@require_safe
 def study_progress(request: HttpRequest, study_id: int) -> HttpResponse:
     """The progress fragment; htmx polls it and stops once nothing is queued or running."""
     study = access.get_study_for_evaluator(request.user, study_id)
@@ -480,6 +483,7 @@ def _invitation_page(request, invitation, member, *, refusal: str | None, status
 
 
 @login_required
+@require_safe
 def study_audit(request: HttpRequest, study_id: int) -> HttpResponse:
     """Who changed what in the study, newest first, in pages."""
     study = access.get_study_for_evaluator(request.user, study_id)
@@ -506,11 +510,15 @@ def _task_response(request: HttpRequest, study, assignment, *, done: int, error:
 
 @never_cache
 @login_required
+@require_safe
 def annotate(request: HttpRequest, study_id: int) -> HttpResponse:
     """The annotator's page: the task they hold, or the next one.  Never cached: Back shows the current task."""
     member = access.get_member_for_annotator(request.user, study_id)
     if member.done == 0 and member.instructions_seen_at is None and member.study.instructions_html:
         url = reverse("annotation:instructions", args=[study_id])
+        return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    if member.done == 0 and member.study.quiz_size and member.qualified_at is None:  # the quiz comes first
+        url = reverse("annotation:quiz", args=[study_id])
         return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     assignment = services.assignment_next(study=member.study, annotator=request.user)
     return _task_response(request, member.study, assignment, done=member.done)
@@ -684,9 +692,15 @@ def quality(request: HttpRequest, study_id: int) -> HttpResponse:
     """Per-annotator quality; evaluators exclude or re-admit from it, managers read it (pseudonyms)."""
     study = access.get_study_for_manager(request.user, study_id)
     evaluator = _is_evaluator(request.user, study)
-    rows = selectors.quality_table(study, pseudonymize=not evaluator)
+    # Reads the worker's snapshot and the live members only: a constant number of queries.
+    table = selectors.quality_table(study, pseudonymize=not evaluator)
+    if table.computed_at is None:  # never computed: ask the worker (the one place that requests recomputes)
+        from arena.services import ratings_request
+
+        ratings_request(study_id=study.pk)
     return render(request, "annotation/quality.html", {
-        "study": study, "rows": rows, "evaluator": evaluator, "thresholds": selectors._thresholds()})
+        "study": study, "table": table, "rows": table.rows, "evaluator": evaluator,
+        "thresholds": selectors._thresholds()})
 
 
 @login_required
@@ -733,3 +747,159 @@ def _describe_judgment(j) -> None:
     j.verdict = {"a": f"{a_name} better", "b": f"{b_name} better", "tie": "Tie", "both_bad": "Both bad"}.get(
         j.outcome, "Rated (Likert)")
     j.seconds = (j.submitted_at - j.served_at).total_seconds()
+
+
+# --- known-answer checks and the qualification quiz (annotation.checks) ---------------
+
+
+def _checks_context(study, **extra) -> dict:
+    from . import checks as checks_service
+    from .forms import AttentionForm, CheckSettingsForm, CheckUploadForm
+
+    return {"study": study, "rows": checks_service.checks_list(study),
+            "counts": checks_service.count_by_kind(study),
+            "settings_form": extra.pop("settings_form", None) or CheckSettingsForm(initial={
+                f: getattr(study, f) for f in ("check_rate", "gold_pass", "quiz_size", "quiz_pass", "quiz_attempts")}),
+            "upload_form": CheckUploadForm(), "attention_form": extra.pop("attention_form", None) or AttentionForm(),
+            "likert_only": study.task_kinds == "likert", **extra}
+
+
+@login_required
+@require_safe
+def checks(request: HttpRequest, study_id: int) -> HttpResponse:
+    """Gold items and attention checks: how often each is served, answered and answered right."""
+    study = access.get_study_for_evaluator(request.user, study_id)
+    return render(request, "annotation/checks.html", _checks_context(study))
+
+
+@login_required
+@require_POST
+def checks_settings(request: HttpRequest, study_id: int) -> HttpResponse:
+    from . import checks as checks_service
+    from .forms import CheckSettingsForm
+
+    study = access.get_study_for_evaluator(request.user, study_id)
+    form = CheckSettingsForm(request.POST)
+    if form.is_valid():
+        try:
+            checks_service.checks_settings_update(study=study, actor=request.user, **form.cleaned_data)
+        except checks_service.CheckError as exc:
+            form.add_error(None, str(exc))
+    if form.errors:
+        return render(request, "annotation/checks.html",
+                      _checks_context(study, settings_form=form, error=f"Not saved: {_form_errors(form)}"), status=400)
+    messages.success(request, "Check and quiz settings saved.")
+    return redirect("annotation:checks", study_id=study.pk)
+
+
+@login_required
+@require_POST
+def checks_upload(request: HttpRequest, study_id: int) -> HttpResponse:
+    from . import checks as checks_service
+
+    study = access.get_study_for_evaluator(request.user, study_id)
+    upload = request.FILES.get("checks")
+    try:
+        if upload is None:
+            raise UploadError([RowError(None, "checks", "choose a file of checks (CSV or JSONL) to upload")])
+        too_big = upload_size_error(upload)  # before a byte of it is read
+        if too_big:
+            raise UploadError([RowError(None, "checks", too_big)])
+        added = checks_service.checks_import(study=study, data=upload, filename=upload.name, actor=request.user)
+    except UploadError as exc:
+        return render(request, "annotation/checks.html", _checks_context(study, upload_errors=exc.errors), status=400)
+    messages.success(request, f"{added} checks added.")
+    return redirect("annotation:checks", study_id=study.pk)
+
+
+@login_required
+@require_POST
+def checks_attention(request: HttpRequest, study_id: int) -> HttpResponse:
+    from . import checks as checks_service
+    from .forms import AttentionForm
+
+    study = access.get_study_for_evaluator(request.user, study_id)
+    form = AttentionForm(request.POST)
+    if form.is_valid():
+        try:
+            made = checks_service.checks_make_attention(
+                study=study, count=form.cleaned_data["count"], criterion=form.cleaned_data["criterion"] or "",
+                at_most=form.cleaned_data["at_most"], actor=request.user)
+        except checks_service.CheckError as exc:
+            form.add_error(None, str(exc))
+    if form.errors:
+        return render(request, "annotation/checks.html",
+                      _checks_context(study, attention_form=form, error=f"Not made: {_form_errors(form)}"), status=400)
+    messages.success(request, f"{made} attention checks made.")
+    return redirect("annotation:checks", study_id=study.pk)
+
+
+@login_required
+@require_POST
+def check_remove(request: HttpRequest, study_id: int, unit_id: int) -> HttpResponse:
+    from . import checks as checks_service
+    from .models import Unit
+
+    study = access.get_study_for_evaluator(request.user, study_id)
+    unit = get_object_or_404(Unit.objects.select_related("study"), study=study, pk=unit_id, is_gold=True)
+    answered = checks_service.check_remove(unit=unit, actor=request.user)
+    messages.success(request, f"Check removed, with the {answered} answer{'s' if answered != 1 else ''} given to it.")
+    return redirect("annotation:checks", study_id=study.pk)
+
+
+def _quiz_page(request, member, *, feedback=None, error: str = "", status: int = 200) -> HttpResponse:
+    from . import checks as checks_service
+
+    study = member.study
+    state = checks_service.quiz_state(study=study, member=member)
+    item = checks_service.quiz_item(state.attempt) if state.status == "in_progress" else None
+    return render(request, "annotation/quiz.html", {
+        "study": study, "state": state, "item": item, "feedback": feedback, "error": error,
+        "score": sum(1 for a in state.attempt.answers if a["right"]) if state.attempt else 0}, status=status)
+
+
+@never_cache
+@login_required
+@require_safe
+def quiz(request: HttpRequest, study_id: int) -> HttpResponse:
+    """The qualification quiz: where the annotator stands, or the question waiting for an answer."""
+    member = access.get_member_for_annotator(request.user, study_id)
+    return _quiz_page(request, member)
+
+
+@never_cache
+@login_required
+@require_POST
+def quiz_start(request: HttpRequest, study_id: int) -> HttpResponse:
+    from . import checks as checks_service
+
+    member = access.get_member_for_annotator(request.user, study_id)
+    try:
+        checks_service.quiz_start(study=member.study, member=member)
+    except checks_service.CheckError as exc:
+        return _quiz_page(request, member, error=str(exc), status=409)
+    return redirect("annotation:quiz", study_id=study_id)
+
+
+@never_cache
+@login_required
+@require_POST
+def quiz_answer(request: HttpRequest, study_id: int) -> HttpResponse:
+    """Score one answer and say at once whether it was right, and what was expected."""
+    from . import checks as checks_service
+    from .forms import QuizAnswerForm
+
+    member = access.get_member_for_annotator(request.user, study_id)
+    state = checks_service.quiz_state(study=member.study, member=member)
+    if state.status != "in_progress":
+        return _quiz_page(request, member, error="There is no quiz question waiting for an answer.", status=409)
+    form = QuizAnswerForm(request.POST)
+    if not form.is_valid():
+        return _quiz_page(request, member, error=f"Not recorded: {_form_errors(form)}", status=400)
+    try:
+        feedback = checks_service.quiz_answer(attempt=state.attempt, index=form.cleaned_data["index"],
+                                              choice=form.cleaned_data["choice"] or None, ratings=form.ratings())
+    except checks_service.CheckError as exc:
+        return _quiz_page(request, member, error=f"Not recorded: {exc}", status=400)
+    member.refresh_from_db(fields=["qualified_at"])
+    return _quiz_page(request, member, feedback=feedback)

@@ -41,6 +41,12 @@ def study_slices(study_id: int) -> list[Slice]:
             + [Slice(f"group:{g}", f"Annotator group {g}") for g in groups])
 
 
+def hidden_candidates(study_id: int) -> set[str]:
+    """Names of the study's candidates hidden from new pairs, read live (hiding does not touch
+    the snapshot: the candidate keeps its rating, and the leaderboard marks it)."""
+    return set(Candidate.objects.filter(study_id=study_id, hidden=True).values_list("name", flat=True))
+
+
 def study_judgments(study_id: int, slice_key: str = ALL) -> QuerySet:
     """Pairwise judgments that count for a slice: excluded annotators are always left out.
 
@@ -49,9 +55,10 @@ def study_judgments(study_id: int, slice_key: str = ALL) -> QuerySet:
 
 
 def slice_judgments(study_id: int, slice_key: str = ALL) -> QuerySet:
-    """Every judgment of a slice, pairwise and Likert; excluded annotators are always left out."""
+    """Every judgment of a slice, pairwise and Likert; excluded annotators are always left out,
+    and so are answers to checks (gold items and attention checks measure the annotators)."""
     excluded = StudyMember.objects.filter(study_id=study_id, excluded=True).values("user")
-    qs = Judgment.objects.filter(study_id=study_id).exclude(annotator__in=excluded)
+    qs = Judgment.objects.filter(study_id=study_id, unit__is_gold=False).exclude(annotator__in=excluded)
     kind, _, value = slice_key.partition(":")
     if slice_key == ALL:
         return qs

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 FALLBACK_REGULARIZATION = 0.01
 BT = "bt"
 ONLINE_ELO = "elo_online"
+QUALITY = "quality"  # the annotator quality table (slice "all" only)
 
 
 def ratings_recompute(*, study_id: int, slice_key: str = selectors.ALL, force: bool = False,
@@ -156,6 +157,7 @@ def ratings_refresh(*, study_id: int, slice_key: str = selectors.ALL) -> RatingS
     snapshot = ratings_recompute(study_id=study_id, slice_key=slice_key)
     if slice_key == selectors.ALL:
         online_elo_update(study_id=study_id)
+        quality_recompute(study_id=study_id)
         for s in selectors.study_slices(study_id)[1:]:
             ratings_request(study_id=study_id, slice_key=s.key)
     log.info("ratings of study %s slice %s refreshed from %s judgments in %.2f s", study_id, slice_key,
@@ -318,6 +320,39 @@ def online_elo_update(*, study_id: int) -> RatingSnapshot:
         study_id=study_id, slice_key=selectors.ALL, method=ONLINE_ELO,
         defaults={"payload": {"ratings": state, "k": 4.0}, "n_judgments": count, "last_judgment_id": last,
                   "computed_at": timezone.now()},
+    )
+    return snapshot
+
+
+def quality_recompute(*, study_id: int, force: bool = False) -> RatingSnapshot:
+    """Compute the annotator quality table (:func:`annotation.selectors.quality_stats`) and
+    store it as the study's ``quality`` snapshot, for the page to read without a judgment.
+
+    Redone only when the study's pairwise judgments (their count or newest id), its version
+    (an exclusion or re-admission, an undone vote) or the flag thresholds differ from what
+    the snapshot was computed from, unless ``force``; otherwise only ``computed_at`` moves,
+    which tells the page the table is current.
+    """
+    from annotation.selectors import quality_marker, quality_stats, quality_thresholds
+
+    study = Study.objects.only("version").get(pk=study_id)
+    current = RatingSnapshot.objects.filter(study_id=study_id, slice_key=selectors.ALL, method=QUALITY).first()
+    n, last = quality_marker(study_id)
+    thresholds = quality_thresholds()
+    now = timezone.now()
+    if (current is not None and not force and current.study_version == study.version
+            and (current.n_judgments, current.last_judgment_id) == (n, last)
+            and current.payload.get("thresholds") == thresholds):
+        RatingSnapshot.objects.filter(pk=current.pk).update(computed_at=now)
+        current.computed_at = now
+        return current
+    stats = quality_stats(study)
+    payload = {"computed_at": now.isoformat(), "thresholds": thresholds,
+               "annotators": {str(user_id): row for user_id, row in stats.items()}}
+    snapshot, _ = RatingSnapshot.objects.update_or_create(
+        study_id=study_id, slice_key=selectors.ALL, method=QUALITY,
+        defaults={"payload": payload, "n_judgments": n, "last_judgment_id": last, "study_version": study.version,
+                  "computed_at": now},
     )
     return snapshot
 

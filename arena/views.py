@@ -8,7 +8,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from annotation import access
 
@@ -38,7 +38,9 @@ def leaderboard_context(study, slice_key: str) -> dict:
     lc = board.style.get("ratings") or {}
     elo = RatingSnapshot.objects.filter(study=study, slice_key=selectors.ALL, method=ONLINE_ELO).first()
     live = elo.payload.get("ratings", {}) if elo and slice_key == selectors.ALL else {}
-    rows = [{**asdict(r), "lc_rating": lc.get(r.model), "online_elo": live.get(r.model)} for r in board.rows]
+    hidden = selectors.hidden_candidates(study.pk)
+    rows = [{**asdict(r), "lc_rating": lc.get(r.model), "online_elo": live.get(r.model), "hidden": r.model in hidden}
+            for r in board.rows]
     names = [r.model for r in board.rows]
     ctx.update(
         rows=rows, style=board.style, position=board.position_bias, length=board.length_bias,
@@ -57,6 +59,7 @@ def leaderboard_context(study, slice_key: str) -> dict:
 
 
 @login_required
+@require_safe
 def leaderboard(request: HttpRequest, study_id: int) -> HttpResponse:
     study = access.get_study_for_manager(request.user, study_id)
     # Reads only: the worker refreshes snapshots after votes; the page says how old this one is.

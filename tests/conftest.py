@@ -37,6 +37,33 @@ WORKER_LIVENESS_ENV = {"EVALSITE_WORKER_HEARTBEAT_SECONDS": "1", "EVALSITE_WORKE
 def pytest_configure(config):
     # Password hashing is deliberately slow; tests create many users and test no hashing.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    _flush_retries_deadlocks()
+
+
+def _flush_retries_deadlocks():
+    """A transactional test's table flush tries again when PostgreSQL picks it as a deadlock victim.
+
+    The session's Celery worker shares the test database: it beats every second and runs the
+    refreshes earlier tests queued, in transactions over several tables.  ``TRUNCATE`` of every
+    table takes its locks one table at a time, so it can deadlock with such a transaction, and
+    PostgreSQL then aborts one of the two.  A deadlock victim is meant to try again; the flush did
+    not, and the next test started on the previous test's rows.
+    """
+    from django.db import OperationalError
+    from django.db.backends.base.operations import BaseDatabaseOperations
+
+    plain = BaseDatabaseOperations.execute_sql_flush
+
+    def execute_sql_flush(self, sql_list):
+        for attempt in range(5):
+            try:
+                return plain(self, sql_list)
+            except OperationalError as exc:
+                if "deadlock" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    BaseDatabaseOperations.execute_sql_flush = execute_sql_flush
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from rest_framework import serializers
 from arena import outcomes
 
 from .. import exchange
-from ..models import Output, StudyMember
+from ..models import Output, Skip, StudyMember
+from ..usertext import text_problem
 
 MAX_POSITIVE_INT = 2**31 - 1
 ROLES = StudyMember.Role.choices
@@ -79,9 +80,9 @@ class TagSerializer(serializers.Serializer):
 
 class TaskSerializer(serializers.Serializer):
     state = serializers.ChoiceField(
-        choices=["open", "finished", "waiting"],
+        choices=["open", "finished", "waiting", "quiz"],
         help_text="open: a task to judge; finished: nothing left for you; waiting: outputs are still being "
-                  "generated, ask again later.")
+                  "generated, ask again later; quiz: pass the study's qualification quiz (in the browser) first.")
     detail = serializers.CharField(help_text="What the state means, in words.")
     token = serializers.CharField(allow_null=True, help_text="The task's opaque token (null when there is none).")
     kind = serializers.ChoiceField(choices=["pairwise", "likert"], allow_null=True,
@@ -125,6 +126,24 @@ class JudgmentOutputSerializer(serializers.Serializer):
 class JudgmentSubmitResponseSerializer(serializers.Serializer):
     created = serializers.BooleanField(help_text="false when this repeats the verdict already stored.")
     judgment = JudgmentOutputSerializer()
+    next = TaskSerializer()
+
+
+class SkipInputSerializer(serializers.Serializer):
+    reason = serializers.ChoiceField(choices=list(Skip.Reason.values),
+                                     help_text="cant_judge, offensive, broken, or other (which needs a note).")
+    note = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000,
+                                 help_text="The annotator's words; required with reason other.")
+
+    def validate_note(self, value: str) -> str:
+        problem = text_problem(value)  # a lone surrogate from a JSON escape: no database stores it
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value
+
+
+class SkipResponseSerializer(serializers.Serializer):
+    created = serializers.BooleanField(help_text="false when the task was skipped already: nothing changed.")
     next = TaskSerializer()
 
 

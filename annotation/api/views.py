@@ -130,10 +130,17 @@ class TaskNextApi(APIView):
         description=(
             "The task the annotator holds, or a new one (a lease of `EVALSITE_LEASE_MINUTES`). Asking again "
             "returns the same task until it is judged. When there is none the answer is still 200 with "
-            "`token: null` and `state` `finished` (nothing left) or `waiting` (outputs still being generated)."),
+            "`token: null` and `state` `finished` (nothing left), `waiting` (outputs still being generated) or "
+            "`quiz` (the study's qualification quiz comes first; `detail` gives its page)."),
     )
     def get(self, request: Request, study_id: int) -> Response:
         member = access.get_member_for_annotator(request.user, study_id)
+        if member.done == 0 and member.study.quiz_size and member.qualified_at is None:
+            url = request.build_absolute_uri(reverse("annotation:quiz", args=[study_id]))
+            return Response(s.TaskSerializer({
+                "state": "quiz", "detail": f"Pass the study's qualification quiz before a first task: {url}",
+                "token": None, "kind": None, "prompt": None, "outputs": [], "criteria": [], "tags": [],
+                "done": member.done, "remaining": 0}).data)
         assignment = services.assignment_next(study=member.study, annotator=request.user)
         return Response(s.TaskSerializer(_task(member.study, assignment, done=member.done)).data)
 
@@ -192,6 +199,68 @@ class JudgmentSubmitApi(APIView):
         }
         return Response(s.JudgmentSubmitResponseSerializer(body).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+@method_decorator(never_cache, name="dispatch")
+class TaskSkipApi(APIView):
+    @extend_schema(
+        summary="Skip a task", tags=["annotation"], request=s.SkipInputSerializer,
+        responses={
+            201: s.SkipResponseSerializer,
+            200: OpenApiResponse(s.SkipResponseSerializer,
+                                 description="Skipped already: nothing changed (idempotent)."),
+            400: OpenApiResponse(description="reason or note is missing or wrong; the body names it."),
+            404: OpenApiResponse(description="No such task for you (someone else's token, or none)."),
+            409: OpenApiResponse(s.RefusalSerializer, description="code `already_submitted`: the task was judged."),
+        },
+        examples=[OpenApiExample("garbled", value={"reason": "other", "note": "The output is cut off."},
+                                 request_only=True)],
+        description=(
+            "Pass on the task with a reason: its place goes to someone else and it is not served to you again. "
+            "Answers with the next task (or `token: null` and the state), like `tasks/next`."),
+    )
+    def post(self, request: Request, token: str) -> Response:
+        """Record the skip and answer with the next task, in one round trip."""
+        assignment = access.get_assignment_for_annotator(request.user, token)
+        study, done = assignment.study, assignment.member_done
+        data = s.SkipInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            created = services.task_skip(assignment=assignment, **data.validated_data)
+        except services.AnswerInvalid as exc:  # the message starts with the field it names
+            field, _, _ = str(exc).partition(":")
+            raise ValidationError({field if field in ("reason", "note") else "reason": [str(exc)]}) from None
+        except services.ServiceError as exc:
+            return Response({"detail": str(exc), "code": "already_submitted"}, status=status.HTTP_409_CONFLICT)
+        nxt = services.assignment_next(study=study, annotator=request.user, check_held=not created)
+        return Response(s.SkipResponseSerializer({"created": created, "next": _task(study, nxt, done=done)}).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+@method_decorator(never_cache, name="dispatch")
+class JudgmentUndoApi(APIView):
+    @extend_schema(
+        summary="Undo a judgment", tags=["annotation"], request=None,
+        responses={
+            200: OpenApiResponse(s.TaskSerializer, description="The task reopened, to judge again."),
+            404: OpenApiResponse(description="No such task for you (someone else's token, or none)."),
+            409: OpenApiResponse(s.RefusalSerializer, description=(
+                "code `undo_refused`: not your latest judgment, past `EVALSITE_UNDO_SECONDS`, or nothing to "
+                "undo; `detail` says which.")),
+        },
+        description=(
+            "Take back your latest judgment, on the task of this token, within `EVALSITE_UNDO_SECONDS` of it. "
+            "The task opens again for you (the task you were given next is released) and comes back."),
+    )
+    def post(self, request: Request, token: str) -> Response:
+        """Delete the latest judgment and answer with its task, open again."""
+        assignment = access.get_assignment_for_annotator(request.user, token)
+        study, done = assignment.study, assignment.member_done
+        try:
+            reopened = services.judgment_undo(assignment=assignment)
+        except services.ServiceError as exc:
+            return Response({"detail": str(exc), "code": "undo_refused"}, status=status.HTTP_409_CONFLICT)
+        return Response(s.TaskSerializer(_task(study, reopened, done=max(0, done - 1))).data)
 
 
 # --- the evaluator's outputs ----------------------------------------------------------------
@@ -262,9 +331,13 @@ class JudgmentExportApi(APIView):
         summary="Export the study's judgments", tags=["judgments"], parameters=[s.ExportQuerySerializer],
         responses={(200, "text/csv"): OpenApiTypes.STR, (200, "application/jsonl"): OpenApiTypes.STR},
         description=(
-            "One row per judgment, streamed: prompt_id, sample_index, model_a, model_b, shown_left, outcome "
-            "(a, b, tie, both_bad), winner (Chatbot Arena's model_a, model_b, tie, tie (bothbad)), rationale, "
-            "served_at, submitted_at, active_ms, annotator, excluded. The same columns import elsewhere."),
+            "One row per judgment, pairwise and Likert, streamed: kind (pairwise, likert), prompt_id, sample_index, "
+            "model_a (a Likert row: the rated output's candidate), model_b, shown_left, outcome (a, b, tie, "
+            "both_bad), winner (Chatbot Arena's model_a, model_b, tie, tie (bothbad)), ratings (JSON Lines: "
+            "{criterion key: point, or null for not applicable}; CSV: one column `rating:<key>` per criterion "
+            "holding the point, `na` for not applicable, or nothing), tags (JSON Lines: a list of failure-tag "
+            "keys; CSV: keys joined by `;`), rationale, served_at, submitted_at, active_ms, annotator, excluded. "
+            "The same columns import elsewhere."),
     )
     def get(self, request: Request, study_id: int) -> StreamingHttpResponse:
         study = access.get_study_for_manager(request.user, study_id)
@@ -272,7 +345,8 @@ class JudgmentExportApi(APIView):
         query.is_valid(raise_exception=True)
         fmt = query.validated_data["format"]
         rows = api_selectors.judgment_rows(study, pseudonymize=query.validated_data["pseudonymize"])
-        lines = exchange.csv_lines(rows) if fmt == "csv" else exchange.jsonl_lines(rows)
+        lines = (exchange.csv_lines(rows, api_selectors.rating_keys(study)) if fmt == "csv"
+                 else exchange.jsonl_lines(rows))
         response = StreamingHttpResponse((line.encode() for line in lines), content_type=_EXPORT_TYPES[fmt])
         response["Content-Disposition"] = f'attachment; filename="study-{study.pk}-judgments.{fmt}"'
         response["Cache-Control"] = "no-store"
@@ -289,8 +363,10 @@ class JudgmentImportApi(APIView):
                        "The file was refused; every error names its line and field, and nothing was written."))},
         description=(
             "Judgments collected elsewhere, or exported from another study with the same prompts and "
-            "candidates, in the export's columns (CSV or JSON Lines). Validated whole; each annotator must be "
-            "an annotator member of this study. Imported judgments count in ratings like those cast here."),
+            "candidates, in the export's columns (CSV or JSON Lines), pairwise verdicts and Likert ratings alike. "
+            "Validated whole: ratings against this study's criteria, tags against its failure tags; each "
+            "annotator must be an annotator member of this study. Imported judgments count in ratings like "
+            "those cast here."),
     )
     def post(self, request: Request, study_id: int) -> Response:
         study = access.get_study_for_evaluator(request.user, study_id)

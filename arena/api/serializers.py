@@ -24,6 +24,7 @@ class BoardRowSerializer(serializers.Serializer):
     both_bad = serializers.FloatField()
     win_rate = serializers.FloatField(allow_null=True)
     both_bad_rate = serializers.FloatField(allow_null=True)
+    hidden = serializers.BooleanField(help_text="Hidden from new pairs: keeps its rating, gets no new votes.")
 
 
 class ProportionSerializer(serializers.Serializer):

@@ -34,6 +34,7 @@ def leaderboard(request: Request, study_id: int) -> Response:
                          "rows": [], "likert": None})
     board = snapshot.board or Board(rounds=0, seed=0, n_battles=0)
     data = board.to_json()
+    hidden = selectors.hidden_candidates(study.pk)
     return Response({
         "study": study.pk,
         "slice": slice_key,
@@ -43,7 +44,7 @@ def leaderboard(request: Request, study_id: int) -> Response:
         "rounds": board.rounds,
         "regularization": board.regularization,
         "note": board.note,
-        "rows": data["rows"],
+        "rows": [{**row, "hidden": row["model"] in hidden} for row in data["rows"]],
         "length_controlled": board.style,
         "position_bias": board.position_bias,
         "length_bias": board.length_bias,

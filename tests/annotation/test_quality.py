@@ -4,6 +4,7 @@ from django.urls import reverse
 
 from annotation import neardup, services
 from annotation.models import Assignment, Judgment, Unit
+from arena.services import ratings_refresh
 from tests.conftest import PROMPTS_CSV, client_for, imported_jsonl
 
 pytestmark = pytest.mark.django_db
@@ -90,19 +91,25 @@ def test_quality_table_shows_agreement_and_flags_and_excludes(tied, evaluator, m
             side = "left" if (want == "a") == a.left_is_a else "right"
             services.judgment_submit(assignment=a, choice=side, rationale=f"<b>{ann.username}</b> why",
                                      active_ms=1500)
+    ratings_refresh(study_id=tied.pk)  # the worker's side of the votes' refresh request: it computes the table
     client = client_for(evaluator)
     html = client.get(reverse("annotation:quality", args=[tied.pk])).content.decode()
+    assert "from 30 judgments" in html and 'id="quality-behind"' not in html
     rows = html.split('<tr id="annotator-')[1:]
     assert "ann1" in rows[0] and "no peer majority yet" in rows[0]
     assert "ann3" in rows[2] and "0% of 10" in rows[2]
     assert "Speeding: half of the tasks took under 1.5 s of active time (the limit is 2 s)." in rows[0]
-    assert html.count("no gold items yet") == 3
+    assert html.count("no check answered") == 3
     # exclude ann3 from the table: it comes back to the table
     resp = client.post(reverse("annotation:member_exclude", args=[tied.pk, annotators[2].pk]),
                        {"excluded": "1", "next": "quality"})
     assert resp.status_code == 302 and resp["Location"] == reverse("annotation:quality", args=[tied.pk])
     html = client.get(reverse("annotation:quality", args=[tied.pk])).content.decode()
-    assert "<strong>excluded</strong>" in html and "Re-admit" in html
+    assert "<strong>excluded</strong>" in html and "Re-admit" in html  # at once, before the worker runs
+    assert 'id="quality-behind"' in html
+    ratings_refresh(study_id=tied.pk)
+    html = client.get(reverse("annotation:quality", args=[tied.pk])).content.decode()
+    assert "<strong>excluded</strong>" in html and 'id="quality-behind"' not in html
     # managers read it under pseudonyms, without buttons
     mhtml = client_for(manager).get(reverse("annotation:quality", args=[tied.pk])).content.decode()
     assert "annotator-" in mhtml and "ann1" not in mhtml and "Re-admit" not in mhtml

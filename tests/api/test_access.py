@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 
 from annotation import services
-from annotation.models import Judgment
+from annotation.models import Judgment, Skip
 
 from .conftest import AUTHS, ROLES
 
@@ -29,6 +29,9 @@ OPERATIONS = {
     "api-study": ("get", expect(**{A: 200, S_A: 404, M: 200, E: 200, S_E: 404}), ("study",)),
     "api-task-next": ("get", expect(**{A: 200, S_A: 404, M: 403, E: 403, S_E: 404}), ("study",)),
     "api-judgment": ("post", expect(**{A: 201, S_A: 404, M: 404, E: 404, S_E: 404}), ("token",)),
+    # after the vote: the annotator takes it back, then skips the task it reopened
+    "api-task-undo": ("post", expect(**{A: 200, S_A: 404, M: 404, E: 404, S_E: 404}), ("token",)),
+    "api-task-skip": ("post", expect(**{A: 201, S_A: 404, M: 404, E: 404, S_E: 404}), ("token",)),
     "api-outputs": ("get", expect(**{A: 403, S_A: 404, M: 403, E: 200, S_E: 404}), ("study",)),
     "api-judgments": ("get", expect(**{A: 403, S_A: 404, M: 200, E: 200, S_E: 404}), ("study",)),
     "api-judgments-import": ("post", expect(**{A: 403, S_A: 404, M: 403, E: 201, S_E: 404}), ("study",)),
@@ -44,6 +47,8 @@ PUBLIC = {"api-schema", "api-docs"}
 def _body(name: str) -> dict:
     if name == "api-judgment":
         return {"data": {"choice": "left", "rationale": "clearer", "active_ms": 1500}, "content_type": "application/json"}
+    if name == "api-task-skip":
+        return {"data": {"reason": "other", "note": "garbled"}, "content_type": "application/json"}
     if name == "api-judgments-import":
         from django.core.files.uploadedfile import SimpleUploadedFile
 
@@ -84,7 +89,9 @@ def test_every_operation_answers_each_role_as_its_rights_say(world, auth):
             if wrong.status_code != wanted:
                 failures.append(f"{other.upper()} {name} as {role}: {wrong.status_code}, expected {wanted}")
     assert not failures, "\n".join(failures)
-    assert Judgment.objects.filter(study=world.study, annotator=world.users[A]).count() == 1
+    # the one vote was undone, and its task then skipped
+    assert Judgment.objects.filter(study=world.study, annotator=world.users[A]).count() == 0
+    assert Skip.objects.filter(study=world.study, annotator=world.users[A]).count() == 1
 
 
 def test_a_refusal_says_which_role_the_operation_needs(world):

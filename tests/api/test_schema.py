@@ -17,6 +17,7 @@ def test_the_schema_is_public_openapi_3_and_documents_every_operation():
     expected = {
         "/api/studies/": {"get"}, "/api/studies/{study_id}/": {"get"},
         "/api/studies/{study_id}/tasks/next": {"get"}, "/api/tasks/{token}/judgment": {"post"},
+            "/api/tasks/{token}/skip": {"post"}, "/api/tasks/{token}/undo": {"post"},
         "/api/studies/{study_id}/outputs": {"get"}, "/api/studies/{study_id}/judgments": {"get"},
         "/api/studies/{study_id}/judgments/import": {"post"}, "/api/studies/{study_id}/audit": {"get"},
         "/api/studies/{study_id}/leaderboard": {"get"}, "/api/studies/{study_id}/progress": {"get"},

@@ -23,9 +23,10 @@ pytestmark = pytest.mark.django_db
 
 # Reads of the page and the API with a snapshot in place, whatever the number of judgments: the
 # user (the session is cached), the study and the access check, the slices (prompt tags, groups),
-# the snapshot, then on the page the refresh marker and the online-Elo preview.
-PAGE_QUERIES = 8
-API_QUERIES = 6
+# the snapshot, the names of candidates hidden from new pairs (marked on the board), then on the
+# page the refresh marker and the online-Elo preview.
+PAGE_QUERIES = 9
+API_QUERIES = 7
 TAG_SETS = ([], ["hallucination"], ["hallucination", "refused"])
 
 

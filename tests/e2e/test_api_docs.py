@@ -28,7 +28,7 @@ def test_the_docs_page_runs_under_the_policy_and_tries_operations_with_the_sessi
     response = page.goto(f"{base}/api/docs/")
     assert response.status == 200
     page.wait_for_selector(".opblock")
-    assert page.locator(".opblock").count() == 10
+    assert page.locator(".opblock").count() == 12
     assert page.evaluate("window.__cspViolations") == [] and console == []
     assert outside == []
 
