@@ -412,7 +412,8 @@ class Assignment(models.Model):
 
     It holds a place on its unit (``Unit.taken``) from the lease until it is released
     (expired and swept, or its annotator excluded); a submitted one holds it for good.
-    An annotator has at most one open lease per study, which the database enforces.
+    An annotator has at most one open lease per study and slot (the task on screen, and the
+    next one fetched ahead by the page), which the database enforces.
     """
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="+")
@@ -426,14 +427,19 @@ class Assignment(models.Model):
     expires_at = models.DateTimeField()
     submitted_at = models.DateTimeField(null=True, blank=True)
     released = models.BooleanField(default=False, help_text="Its place on the unit was given back.")
+    slot = models.PositiveSmallIntegerField(
+        default=0, db_default=0,
+        help_text="0: the task on screen; 1: the next task, fetched ahead so that a vote shows it at once.",
+    )
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
                 fields=["unit", "annotator"], name="assignment_unique_per_annotator"
             ),
+            # one open lease per slot: the task on screen and the one fetched ahead
             models.UniqueConstraint(
-                fields=["study", "annotator"], condition=Q(submitted_at__isnull=True, released=False),
+                fields=["study", "annotator", "slot"], condition=Q(submitted_at__isnull=True, released=False),
                 name="assignment_one_open_lease",
             ),
         ]

@@ -5,6 +5,7 @@ none of them writes study rows on its own.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -1250,17 +1251,18 @@ def _sweep_if_due(study: Study, now: datetime) -> None:
         leases_release_expired(study_id=study.pk, now=now)
 
 
-def lease_held(*, study: Study, annotator) -> Assignment | None:
-    """The annotator's open lease in this study, with its texts (at most one exists)."""
+def lease_held(*, study: Study, annotator, slot: int = 0) -> Assignment | None:
+    """The annotator's open lease in this study in ``slot`` (0: the task on screen, 1: the next
+    task, fetched ahead), with its texts (at most one exists per slot)."""
     return (
         Assignment.objects.select_related("unit__prompt", "unit__output_a", "unit__output_b")
-        .filter(study=study, annotator=annotator, submitted_at__isnull=True, released=False)
+        .filter(study=study, annotator=annotator, submitted_at__isnull=True, released=False, slot=slot)
         .first()
     )
 
 
 def assignment_next(*, study: Study, annotator, now: datetime | None = None,
-                    check_held: bool = True) -> Assignment | None:
+                    check_held: bool = True, promote: bool = True) -> Assignment | None:
     """Lease the next unit for an annotator, or return the lease they already hold.
 
     The cost does not depend on the study's size: one scan of the open-units index
@@ -1273,26 +1275,61 @@ def assignment_next(*, study: Study, annotator, now: datetime | None = None,
     saying there is nothing left.  ``check_held=False`` skips the look-up of a held
     lease (the caller just closed it); the database's one-open-lease constraint
     still holds, and a clash returns the lease held.
+
+    With no task on screen, the task fetched ahead (:func:`assignment_ahead`) comes next: it
+    is moved to the screen's slot and served from now (``promote``; the REST API, which never
+    fetches ahead, passes False and saves that statement).
     """
     now = now or timezone.now()
     if check_held:
         held = lease_held(study=study, annotator=annotator)
         if held is not None:
             return _renew(held, now)
+    if promote:
+        promoted = _promote_ahead(study, annotator, now)
+        if promoted is not None:
+            return promoted
+    return _lease_new(study, annotator, now, slot=0)
+
+
+def assignment_ahead(*, study: Study, annotator, now: datetime | None = None,
+                     check_held: bool = True) -> Assignment | None:
+    """The annotator's next task, leased ahead of the one on screen (slot 1), or None.
+
+    The page holds it hidden and shows it the moment a vote is cast, while the vote travels;
+    the vote's answer brings the task after it.  It is an ordinary lease (it holds a place,
+    is never the unit on screen, expires and is swept like any), taken at twice the lease
+    time, because it waits for the task before it; its time on task starts when it is shown
+    (:func:`_promote_ahead`).
+    """
+    now = now or timezone.now()
+    if check_held:  # False: the caller just moved the task ahead to the screen (``Assignment.promoted``)
+        held = lease_held(study=study, annotator=annotator, slot=AHEAD)
+        if held is not None:
+            return held
+    return _lease_new(study, annotator, now, slot=AHEAD)
+
+
+AHEAD = 1  # the slot of the task fetched ahead (0: the task on screen)
+
+
+def _lease_new(study: Study, annotator, now: datetime, *, slot: int) -> Assignment | None:
+    """Lease a unit the annotator has not met, into ``slot``: a check at the study's rate, else
+    the next open unit (see :func:`assignment_next`)."""
     _sweep_if_due(study, now)
     if study.check_rate and random.random() * 100 < study.check_rate:
         try:
-            check = _lease_check(study, annotator, now)
+            check = _lease_check(study, annotator, now, slot=slot)
         except IntegrityError:  # another request of this annotator leased first
-            check = lease_held(study=study, annotator=annotator)
+            check = lease_held(study=study, annotator=annotator, slot=slot)
         if check is not None:
             return check
     for attempt in range(2):
         for pair in _adaptive_pairs(study) if study.adaptive_sampling else [None]:
             try:
-                assignment = _lease_one(study, annotator, now, pair=pair, skip_locked=attempt == 0)
+                assignment = _lease_one(study, annotator, now, pair=pair, skip_locked=attempt == 0, slot=slot)
             except IntegrityError:  # another request of this annotator leased first
-                held = lease_held(study=study, annotator=annotator)
+                held = lease_held(study=study, annotator=annotator, slot=slot)
                 if held is not None:
                     return held
                 continue
@@ -1301,7 +1338,40 @@ def assignment_next(*, study: Study, annotator, now: datetime | None = None,
         if attempt == 0:
             leases_release_expired(study_id=study.pk, now=now)
     # Nothing left to lease; a concurrent request of this annotator may have leased the last pair.
-    return lease_held(study=study, annotator=annotator)
+    return lease_held(study=study, annotator=annotator, slot=slot)
+
+
+def _promote_ahead(study: Study, annotator, now: datetime) -> Assignment | None:
+    """Move the task fetched ahead to the screen's slot, served from now; None when there is none.
+
+    One conditional UPDATE (its row count decides against a sweep or another request); its
+    served and expiry times restart, so time on task counts from the moment it is shown.  On
+    PostgreSQL the texts come back in the same statement.  A transaction of its own only inside
+    another one (a savepoint, so a clash leaves the outer one usable): alone it is one statement.
+    """
+    expires = now + timedelta(seconds=_lease_seconds())
+    stamps = [connection.ops.adapt_datetimefield_value(now), connection.ops.adapt_datetimefield_value(expires)]
+    guard = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    try:
+        with guard, connection.cursor() as cur:
+            if connection.vendor == "postgresql":
+                cur.execute(_PROMOTE_CTE_SQL, [*stamps, study.pk, annotator.pk])
+                row = cur.fetchone()
+            else:
+                cur.execute(_PROMOTE_SQL, [*stamps, study.pk, annotator.pk])
+                row = cur.fetchone()
+                if row is not None:
+                    cur.execute(_PROMOTED_SQL.format(promoted=_ASSIGNMENT), [row[0]])
+                    row = cur.fetchone()
+    except IntegrityError:  # a request of theirs put a task on screen meanwhile: that one stands
+        return lease_held(study=study, annotator=annotator)
+    if row is None:
+        return None
+    assignment_id, token, left_is_a, *unit_row = row
+    promoted = _leased(study, annotator, tuple(unit_row), assignment_id=assignment_id, token=token,
+                       left_is_a=bool(left_is_a), now=now, expires=expires, counted=True)
+    promoted.promoted = True  # the slot ahead is free now: no need to look for a lease there
+    return promoted
 
 
 def _renew(held: Assignment, now: datetime) -> Assignment:
@@ -1337,10 +1407,10 @@ ORDER BY u.taken, u.shuffle
 LIMIT 1 {{lock}}"""
 _TAKE_SQL = f"UPDATE {_UNIT} SET taken = taken + 1 WHERE id = %s AND taken < needed"
 _LEASE_SQL = f"""
-INSERT INTO {_ASSIGNMENT} (study_id, unit_id, annotator_id, token, left_is_a, leased_at, expires_at, released)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO {_ASSIGNMENT} (study_id, unit_id, annotator_id, token, left_is_a, leased_at, expires_at, released, slot)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (unit_id, annotator_id) DO UPDATE SET token = excluded.token, left_is_a = excluded.left_is_a,
-  leased_at = excluded.leased_at, expires_at = excluded.expires_at, released = excluded.released
+  leased_at = excluded.leased_at, expires_at = excluded.expires_at, released = excluded.released, slot = excluded.slot
   WHERE {_ASSIGNMENT}.released AND {_ASSIGNMENT}.submitted_at IS NULL
 RETURNING id"""
 _CLOSE_SQL = f"UPDATE {_ASSIGNMENT} SET submitted_at = %s WHERE id = %s AND submitted_at IS NULL AND NOT released"
@@ -1367,10 +1437,11 @@ WITH picked AS (
   UPDATE {_UNIT} u SET taken = u.taken + 1 FROM picked WHERE u.id = picked.id AND u.taken < u.needed
   RETURNING u.id, picked.taken AS before, u.pair_seq, u.a_is_lo, u.prompt_id, u.output_a_id, u.output_b_id, u.kind
 ), lease AS (
-  INSERT INTO {_ASSIGNMENT} (study_id, unit_id, annotator_id, token, left_is_a, leased_at, expires_at, released)
-  SELECT %s, took.id, %s, %s, ((took.pair_seq + took.before) %% 2 = 0) = took.a_is_lo, %s, %s, false FROM took
+  INSERT INTO {_ASSIGNMENT} (study_id, unit_id, annotator_id, token, left_is_a, leased_at, expires_at, released, slot)
+  SELECT %s, took.id, %s, %s, ((took.pair_seq + took.before) %% 2 = 0) = took.a_is_lo, %s, %s, false, %s FROM took
   ON CONFLICT (unit_id, annotator_id) DO UPDATE SET token = excluded.token, left_is_a = excluded.left_is_a,
-    leased_at = excluded.leased_at, expires_at = excluded.expires_at, released = excluded.released
+    leased_at = excluded.leased_at, expires_at = excluded.expires_at, released = excluded.released,
+    slot = excluded.slot
     WHERE {_ASSIGNMENT}.released AND {_ASSIGNMENT}.submitted_at IS NULL
   RETURNING id, unit_id, left_is_a
 )
@@ -1396,6 +1467,24 @@ WITH closed AS (
 SELECT id FROM judged"""
 
 
+_PROMOTE_SQL = f"""
+UPDATE {_ASSIGNMENT} SET slot = 0, leased_at = %s, expires_at = %s
+WHERE study_id = %s AND annotator_id = %s AND slot = 1 AND submitted_at IS NULL AND NOT released
+RETURNING id, unit_id, token, left_is_a"""
+# The promoted lease with its unit and texts, in the columns of _PICK_FROM.
+_PROMOTED_SQL = f"""
+SELECT a.id, a.token, a.left_is_a, u.id, u.taken, u.pair_seq, u.a_is_lo, u.prompt_id, u.output_a_id, u.output_b_id,
+       p.text, oa.text, ob.text, oa.candidate_id, ob.candidate_id, u.kind, p.html, oa.html, ob.html, u.is_gold
+FROM {{promoted}} a
+JOIN {_UNIT} u ON u.id = a.unit_id
+JOIN {_PROMPT} p ON p.id = u.prompt_id
+JOIN {_OUTPUT} oa ON oa.id = u.output_a_id
+LEFT JOIN {_OUTPUT} ob ON ob.id = u.output_b_id
+WHERE a.id = %s"""
+_PROMOTE_CTE_SQL = f"WITH promoted AS ({_PROMOTE_SQL})" + _PROMOTED_SQL.format(promoted="promoted").replace(
+    "WHERE a.id = %s", "")
+
+
 def _json_sql(sql: str) -> str:
     """A JSON parameter: PostgreSQL's jsonb needs the cast; SQLite stores the text as it is."""
     return sql.format(json="%s::jsonb" if connection.vendor == "postgresql" else "%s")
@@ -1412,7 +1501,7 @@ class _LeaseClash(IntegrityError):
 
 
 def _lease_one(study: Study, annotator, now: datetime, *, pair: tuple[int, int] | None,
-               skip_locked: bool) -> Assignment | None:
+               skip_locked: bool, slot: int = 0) -> Assignment | None:
     params: list = [study.pk]
     pair_sql = ""
     if pair is not None:
@@ -1422,12 +1511,13 @@ def _lease_one(study: Study, annotator, now: datetime, *, pair: tuple[int, int] 
     lock = ""
     if connection.features.has_select_for_update:  # SQLite serialises writers instead
         lock = "FOR UPDATE OF u SKIP LOCKED" if skip_locked else "FOR UPDATE OF u"
-    expires = now + timedelta(seconds=_lease_seconds())
+    expires = now + timedelta(seconds=_lease_seconds() * (2 if slot else 1))  # a task ahead waits for the one before
     token = secrets.token_urlsafe(32)
     stamps = [connection.ops.adapt_datetimefield_value(now), connection.ops.adapt_datetimefield_value(expires)]
     with transaction.atomic(), connection.cursor() as cur:
         if connection.vendor == "postgresql":
-            cur.execute(_LEASE_CTE_SQL.format(pair=pair_sql, lock=lock), [*params, study.pk, annotator.pk, token, *stamps])
+            cur.execute(_LEASE_CTE_SQL.format(pair=pair_sql, lock=lock),
+                        [*params, study.pk, annotator.pk, token, *stamps, slot])
             row = cur.fetchone()
             if row is None:
                 return None
@@ -1449,19 +1539,27 @@ def _lease_one(study: Study, annotator, now: datetime, *, pair: tuple[int, int] 
             # so every candidate pair is shown each way round equally often.
             left_is_a = ((pair_seq + taken) % 2 == 0) == bool(a_is_lo)
             # A lease of this unit released earlier (it expired) is taken over in place; an open one never is.
-            cur.execute(_LEASE_SQL, [study.pk, unit_id, annotator.pk, token, left_is_a, *stamps, False])
+            cur.execute(_LEASE_SQL, [study.pk, unit_id, annotator.pk, token, left_is_a, *stamps, False, slot])
             inserted = cur.fetchone()
             if inserted is None:
                 raise _LeaseClash()
             (assignment_id,) = inserted
     return _leased(study, annotator, (unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text,
                                       text_a, text_b, cand_a, cand_b, kind, prompt_html, html_a, html_b),
-                   assignment_id=assignment_id, token=token, left_is_a=bool(left_is_a), now=now, expires=expires)
+                   assignment_id=assignment_id, token=token, left_is_a=bool(left_is_a), now=now, expires=expires,
+                   slot=slot)
 
 
 def _leased(study: Study, annotator, row: tuple, *, assignment_id: int, token: str, left_is_a: bool,
-            now: datetime, expires: datetime, is_gold: bool = False) -> Assignment:
-    """The lease just written, with its unit and texts from the row its statement read (no query)."""
+            now: datetime, expires: datetime, is_gold: bool = False, slot: int = 0,
+            counted: bool = False) -> Assignment:
+    """The lease just written, with its unit and texts from the row its statement read (no query).
+
+    ``taken`` in the row is the count before this lease, unless ``counted`` (a lease promoted
+    from ahead, whose place was counted when it was taken; its row ends with ``is_gold``)."""
+    if counted:
+        *row, is_gold = row
+        row[1] -= 1
     (unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text, text_a, text_b, cand_a, cand_b, kind,
      prompt_html, html_a, html_b) = row
     lo, hi = (cand_a, cand_b) if a_is_lo else (cand_b, cand_a)
@@ -1474,7 +1572,8 @@ def _leased(study: Study, annotator, row: tuple, *, assignment_id: int, token: s
     unit.output_b = None if out_b is None else Output(id=out_b, study_id=study.pk, prompt_id=prompt_id,
                                                       candidate_id=cand_b, text=text_b, html=html_b or "")
     assignment = Assignment(id=assignment_id, study_id=study.pk, unit_id=unit_id, annotator_id=annotator.pk,
-                            token=token, left_is_a=left_is_a, leased_at=now, expires_at=expires, released=False)
+                            token=token, left_is_a=left_is_a, leased_at=now, expires_at=expires, released=False,
+                            slot=slot)
     assignment.unit = unit
     return assignment
 
@@ -1490,9 +1589,9 @@ LIMIT 1"""
 _CHECK_TAKE_SQL = f"UPDATE {_UNIT} SET taken = taken + 1 WHERE id = %s"
 
 
-def _lease_check(study: Study, annotator, now: datetime) -> Assignment | None:
+def _lease_check(study: Study, annotator, now: datetime, *, slot: int = 0) -> Assignment | None:
     """Lease a check this annotator has not met yet (see :mod:`annotation.checks`), or None."""
-    expires = now + timedelta(seconds=_lease_seconds())
+    expires = now + timedelta(seconds=_lease_seconds() * (2 if slot else 1))
     token = secrets.token_urlsafe(32)
     stamps = [connection.ops.adapt_datetimefield_value(now), connection.ops.adapt_datetimefield_value(expires)]
     with transaction.atomic(), connection.cursor() as cur:
@@ -1504,7 +1603,7 @@ def _lease_check(study: Study, annotator, now: datetime) -> Assignment | None:
          kind, prompt_html, html_a, html_b) = row
         cur.execute(_CHECK_TAKE_SQL, [unit_id])
         left_is_a = secrets.randbelow(2) == 0  # nothing to balance: a check measures the annotator
-        cur.execute(_LEASE_SQL, [study.pk, unit_id, annotator.pk, token, left_is_a, *stamps, False])
+        cur.execute(_LEASE_SQL, [study.pk, unit_id, annotator.pk, token, left_is_a, *stamps, False, slot])
         inserted = cur.fetchone()
         if inserted is None:
             raise _LeaseClash()
@@ -1512,7 +1611,7 @@ def _lease_check(study: Study, annotator, now: datetime) -> Assignment | None:
     return _leased(study, annotator, (unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text,
                                       text_a, text_b, cand_a, cand_b, kind, prompt_html, html_a, html_b),
                    assignment_id=assignment_id, token=token, left_is_a=left_is_a, now=now, expires=expires,
-                   is_gold=True)
+                   is_gold=True, slot=slot)
 
 
 def _adaptive_pairs(study: Study) -> list[tuple[int, int] | None]:
@@ -1724,7 +1823,8 @@ def judgment_undo(*, assignment: Assignment, now: datetime | None = None) -> Ass
 
     The judgment is deleted and the annotator's ``done`` counter goes back; their lease on
     that unit opens again (it kept its place on the unit), and the lease they were given
-    next is released so its place goes to someone else.  The study's version moves so
+    next is released so its place goes to someone else (the task fetched ahead, if any, stays
+    ahead).  The study's version moves so
     incremental counts are redone, and one leaderboard refresh is requested.  Returns the
     reopened lease.
     """
@@ -1743,9 +1843,9 @@ def judgment_undo(*, assignment: Assignment, now: datetime | None = None) -> Ass
         if now - judgment.submitted_at > timedelta(seconds=window):
             raise UndoRefused(f"Too late to undo: a judgment can be undone within {window} seconds "
                               "(EVALSITE_UNDO_SECONDS).")
-        nxt = list(Assignment.objects.select_for_update().filter(
+        nxt = list(Assignment.objects.select_for_update().filter(  # the task on screen; the one ahead stays
             study_id=assignment.study_id, annotator_id=assignment.annotator_id, submitted_at__isnull=True,
-            released=False).values_list("pk", "unit_id"))
+            released=False, slot=0).values_list("pk", "unit_id"))
         if nxt:
             Assignment.objects.filter(pk__in=[pk for pk, _ in nxt]).update(released=True)
             Unit.objects.filter(pk__in=[u for _, u in nxt]).update(taken=F("taken") - 1)
@@ -1754,7 +1854,7 @@ def judgment_undo(*, assignment: Assignment, now: datetime | None = None) -> Ass
         try:
             with transaction.atomic():
                 Assignment.objects.filter(pk=assignment.pk).update(submitted_at=None, released=False,
-                                                                   expires_at=expires)
+                                                                   expires_at=expires, slot=0)
         except IntegrityError:  # the one-open-lease constraint: a request of theirs leased meanwhile
             raise UndoRefused("Another of your requests took a new task at the same moment; press Undo again.") \
                 from None

@@ -9,6 +9,7 @@ from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
@@ -496,14 +497,27 @@ def study_audit(request: HttpRequest, study_id: int) -> HttpResponse:
 
 
 def _task_response(request: HttpRequest, study, assignment, *, done: int, error: str = "",
-                   status: int = 200, undo_token: str = "") -> HttpResponse:
+                   status: int = 200, undo_token: str = "", lean: bool = False) -> HttpResponse:
+    """The task page, or its partial for htmx.  ``lean``: the page already shows this task (it
+    was fetched ahead and put on screen by the vote); the answer carries only what changed:
+    progress, the undo bar and the next task ahead."""
     task = (services.task_view(assignment=assignment, done=done, units_total=study.units_total, study=study)
             if assignment else None)
     # Only when there is no pair: outputs still being generated mean "not yet", not "all done".
     generating = task is None and selectors.generation_pending(study.pk)
     ctx = {"study_id": study.pk, "study_name": study.name, "task": task, "error": error, "done": done,
            "generating": generating, "undo_token": undo_token, "undo_seconds": settings.EVALSITE_UNDO_SECONDS,
-           "skip_reasons": Skip.Reason.choices}
+           "skip_reasons": Skip.Reason.choices, "ahead_html": "", "idle_seconds": settings.EVALSITE_IDLE_SECONDS,
+           "lean": lean and request.htmx}
+    if task is not None and settings.EVALSITE_FETCH_AHEAD:
+        # the next task, held hidden by the page and shown the moment this one is voted on (annotate.js)
+        ahead = services.assignment_ahead(study=study, annotator=request.user,
+                                          check_held=not getattr(assignment, "promoted", False))
+        if ahead is not None:
+            ctx["ahead_html"] = render_to_string("annotation/partials/_task.html", {
+                **ctx, "task": services.task_view(assignment=ahead, done=done + 1, units_total=study.units_total,
+                                                  study=study),
+                "error": "", "undo_token": "", "done": done + 1, "lean": False}, request=request)
     template = "annotation/partials/_task.html" if request.htmx else "annotation/annotate.html"
     return render(request, template, ctx, status=status)
 
@@ -571,9 +585,11 @@ def judgment_submit(request: HttpRequest, token: str) -> HttpResponse:
         current = services.assignment_next(study=study, annotator=request.user)
         return _task_response(request, study, current, done=done, error=str(exc), status=409)
     done += created
-    # The lease just closed was the annotator's only open one unless this was a repeat.
+    # The lease just closed was the annotator's only open one on screen unless this was a repeat.
     nxt = services.assignment_next(study=study, annotator=request.user, check_held=not created)
-    return _task_response(request, study, nxt, done=done,
+    # annotate.js says which task it put on screen at the vote; when it is this one, it needs no copy
+    shown = request.headers.get("X-Evalsite-Shown", "")
+    return _task_response(request, study, nxt, done=done, lean=bool(shown) and nxt is not None and nxt.token == shown,
                           undo_token=token if created and settings.EVALSITE_UNDO_SECONDS else "")
 
 

@@ -7,8 +7,9 @@ pairs) and one annotator account per simulated annotator.  Starts the web server
 gunicorn`` for ``-k gthread``; ``DEBUG=0``) and a ratings worker (Celery on Redis,
 queue ``aggregation``), then drives the pages as a browser does: each simulated
 annotator has its own account and session cookie, opens the annotate page, votes with
-a key (an htmx POST carrying the CSRF token) and takes the next pair from the same
-response.  Client: aiohttp on uvloop.
+a key (a POST carrying the CSRF token) on the task on screen and, as annotate.js does,
+puts the task fetched ahead on screen (telling the server, which then answers without a
+copy of it) and takes the next task ahead from the answer.  Client: aiohttp on uvloop.
 
 Scenarios (each on a freshly reset study, so figures compare):
 
@@ -132,13 +133,16 @@ def sessions_for(study, n: int) -> list[str]:
     from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
     from django.contrib.sessions.backends.cached_db import SessionStore
+    from django.utils.module_loading import import_string
 
     users = list(get_user_model().objects.filter(username__startswith="bench-ann-").order_by("username")[:n])
     keys = []
     for user in users:
         s = SessionStore()
         s[SESSION_KEY] = str(user.pk)
-        s[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+        # the backend that signed the user in, as the login view records it (django-axes' standalone
+        # backend, first in the list, signs no one in and cannot load a user)
+        s[BACKEND_SESSION_KEY] = next(b for b in settings.AUTHENTICATION_BACKENDS if hasattr(import_string(b), "get_user"))
         s[HASH_SESSION_KEY] = user.get_session_auth_hash()
         s.create()
         keys.append(s.session_key)
@@ -163,8 +167,9 @@ def integrity(study, acknowledged: int) -> dict:
         "done_counter_mismatch": "SELECT count(*) FROM annotation_studymember m WHERE m.study_id = %s AND m.done <> "
                                  "(SELECT count(*) FROM annotation_judgment j WHERE j.study_id = m.study_id "
                                  "AND j.annotator_id = m.user_id)",
-        "open_leases_over_one": "SELECT count(*) FROM (SELECT annotator_id FROM annotation_assignment WHERE "
-                                "study_id = %s AND submitted_at IS NULL AND NOT released GROUP BY 1 "
+        # one open lease per annotator and slot: the task on screen and the one fetched ahead
+        "open_leases_over_one": "SELECT count(*) FROM (SELECT annotator_id, slot FROM annotation_assignment WHERE "
+                                "study_id = %s AND submitted_at IS NULL AND NOT released GROUP BY 1, 2 "
                                 "HAVING count(*) > 1) d",
     }
     out = {}
@@ -179,6 +184,7 @@ def integrity(study, acknowledged: int) -> dict:
 
 
 TOKEN_BYTES = re.compile(rb'action="/tasks/([^"/]+)/"')
+LEAN_BYTES = re.compile(rb'<div id="task"[^>]* data-lean')
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
@@ -195,21 +201,29 @@ async def annotator(session, base: str, study_id: int, session_key: str, deadlin
         stats["pages"] += 1
     headers = {**FORM, "HX-Request": "true", "X-CSRFToken": csrf,
                "Cookie": f"sessionid={session_key}; csrftoken={csrf}"}
+    shown = None  # the task put on screen at the last vote (fetched ahead), when the answer was lean
     while time.monotonic() < deadline:
-        m = TOKEN_BYTES.search(html)
-        if m is None:
+        # as annotate.js: the task on screen, and the next one the page holds ahead
+        tokens = TOKEN_BYTES.findall(html)
+        if LEAN_BYTES.search(html[:400]):
+            current, ahead = shown, (tokens[0] if tokens else None)
+        else:
+            current, ahead = (tokens[0] if tokens else None), (tokens[1] if len(tokens) > 1 else None)
+        if current is None:
             stats["all_done"] += 1
             return
+        shown = ahead
+        vote_headers = {**headers, "X-Evalsite-Shown": ahead.decode()} if ahead else headers
         if think:
             await asyncio.sleep(min(rng.expovariate(1 / think), max(0.0, deadline - time.monotonic())))
             if time.monotonic() >= deadline:
                 return
         t = time.perf_counter()
         body = (b"choice=left", b"choice=right", b"choice=tie")[rng.randrange(3)]
-        url = f"{base}/tasks/{m.group(1).decode()}/"
+        url = f"{base}/tasks/{current.decode()}/"
         for attempt in range(3):
             try:
-                async with session.post(url, data=body, headers=headers) as r:
+                async with session.post(url, data=body, headers=vote_headers) as r:
                     html = await r.read()
                     status = r.status
                 break

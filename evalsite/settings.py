@@ -346,6 +346,11 @@ EVALSITE_ARCHIVE_MAX_BYTES = envint("EVALSITE_ARCHIVE_MAX_BYTES", 2 * 1024**3)
 # --- Evalsite -----------------------------------------------------------------------
 EVALSITE_MODELS_DIR = Path(os.environ.get("EVALSITE_MODELS_DIR", VAR_DIR / "models"))
 EVALSITE_LEASE_MINUTES = envint("EVALSITE_LEASE_MINUTES", 30)
+# The annotate page holds the next task, leased ahead, and shows it the moment a vote is cast.
+EVALSITE_FETCH_AHEAD = envbool("EVALSITE_FETCH_AHEAD", True)
+# Active time on a task leaves out the tab hidden and stretches without a key, click, pointer move
+# or scroll longer than this many seconds (the annotator was away).
+EVALSITE_IDLE_SECONDS = envint("EVALSITE_IDLE_SECONDS", 30)
 EVALSITE_BOOTSTRAP_ROUNDS = envint("EVALSITE_BOOTSTRAP_ROUNDS", 1000)
 EVALSITE_GENERATION_BATCH = envint("EVALSITE_GENERATION_BATCH", 8)
 # While votes flow, a study's leaderboard is refreshed at most once per this many seconds,

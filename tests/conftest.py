@@ -119,6 +119,13 @@ PROMPTS_CSV = (
 ).encode()
 
 
+def on_screen(html: str) -> str:
+    """A task page without the next task it holds hidden (``<template id="task-ahead">``)."""
+    import re
+
+    return re.sub(r'<template id="task-ahead">.*?</template>', "", html, flags=re.S)
+
+
 def imported_jsonl(texts: dict[str, str]) -> bytes:
     import json
 

@@ -141,7 +141,7 @@ class TaskNextApi(APIView):
                 "state": "quiz", "detail": f"Pass the study's qualification quiz before a first task: {url}",
                 "token": None, "kind": None, "prompt": None, "outputs": [], "criteria": [], "tags": [],
                 "done": member.done, "remaining": 0}).data)
-        assignment = services.assignment_next(study=member.study, annotator=request.user)
+        assignment = services.assignment_next(study=member.study, annotator=request.user, promote=False)
         return Response(s.TaskSerializer(_task(member.study, assignment, done=member.done)).data)
 
 
@@ -188,7 +188,8 @@ class JudgmentSubmitApi(APIView):
             raise ValidationError({field: [str(exc)]}) from None
         done += created
         # the lease just closed was the annotator's only open one, unless this was a repeat
-        nxt = services.assignment_next(study=study, annotator=request.user, check_held=not created)
+        nxt = services.assignment_next(study=study, annotator=request.user, check_held=not created,
+                                       promote=False)
         body = {
             "created": created,
             "judgment": {"token": token, "ratings": judgment.ratings, "tags": judgment.tags or [],
@@ -232,7 +233,8 @@ class TaskSkipApi(APIView):
             raise ValidationError({field if field in ("reason", "note") else "reason": [str(exc)]}) from None
         except services.ServiceError as exc:
             return Response({"detail": str(exc), "code": "already_submitted"}, status=status.HTTP_409_CONFLICT)
-        nxt = services.assignment_next(study=study, annotator=request.user, check_held=not created)
+        nxt = services.assignment_next(study=study, annotator=request.user, check_held=not created,
+                                       promote=False)
         return Response(s.SkipResponseSerializer({"created": created, "next": _task(study, nxt, done=done)}).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 

@@ -1,33 +1,61 @@
 // Keyboard-first judging: 1 = A better, 2 = B better, 3 = tie, 4 = both bad, S = skip with a
 // reason, U = undo the last vote (the legend under the buttons lists them).  Also measures
-// time the task was visible, so judgments carry active time, and collapses a long prompt
-// behind a "Show all" button.
+// active time on the task (visible and not idle), so judgments carry it, and collapses a long
+// prompt behind a "Show all" button.
 (function () {
   "use strict";
   var shownAt = performance.now();
   var hiddenSince = null;
   var hiddenTotal = 0;
+  // Idle: no key, click, pointer move, scroll or touch for longer than the task page's
+  // data-idle-seconds (EVALSITE_IDLE_SECONDS); the time beyond it is not active time.
+  var lastActive = performance.now();
+  var idleTotal = 0;
+
+  function idleLimit() {
+    var task = document.getElementById("task");
+    var seconds = task ? parseFloat(task.getAttribute("data-idle-seconds")) : NaN;
+    return (isNaN(seconds) ? 30 : seconds) * 1000;
+  }
+
+  function activity() {
+    var now = performance.now();
+    if (!document.hidden) {
+      var gap = now - lastActive;
+      var limit = idleLimit();
+      if (gap > limit) idleTotal += gap - limit;
+    }
+    lastActive = now;
+  }
+  ["keydown", "pointerdown", "pointermove", "wheel", "scroll", "touchstart"].forEach(function (name) {
+    document.addEventListener(name, activity, {capture: true, passive: true});
+  });
 
   function resetTimer() {
     shownAt = performance.now();
     hiddenTotal = 0;
     hiddenSince = document.hidden ? performance.now() : null;
+    lastActive = shownAt;
+    idleTotal = 0;
   }
 
   document.addEventListener("visibilitychange", function () {
     if (document.hidden) {
+      activity();  // close the stretch before the tab was hidden; hidden time is counted apart
       hiddenSince = performance.now();
     } else if (hiddenSince !== null) {
       hiddenTotal += performance.now() - hiddenSince;
       hiddenSince = null;
+      lastActive = performance.now();
     }
   });
 
   document.addEventListener("submit", function (event) {
     var form = event.target;
     if (form.id !== "task-form") return;
+    activity();
     var field = form.querySelector("input[name=active_ms]");
-    if (field) field.value = String(Math.round(performance.now() - shownAt - hiddenTotal));
+    if (field) field.value = String(Math.max(0, Math.round(performance.now() - shownAt - hiddenTotal - idleTotal)));
   }, true);
 
   // A long prompt shows its first lines and a "Show all" button; a short one shows whole.
@@ -80,10 +108,12 @@
     }
     box.textContent = text;
   }
+  function problemText(status) {
+    var reason = {403: "you may not judge in this study any more", 404: "this task is not yours or no longer exists"}[status] || "the server failed";
+    return "Not recorded (" + status + "): " + reason + ". Reload the page for your current task.";
+  }
   document.addEventListener("htmx:responseError", function (event) {
-    var xhr = event.detail.xhr;
-    var reason = {403: "you may not judge in this study any more", 404: "this task is not yours or no longer exists"}[xhr.status] || "the server failed";
-    showProblem("Not recorded (" + xhr.status + "): " + reason + ". Reload the page for your current task.");
+    showProblem(problemText(event.detail.xhr.status));
   });
   document.addEventListener("htmx:sendError", function () {
     showProblem("Not recorded: the connection failed. Check your network and press the key again.");
@@ -228,4 +258,110 @@
       button.click();
     }
   });
+  // The next task, fetched ahead: the page holds it in <template id="task-ahead">.  A vote
+  // puts it on screen at once and travels in the background; its answer brings the task
+  // after it (and the undo bar and progress), and the task on screen stays as it is, focus
+  // and typing included.  A refused vote, or an answer whose task is not the one shown (the
+  // task ahead expired meanwhile), puts the server's answer on screen instead, as without
+  // fetching ahead.  A vote cast before the previous answer is back waits for it.
+  var voting = null;
+
+  function tokenOf(task) {
+    return task ? task.getAttribute("data-token") : null;
+  }
+
+  function showTask(fresh) {
+    var task = document.getElementById("task");
+    if (!task) return;
+    task.replaceWith(fresh);
+    if (window.htmx) window.htmx.process(fresh);
+    resetTimer();
+    setupPrompt();
+    setupUndo();
+  }
+
+  function takePart(task, fresh, selector, where) {
+    var old = task.querySelector(selector);
+    var part = fresh.querySelector(selector);
+    if (old) old.remove();
+    if (!part) return;
+    part = document.importNode(part, true);
+    if (where === "first") task.insertBefore(part, task.firstChild); else task.appendChild(part);
+    if (window.htmx) window.htmx.process(part);
+  }
+
+  // The task the vote was cast on goes back on screen, buttons usable again, with the problem.
+  function restore(before, text) {
+    var task = document.getElementById("task");
+    if (task && before && task !== before) task.replaceWith(before);
+    var buttons = before ? before.querySelectorAll("button") : [];
+    for (var i = 0; i < buttons.length; i++) buttons[i].disabled = false;
+    showProblem(text);
+  }
+
+  function applyAnswer(status, html, before) {
+    var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("task");
+    var task = document.getElementById("task");
+    if (!fresh || !task) {  // 403, 404, a server error: no task in the answer
+      restore(before, problemText(status));
+      return;
+    }
+    fresh = document.importNode(fresh, true);
+    var same = status === 200 && tokenOf(fresh) && tokenOf(fresh) === tokenOf(task);
+    if (!same && fresh.hasAttribute("data-lean")) {  // cannot happen: a lean answer names the task shown
+      window.location.reload();
+      return;
+    }
+    if (!same) {
+      showTask(fresh);
+      return;
+    }
+    var progress = task.querySelector(".progress-line");
+    var freshProgress = fresh.querySelector(".progress-line");
+    if (progress && freshProgress) progress.replaceWith(freshProgress);
+    takePart(task, fresh, "#undo-form", "first");
+    takePart(task, fresh, "#task-ahead", "last");
+    setupUndo();
+  }
+
+  function sendVote(action, data) {
+    var before = document.getElementById("task");
+    var template = document.getElementById("task-ahead");
+    var headers = {"HX-Request": "true"};
+    if (template && template.content.firstElementChild) {
+      showTask(document.importNode(template.content.firstElementChild, true));
+      // the server answers without a copy of the task now on screen when it is the one it serves
+      headers["X-Evalsite-Shown"] = tokenOf(document.getElementById("task")) || "";
+    }
+    var shown = document.getElementById("task");
+    if (shown) shown.setAttribute("data-sending", "");  // until the answer is in
+    return fetch(action, {method: "POST", body: data, credentials: "same-origin", headers: headers})
+      .then(function (response) {
+        return response.text().then(function (html) { applyAnswer(response.status, html, before); });
+      })
+      .catch(function () {
+        restore(before, "Not recorded: the connection failed. Check your network and press the key again.");
+      })
+      .then(function () {
+        var task = document.getElementById("task");
+        if (task) task.removeAttribute("data-sending");
+      });
+  }
+
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (form.id !== "task-form" || !window.fetch || !window.DOMParser) return;
+    if (!document.getElementById("task-ahead") && !voting) return;  // htmx's own round trip
+    event.preventDefault();
+    event.stopPropagation();
+    var data = new FormData(form);
+    var submitter = event.submitter;
+    if (submitter && submitter.name) data.append(submitter.name, submitter.value);
+    var action = form.getAttribute("action");
+    var buttons = form.querySelectorAll("button");
+    for (var i = 0; i < buttons.length; i++) buttons[i].disabled = true;
+    var mine = (voting || Promise.resolve()).then(function () { return sendVote(action, data); });
+    voting = mine;
+    mine.then(function () { if (voting === mine) voting = null; });
+  }, true);  // before htmx's own handler on the form, which this replaces
 })();

@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from annotation import services
 from annotation.models import AuditEntry, Judgment, StudyMember, Unit
-from tests.conftest import client_for, imported_jsonl
+from tests.conftest import client_for, imported_jsonl, on_screen
 
 pytestmark = pytest.mark.django_db
 
@@ -183,6 +183,7 @@ def test_the_likert_page_shows_one_output_its_criteria_and_tags_and_records_the_
     html = client.get(reverse("annotation:annotate", args=[study.pk])).content.decode()
     for name in CANDIDATES:
         assert name not in html
+    html = on_screen(html)
     assert html.count('type="radio" name="rating_factuality"') == 4  # 3 points and "not applicable"
     assert html.count('type="radio" name="rating_style"') == 5
     assert 'name="tag" value="hallucination" data-letter="q"' in html and 'id="side-b"' not in html

@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from annotation import markdown, services
 from annotation.models import Output, Prompt
-from tests.conftest import imported_jsonl
+from tests.conftest import imported_jsonl, on_screen
 
 pytestmark = pytest.mark.django_db
 
@@ -71,7 +71,7 @@ def test_the_annotate_page_prints_the_stored_html_not_a_new_rendering(client, st
     Prompt.objects.filter(study=study).update(html="<p>prompt from the column</p>")
     client.force_login(annotators[0])
     for _ in range(2):  # a new lease (the vote path's SQL), then the lease held (the ORM's)
-        page = client.get(reverse("annotation:annotate", args=[study.pk])).content.decode()
+        page = on_screen(client.get(reverse("annotation:annotate", args=[study.pk])).content.decode())
         assert page.count('<p class="stored">from the column</p>') == 2
         assert "<p>prompt from the column</p>" in page
 
@@ -83,7 +83,7 @@ def test_a_row_without_stored_html_is_rendered_by_the_page_and_stays_escaped(cli
     Prompt.objects.filter(study=study).update(html="")
     client.force_login(annotators[0])
     response = client.get(reverse("annotation:annotate", args=[study.pk]), HTTP_HX_REQUEST="true")
-    page = response.content.decode()
+    page = on_screen(response.content.decode())
     assert response.status_code == 200
     sides = re.findall(r'<div class="text md output" id="side-[ab]"[^>]*>(.*?)</div></section>', page, re.S)
     assert sides == [markdown.render(HOSTILE)] * 2

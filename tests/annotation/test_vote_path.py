@@ -1,11 +1,12 @@
 """The vote path at crowd scale: a fixed number of queries, counters equal to the rows,
-one open lease per annotator, sides balanced per candidate pair, one refresh per burst."""
+one open lease per annotator and slot, sides balanced per candidate pair, one refresh per burst."""
 import re
 import threading
 from collections import Counter
 from datetime import timedelta
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import IntegrityError, connection, connections, transaction
 from django.db.models import Count, Q
 from django.urls import reverse
@@ -19,10 +20,12 @@ from arena.services import ratings_recompute, ratings_refresh
 # One vote round trip over HTTP (the session comes from the cache): the user, the
 # assignment with its study and membership, close the lease, insert the judgment, bump
 # the annotator's counter, flip the refresh marker (and, once per refresh, read when it
-# last ran), scan the open units, take a place, write the lease: 9, or 10 for the vote
-# that flips the marker.  PostgreSQL runs each half as one statement: 5.  The test
-# database adds a SAVEPOINT and its RELEASE around each of the two atomic blocks.
-ROUND_TRIP_QUERIES = 14
+# last ran), move the task fetched ahead to the screen and read its texts, then lease the
+# task after it: scan the open units, take a place, write the lease: 11, or 12 for the vote
+# that flips the marker.  PostgreSQL runs each of the three parts as one statement: 6.  The
+# test database adds a SAVEPOINT and its RELEASE around each of the three (in production
+# the move to the screen is a lone statement, without a transaction of its own).
+ROUND_TRIP_QUERIES = 18
 
 
 def _prompts(n: int) -> bytes:
@@ -45,9 +48,9 @@ def _assert_counters_match_rows(study) -> None:
         assert member.done == Judgment.objects.filter(study=study, annotator=member.user).count()
     open_leases = Counter(
         Assignment.objects.filter(study=study, submitted_at__isnull=True, released=False)
-        .values_list("annotator_id", flat=True)
+        .values_list("annotator_id", "slot")
     )
-    assert all(n == 1 for n in open_leases.values())
+    assert all(n == 1 for n in open_leases.values())  # one per slot: the task on screen, the one ahead
 
 
 def _round_trip_queries(client, django_assert_max_num_queries, study, annotator) -> int:
@@ -74,8 +77,8 @@ def test_a_vote_round_trip_costs_the_same_queries_in_a_small_and_a_large_study(
     small_n = _round_trip_queries(client, django_assert_max_num_queries, small, annotators[0])
     large_n = _round_trip_queries(client, django_assert_max_num_queries, large, annotators[0])
     assert small_n == large_n <= ROUND_TRIP_QUERIES - 1
-    if connection.vendor == "postgresql":  # each half of the round trip is one statement there
-        assert large_n <= 5 + 4
+    if connection.vendor == "postgresql":  # each part of the round trip is one statement there
+        assert large_n <= 6 + 6
 
 
 def test_the_page_shows_progress_from_counters(client, study_factory, annotators):
@@ -366,4 +369,38 @@ def test_a_request_waiting_on_the_pair_its_annotator_just_leased_takes_no_second
     a, b = _in_threads(2, lambda i: (first, second)[i](i))
     assert a is not None and b is not None and a.pk == b.pk
     assert Unit.objects.get().taken == 1
+    _assert_counters_match_rows(study)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requests_in_flight_hold_one_task_ahead_and_move_it_to_the_screen_once(study_factory, annotators):
+    study = study_factory(prompts=_prompts(12), overlap=2)
+    current = services.assignment_next(study=study, annotator=annotators[0])
+    aheads = _in_threads(8, lambda i: services.assignment_ahead(study=study, annotator=annotators[0]))
+    assert len({a.pk for a in aheads}) == 1 and aheads[0].unit_id != current.unit_id
+    services.judgment_submit(assignment=current, choice="left")
+    shown = _in_threads(8, lambda i: services.assignment_next(study=study, annotator=annotators[0], check_held=False))
+    assert {a.pk for a in shown} == {aheads[0].pk}  # the task ahead, moved once; nobody leased another
+    assert Assignment.objects.get(pk=aheads[0].pk).slot == 0
+    _assert_counters_match_rows(study)
+
+
+def test_a_task_fetched_ahead_is_served_from_the_moment_it_is_shown(study_factory, annotators):
+    study = study_factory(candidates=("alpha-model", "beta-model"), prompts=_prompts(4))
+    t0 = timezone.now()
+    current = services.assignment_next(study=study, annotator=annotators[0], now=t0)
+    ahead = services.assignment_ahead(study=study, annotator=annotators[0], now=t0)
+    lease = timedelta(minutes=django_settings.EVALSITE_LEASE_MINUTES)
+    assert ahead.slot == 1 and ahead.expires_at == t0 + 2 * lease  # it waits for the task before it
+    services.judgment_submit(assignment=current, choice="tie", now=t0 + timedelta(seconds=40))
+    shown = services.assignment_next(study=study, annotator=annotators[0], now=t0 + timedelta(seconds=41),
+                                     check_held=False)
+    assert shown.pk == ahead.pk and shown.unit.prompt.text and shown.unit.output_b.text
+    services.judgment_submit(assignment=shown, choice="left", now=t0 + timedelta(seconds=53))
+    judgment = Judgment.objects.get(assignment=shown)
+    assert (judgment.submitted_at - judgment.served_at).total_seconds() == 12  # not 53: time on screen only
+    # the REST API never fetches ahead: its next task is a new lease even with one waiting ahead
+    waiting = services.assignment_ahead(study=study, annotator=annotators[0])
+    nxt = services.assignment_next(study=study, annotator=annotators[0], check_held=False, promote=False)
+    assert nxt.pk != waiting.pk and Assignment.objects.get(pk=waiting.pk).slot == 1
     _assert_counters_match_rows(study)

@@ -50,6 +50,7 @@ def test_start_vote_undo_vote_again_and_skip_by_keyboard(live_server, browser, e
 
     page.keyboard.press("2")  # vote again, the other way
     expect(page.locator("#done-count")).to_have_text("1")
+    page.wait_for_selector("#task:not([data-sending])")  # the vote's answer is in
     judgment = Judgment.objects.get()
     assert f"/tasks/{judgment.assignment.token}/" == first
     second = page.locator("#task-form").get_attribute("action")

@@ -66,7 +66,8 @@ def test_a_likert_task_is_rated_by_keyboard(live_server, browser, evaluator, ann
     page.keyboard.press("q")  # toggles "Hallucination"
     assert page.locator("input[name=tag][value=hallucination]").is_checked()
     page.keyboard.press("Enter")
-    expect(page.locator("#done-count")).to_have_text("1")
+    expect(page.locator("#done-count")).to_have_text("1")  # the task fetched ahead, on screen at once
+    page.wait_for_selector("#task:not([data-sending])")  # and the vote's answer is in
     first = Judgment.objects.get()
     assert (first.ratings, first.tags) == ({"factuality": 2, "style": 4}, ["hallucination"])
 
@@ -74,6 +75,7 @@ def test_a_likert_task_is_rated_by_keyboard(live_server, browser, evaluator, ann
     page.keyboard.press("5")
     page.keyboard.press("Enter")
     expect(page.locator("#done-count")).to_have_text("2")
+    page.wait_for_selector("#task:not([data-sending])")
     assert Judgment.objects.latest("id").ratings == {"factuality": None, "style": 5}
     _bar_on_screen(page, viewport)
     assert page.evaluate("window.__cspViolations") == []
@@ -92,6 +94,7 @@ def test_tags_are_chosen_by_keyboard_on_a_pairwise_task(live_server, browser, ev
     page.keyboard.press("w")  # toggled three times: on
     page.keyboard.press("1")
     expect(page.locator("#done-count")).to_have_text("1")
+    page.wait_for_selector("#task:not([data-sending])")
     judgment = Judgment.objects.get()
     assert judgment.tags == ["refused"] and judgment.outcome in ("a", "b")
     _bar_on_screen(page, viewport)

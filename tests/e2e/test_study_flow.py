@@ -59,6 +59,7 @@ def test_a_study_from_upload_to_leaderboard(celery_worker_process, live_server, 
         page.wait_for_selector(f'#done-count:text-is("{i}")')
         page.keyboard.press(key)
     page.wait_for_selector('#done-count:text-is("10")')
+    page.wait_for_selector("#task:not([data-sending])")  # the last vote's answer is in
     assert Judgment.objects.filter(study=study).count() == 10
     assert set(Judgment.objects.filter(study=study).values_list("outcome", flat=True)) >= {"a", "b", "tie", "both_bad"}
 
