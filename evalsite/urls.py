@@ -11,6 +11,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(authentication_form=SignInForm), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("arena/", include("arena.urls")),
+    path("", include("metrics.urls")),
     path("api/", include("evalsite.api_urls")),
     path("", include("annotation.urls")),
 ]

@@ -76,3 +76,23 @@ def likert_summary(study: Study, slice_key: str = "all") -> dict:
             for name, per in summaries.items()
         ],
     }
+
+
+def metric_runs_table(study: Study, slice_key: str = "all") -> dict:
+    """The study's metric runs, newest first, each with its candidates' scores on one slice."""
+    from .models import CandidateScore, MetricRun
+
+    runs = list(MetricRun.objects.filter(study=study).order_by("-created_at", "-pk"))
+    slices = sorted(set(CandidateScore.objects.filter(run__study=study).values_list("slice_key", flat=True))
+                    - {"all"})
+    if slice_key != "all" and slice_key not in slices:
+        slice_key = "all"
+    scores: dict[int, list] = {}
+    for s in (CandidateScore.objects.filter(run__study=study, slice_key=slice_key)
+              .select_related("candidate").order_by("candidate__name")):
+        scores.setdefault(s.run_id, []).append(s)
+    for run in runs:
+        run.scores = scores.get(run.pk, [])
+        run.percent = round(100 * run.n_done / run.n_total) if run.n_total else 0
+    active = any(r.status in (MetricRun.Status.QUEUED, MetricRun.Status.RUNNING) for r in runs)
+    return {"runs": runs, "slices": ["all", *slices], "slice": slice_key, "active": active}

@@ -26,6 +26,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from annotation import checks, services
 from annotation.models import Candidate, Judgment, Prompt, Study
+from metrics.models import MetricRun
 from tests.conftest import imported_jsonl
 
 pytestmark = pytest.mark.django_db
@@ -152,6 +153,9 @@ ENDPOINTS: dict[str, Endpoint] = {
                                 post={"reason": "other", "note": "garbled text"}),
     "annotation:undo": Endpoint(args=("token",), get=False, role="annotator"),
     "arena:leaderboard": Endpoint(args=("study",), role="manager", query=("slice",)),
+    "metrics:runs": Endpoint(args=("study",), role="evaluator", query=("slice", "poll"),
+                             post={"metric": "rougeL", "model": "", "threshold": ""}),
+    "metrics:run_retry": Endpoint(args=("study", "metric_run"), get=False),
     "arena:recompute": Endpoint(args=("study",), get=False, role="manager", post={"slice": "all"}),
     "api-audit": Endpoint(args=("study",), query=("page",)),
     "api-leaderboard": Endpoint(args=("study",), role="manager", query=("slice",)),
@@ -205,11 +209,13 @@ def world(study_factory, evaluator, annotators, manager, make_user):
     candidate = services.candidate_create(study=study, name="spare-model", backend="imported", spec={})
     invitation, invitation_token = services.invitation_create(study=study, role="annotator", max_uses=None)
     checks.checks_make_attention(study=study, count=1, seed=1)
+    metric_run = MetricRun.objects.create(study=study, metric="rougeL", options_hash="-", status="failed")
     return {
         "users": {"anonymous": None, "annotator": annotators[0], "evaluator": evaluator, "manager": manager},
         "ids": {"study": study.pk, "spare": spare.pk, "output": study.outputs.first().pk, "token": token,
                 "check": checks.gold_units(study).values_list("pk", flat=True).first(),
-                "candidate": candidate.pk, "invitation": invitation.pk, "invitation_token": invitation_token},
+                "candidate": candidate.pk, "invitation": invitation.pk, "invitation_token": invitation_token,
+                "metric_run": metric_run.pk},
         "study": study,
     }
 

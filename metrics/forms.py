@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from django import forms
+
+from . import text
+
+
+class MetricRunForm(forms.Form):
+    metric = forms.ChoiceField(choices=())
+    model = forms.CharField(required=False, max_length=1000,
+                            help_text="bertscore, perplexity, nli, hallucination_rate: a local model directory inside a model root "
+                                      "(EVALSITE_MODEL_ROOTS). Empty: the metric's default.")
+    threshold = forms.FloatField(required=False, min_value=0.0, max_value=1.0,
+                                 help_text="hallucination_rate: an output under this entailment probability counts as a hallucination.")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["metric"].choices = [(m, m) for m in text.TEXT_METRICS]
+
+    def options(self) -> dict:
+        d = self.cleaned_data
+        return {k: d[k] for k in ("model", "threshold") if d.get(k) not in (None, "")}

