@@ -1,6 +1,9 @@
-"""Cached leaderboards: the web process reads these and never recomputes on a request."""
+"""Cached leaderboards (the web process reads these and never recomputes on a request),
+and LLM judges with their verdicts."""
+from django.conf import settings
 from django.db import models
 
+from . import outcomes
 from .board import Board
 
 
@@ -60,3 +63,67 @@ class RatingRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.study_id} {self.slice_key} {'pending' if self.pending else 'idle'}"
+
+
+class Judge(models.Model):
+    """An LLM judge: a model spec like a candidate's, asked pairwise questions from a rubric.
+
+    A judge is its own kind of rater: its verdicts live in ``JudgeVerdict``, never in
+    ``annotation.Judgment``, so human ratings and agreement figures never include it.  The
+    fields after ``created_at`` are the state of its latest run (one run at a time).
+    """
+
+    class Backend(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible endpoint"
+        TRANSFORMERS = "transformers", "Hugging Face transformers"
+
+    class Status(models.TextChoices):
+        IDLE = "", "Not started"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    study = models.ForeignKey("annotation.Study", on_delete=models.CASCADE, related_name="judges")
+    name = models.CharField(max_length=200)
+    backend = models.CharField(max_length=20, choices=Backend.choices)
+    spec = models.JSONField(default=dict, blank=True, help_text="Checked by the same policy as candidate specs.")
+    rubric = models.TextField(help_text="The judge's prompt, with {prompt}, {output_1} and {output_2}.")
+    max_new_tokens = models.PositiveIntegerField(default=512, help_text="Longest reply asked for (greedy decoding).")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.IDLE, blank=True)
+    claim = models.CharField(max_length=64, blank=True, help_text="Id of the task run that holds the run.")
+    error = models.TextField(blank=True, help_text="Scrubbed: the last endpoint or backend error.")
+    n_total = models.PositiveIntegerField(default=0, help_text="Pairwise units of the study at the last run.")
+    n_done = models.PositiveIntegerField(default=0, help_text="Units with a verdict.")
+    n_failed = models.PositiveIntegerField(default=0, help_text="Units whose requests failed in the last run.")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["study", "name"]
+        constraints = [models.UniqueConstraint(fields=["study", "name"], name="judge_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class JudgeVerdict(models.Model):
+    """A judge's combined verdict on one unit, asked in both orders (``output_a`` first, then
+    ``output_b`` first); an inconsistent pair is stored as a tie with ``consistent`` false."""
+
+    judge = models.ForeignKey(Judge, on_delete=models.CASCADE, related_name="verdicts")
+    unit = models.ForeignKey("annotation.Unit", on_delete=models.CASCADE, related_name="+")
+    outcome = models.CharField(max_length=10, choices=list(zip(outcomes.STORED, outcomes.LABELS)))
+    first_order_reply = models.TextField(blank=True, help_text="The reply with output_a shown first (trimmed).")
+    second_order_reply = models.TextField(blank=True, help_text="The reply with output_b shown first (trimmed).")
+    consistent = models.BooleanField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["judge", "unit"], name="judge_verdict_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.judge} on unit {self.unit_id}: {self.outcome}"

@@ -7,13 +7,16 @@ from urllib.parse import urlencode
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST, require_safe
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from annotation import access
+from annotation.services import ServiceError
 
-from . import plots, selectors
-from .models import RatingRequest, RatingSnapshot
+from . import judging, plots, selectors
+from .forms import JudgeForm
+from .models import Judge, RatingRequest, RatingSnapshot
 from .services import BT, ONLINE_ELO, ratings_request
 
 
@@ -80,3 +83,37 @@ def recompute(request: HttpRequest, study_id: int) -> HttpResponse:
     response = redirect("arena:leaderboard", study_id=study.pk)
     response["Location"] += "?" + urlencode({"slice": slice_key})
     return response
+
+
+def _judges_page(request: HttpRequest, study, form=None, error: str = "", status: int = 200) -> HttpResponse:
+    return render(request, "arena/judges.html", {
+        "study": study, "judges": judging.judge_summary(study), "form": form or JudgeForm(), "error": error,
+        "evaluator": access.Role.EVALUATOR in access.study_roles(request.user, study),
+    }, status=status)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def judges(request: HttpRequest, study_id: int) -> HttpResponse:
+    """GET: managers and evaluators read the judges' results; POST: an evaluator adds a judge."""
+    if request.method == "GET":
+        return _judges_page(request, access.get_study_for_manager(request.user, study_id))
+    study = access.get_study_for_evaluator(request.user, study_id)
+    form = JudgeForm(request.POST)
+    if not form.is_valid():
+        return _judges_page(request, study, form, status=400)
+    try:
+        judging.judge_create(study=study, actor=request.user, **form.cleaned_data)
+    except ServiceError as exc:
+        return _judges_page(request, study, form, str(exc), status=409)
+    return redirect(reverse("arena:judges", args=[study.pk]))
+
+
+@login_required
+@require_POST
+def judge_start(request: HttpRequest, study_id: int, judge_id: int) -> HttpResponse:
+    """An evaluator starts (or starts again) a judge: it asks only the units it has not answered."""
+    study = access.get_study_for_evaluator(request.user, study_id)
+    judge = get_object_or_404(Judge, pk=judge_id, study=study)
+    judging.judge_run_start(study=study, judge=judge, actor=request.user)
+    return redirect(reverse("arena:judges", args=[study.pk]))

@@ -20,3 +20,10 @@ class MetricRunForm(forms.Form):
     def options(self) -> dict:
         d = self.cleaned_data
         return {k: d[k] for k in ("model", "threshold") if d.get(k) not in (None, "")}
+
+
+class SummaryBudgetForm(forms.Form):
+    """The budget the summary's recommendation keeps to (blank: no limit)."""
+
+    max_cost_per_1000 = forms.FloatField(required=False, min_value=0, label="Most cost per 1,000 outputs")
+    max_latency_p95_ms = forms.FloatField(required=False, min_value=0, label="Most p95 latency (ms)")

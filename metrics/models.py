@@ -81,3 +81,17 @@ class CandidateScore(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run.metric} {self.slice_key} {self.candidate_id}: {self.value}"
+
+
+class SummaryBudget(models.Model):
+    """The cost and latency budget an evaluator sets for the summary's recommendation (blank: no limit)."""
+
+    study = models.OneToOneField(Study, on_delete=models.CASCADE, related_name="summary_budget")
+    max_cost_per_1000 = models.FloatField(null=True, blank=True, help_text="Most cost per 1,000 outputs.")
+    max_latency_p95_ms = models.FloatField(null=True, blank=True, help_text="Most 95th-percentile latency, ms.")
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"budget of {self.study}"

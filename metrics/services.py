@@ -18,7 +18,7 @@ from annotation.models import Candidate, Output, PromptTag, Study
 from annotation.services import ServiceError, spec_policy
 
 from . import text
-from .models import CandidateScore, MetricRun, OutputScore
+from .models import CandidateScore, MetricRun, OutputScore, SummaryBudget
 from .result import mean_interval
 
 # Corpus-level metrics: one number per set of outputs, no per-output score (sacrebleu).
@@ -245,3 +245,12 @@ def _aggregate(run: MetricRun) -> None:
     with transaction.atomic():
         CandidateScore.objects.filter(run=run).delete()
         CandidateScore.objects.bulk_create(rows)
+
+
+def summary_budget_set(*, study: Study, max_cost_per_1000: float | None, max_latency_p95_ms: float | None,
+                       actor=None) -> SummaryBudget:
+    """Set the cost and latency budget of a study's summary recommendation (None: no limit)."""
+    budget, _ = SummaryBudget.objects.update_or_create(
+        study=study, defaults={"max_cost_per_1000": max_cost_per_1000, "max_latency_p95_ms": max_latency_p95_ms,
+                               "updated_by": actor})
+    return budget

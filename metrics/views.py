@@ -1,18 +1,21 @@
 """The metric runs page of a study: start a metric, watch its progress, read its table."""
 from __future__ import annotations
 
+import csv
+
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from annotation import access
+from annotation.exchange import csv_cell
 from annotation.services import ServiceError
 
-from . import selectors, services
-from .forms import MetricRunForm
+from . import selectors, services, summary
+from .forms import MetricRunForm, SummaryBudgetForm
 from .models import MetricRun
 
 
@@ -60,3 +63,61 @@ def metric_run_retry(request: HttpRequest, study_id: int, run_id: int) -> HttpRe
     except ServiceError as exc:
         return _page(request, study, error=str(exc), status=409)
     return redirect(reverse("metrics:runs", args=[study.pk]))
+
+
+def _summary_csv(study, data: dict) -> HttpResponse:
+    """One line per candidate; text cells pass through the exchange's formula guard."""
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="study-{study.pk}-summary.csv"'
+    writer = csv.writer(response)
+    header = ["candidate", "outputs", "rating", "rating_lower", "rating_upper"]
+    for c in data["criteria"]:
+        header += [f"likert_{c['key']}", f"likert_{c['key']}_lower", f"likert_{c['key']}_upper"]
+    for m in data["metrics"]:
+        header += [f"{m['name']}_{m['run']}", f"{m['name']}_{m['run']}_lower", f"{m['name']}_{m['run']}_upper"]
+    writer.writerow([csv_cell(h) for h in header + ["latency_p50_ms", "latency_p95_ms", "completion_tokens_mean",
+                                                    "cost_per_1000"]])
+    for r in data["rows"]:
+        line = [csv_cell(r["candidate"]), r["outputs"], r["rating"], r["rating_lower"], r["rating_upper"]]
+        for cell in r["likert"]:
+            line += [cell["mean"], cell["lower"], cell["upper"]]
+        for cell in r["metrics"]:
+            line += [cell["value"], cell["lower"], cell["upper"]]
+        writer.writerow(line + [r["latency_p50"], r["latency_p95"], r["tokens"], r["cost_per_1000"]])
+    return response
+
+
+def _summary_json(study, data: dict) -> JsonResponse:
+    snapshot = data["snapshot"]
+    return JsonResponse({
+        "study": study.pk, "ratings_computed_at": snapshot.computed_at.isoformat() if snapshot else None,
+        "criteria": data["criteria"], "metrics": data["metrics"], "rows": data["rows"], "budget": data["budget"],
+        "recommendation": data["recommendation"], "agreement": data["agreement"],
+    }, json_dumps_params={"allow_nan": False})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def study_summary(request: HttpRequest, study_id: int) -> HttpResponse:
+    """GET: managers and evaluators read the summary (``?format=csv|json`` exports it, ``?sort=`` orders
+    it); POST: an evaluator sets the recommendation's budget."""
+    if request.method == "POST":
+        study = access.get_study_for_evaluator(request.user, study_id)
+        form = SummaryBudgetForm(request.POST)
+        if form.is_valid():
+            services.summary_budget_set(study=study, actor=request.user, **form.cleaned_data)
+            return redirect(reverse("metrics:summary", args=[study.pk]))
+        status = 400
+    else:
+        study = access.get_study_for_manager(request.user, study_id)
+        form, status = None, 200
+    data = summary.study_summary(study, request.GET.get("sort", "")[:60])
+    fmt = request.GET.get("format", "")
+    if request.method == "GET" and fmt == "csv":
+        return _summary_csv(study, data)
+    if request.method == "GET" and fmt == "json":
+        return _summary_json(study, data)
+    evaluator = access.Role.EVALUATOR in access.study_roles(request.user, study)
+    form = form or SummaryBudgetForm(initial=data["budget"])
+    return render(request, "metrics/summary.html", {"study": study, "evaluator": evaluator, "form": form, **data},
+                  status=status)

@@ -15,6 +15,8 @@ from django.test import Client
 from django.urls import get_resolver, reverse
 
 from annotation import checks, services
+from arena.models import Judge
+from metrics.judge import DEFAULT_RUBRIC
 from metrics.models import MetricRun
 from tests.conftest import PROMPTS_CSV, grant_study_creation
 from tests.test_fuzz import ENDPOINTS, _url_names, post
@@ -104,9 +106,13 @@ PAGES: dict[str, dict[str, tuple]] = {
     "annotation:quiz_answer": {"get": NOT_SERVED, "post": annotators_only(409)},  # no question is waiting
     "arena:leaderboard": {"get": managers(200), "post": NOT_SERVED},
     "arena:recompute": {"get": NOT_SERVED, "post": managers(302)},
+    # managers read the LLM judges' results; evaluators add judges and start them
+    "arena:judges": {"get": managers(200), "post": evaluator_only(302)},
+    "arena:judge_start": {"get": NOT_SERVED, "post": evaluator_only(302)},
     # managers read the metric runs; evaluators start them (POST) and retry a failed one
     "metrics:runs": {"get": managers(200), "post": evaluator_only(302)},
     "metrics:run_retry": {"get": NOT_SERVED, "post": evaluator_only(302)},
+    "metrics:summary": {"get": managers(200), "post": evaluator_only(302)},
 }
 # Pages another change is adding, with their rows still to be written: each name here is
 # left out of the sweep and must be moved into PAGES with its statuses.
@@ -144,7 +150,9 @@ def world(study_factory, evaluator, annotators, manager, make_user):
            "candidate": candidate.pk, "invitation": revocable.pk, "invitation_token": invitation_token,
            "check": checks.checks_make_attention(study=study, count=1, seed=1)
            and checks.gold_units(study).values_list("pk", flat=True).first(),
-           "metric_run": MetricRun.objects.create(study=study, metric="rougeL", options_hash="-", status="failed").pk}
+           "metric_run": MetricRun.objects.create(study=study, metric="rougeL", options_hash="-", status="failed").pk,
+           "judge": Judge.objects.create(study=study, name="spare-judge", backend="openai", rubric=DEFAULT_RUBRIC,
+                                         spec={"base_url": "http://127.0.0.1:9/v1", "model": "m"}).pk}
     return {"study": study, "clients": clients, "ids": ids}
 
 

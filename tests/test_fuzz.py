@@ -26,6 +26,8 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from annotation import checks, services
 from annotation.models import Candidate, Judgment, Prompt, Study
+from arena.models import Judge
+from metrics.judge import DEFAULT_RUBRIC
 from metrics.models import MetricRun
 from tests.conftest import imported_jsonl
 
@@ -153,9 +155,15 @@ ENDPOINTS: dict[str, Endpoint] = {
                                 post={"reason": "other", "note": "garbled text"}),
     "annotation:undo": Endpoint(args=("token",), get=False, role="annotator"),
     "arena:leaderboard": Endpoint(args=("study",), role="manager", query=("slice",)),
+    "arena:judges": Endpoint(args=("study",), role="evaluator",
+                             post={"name": "fuzz-judge", "backend": "openai", "rubric": "", "max_new_tokens": "16",
+                                 "spec": '{"base_url": "http://127.0.0.1:9/v1", "model": "m"}'}),
+    "arena:judge_start": Endpoint(args=("study", "judge"), get=False),
     "metrics:runs": Endpoint(args=("study",), role="evaluator", query=("slice", "poll"),
                              post={"metric": "rougeL", "model": "", "threshold": ""}),
     "metrics:run_retry": Endpoint(args=("study", "metric_run"), get=False),
+    "metrics:summary": Endpoint(args=("study",), role="evaluator", query=("sort", "format"),
+                                post={"max_cost_per_1000": "2.5", "max_latency_p95_ms": "900"}),
     "arena:recompute": Endpoint(args=("study",), get=False, role="manager", post={"slice": "all"}),
     "api-audit": Endpoint(args=("study",), query=("page",)),
     "api-leaderboard": Endpoint(args=("study",), role="manager", query=("slice",)),
@@ -210,12 +218,14 @@ def world(study_factory, evaluator, annotators, manager, make_user):
     invitation, invitation_token = services.invitation_create(study=study, role="annotator", max_uses=None)
     checks.checks_make_attention(study=study, count=1, seed=1)
     metric_run = MetricRun.objects.create(study=study, metric="rougeL", options_hash="-", status="failed")
+    judge = Judge.objects.create(study=study, name="spare-judge", backend="openai", rubric=DEFAULT_RUBRIC,
+                                 spec={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
     return {
         "users": {"anonymous": None, "annotator": annotators[0], "evaluator": evaluator, "manager": manager},
         "ids": {"study": study.pk, "spare": spare.pk, "output": study.outputs.first().pk, "token": token,
                 "check": checks.gold_units(study).values_list("pk", flat=True).first(),
                 "candidate": candidate.pk, "invitation": invitation.pk, "invitation_token": invitation_token,
-                "metric_run": metric_run.pk},
+                "metric_run": metric_run.pk, "judge": judge.pk},
         "study": study,
     }
 

@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 
@@ -79,6 +80,10 @@ class FakeOpenAIServer:
         ``choices``, only the headers), ``"bad_header"`` (a response whose header block
         holds an invalid line with the ``Authorization`` value, so the client's HTTP parser
         fails and quotes that line), or ``None`` (behave).
+    reply:
+        If set, a function of the request body returning the reply text (``finish_reason``
+        ``"stop"``), in place of the echo; for tests that need a particular answer (an
+        LLM judge's verdict). Token counts are computed the same way.
     """
 
     ECHO_MODES = ("error", "malformed", "wrong_shape", "bad_header")
@@ -94,6 +99,7 @@ class FakeOpenAIServer:
         delay_s: float = 0.0,
         require_token: str | None = None,
         echo_headers: str | None = None,
+        reply: Callable[[dict[str, Any]], str] | None = None,
     ) -> None:
         if echo_headers is not None and echo_headers not in self.ECHO_MODES:
             raise ValueError(f"echo_headers must be one of {self.ECHO_MODES} or None")
@@ -105,6 +111,7 @@ class FakeOpenAIServer:
         self.delay_s = delay_s
         self.require_token = require_token
         self.echo_headers = echo_headers
+        self.reply = reply
 
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -285,7 +292,10 @@ class _Handler(BaseHTTPRequestHandler):
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             return 400, _error("'max_tokens' must be a positive integer", "invalid_request_error"), {}
 
-        text, finish_reason = reply_for(body["model"], messages, max_tokens)
+        if fake.reply is not None:
+            text, finish_reason = str(fake.reply(body)), "stop"
+        else:
+            text, finish_reason = reply_for(body["model"], messages, max_tokens)
         prompt_tokens = sum(count_tokens(str(m.get("content") or "")) for m in messages)
         completion_tokens = count_tokens(text)
         return 200, {

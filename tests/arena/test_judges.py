@@ -1,0 +1,208 @@
+"""LLM judges through a real OpenAI-compatible server (tests.helpers.fake_openai), the task body in-process."""
+import re
+
+import pytest
+from sklearn.metrics import cohen_kappa_score
+
+from annotation import services
+from annotation.models import Judgment, Unit
+from annotation.services import ServiceError
+from arena import judging, outcomes
+from arena.models import Judge, JudgeVerdict
+from metrics import judge as judge_math
+from tests.helpers.fake_openai import FakeOpenAIServer
+
+pytestmark = pytest.mark.django_db
+
+RUBRIC = "Request: {prompt}\n<<1>> {output_1}\n<<2>> {output_2}\nEnd with VERDICT: 1, 2 or tie."
+
+
+def _content(body) -> str:
+    return body["messages"][-1]["content"]
+
+
+def scripted_judge(body) -> str:
+    """A judge with known habits: prefers "Variant 0" (alpha) on p1/p2, always picks the first
+    output on the refund question (position bias) and rambles without a verdict on cancelling."""
+    text = _content(body)
+    if "refund" in text:
+        return "The first one reads better.\nVERDICT: 1"
+    if "cancel" in text:
+        return "Hard to say, both have merits."
+    return f"Reasoning...\nVERDICT: {'1' if '<<1>> Variant 0' in text else '2'}"
+
+
+def _alpha_side(unit: Unit) -> int:
+    return outcomes.A if unit.output_a.candidate.name == "alpha-model" else outcomes.B
+
+
+def _vote(study, annotator, prefer: str) -> None:
+    """Vote on every unit the annotator is served, for ``prefer`` (a candidate name)."""
+    while (assignment := services.assignment_next(study=study, annotator=annotator)) is not None:
+        want_a = assignment.unit.output_a.candidate.name == prefer
+        services.judgment_submit(assignment=assignment, choice="left" if assignment.left_is_a == want_a else "right")
+
+
+@pytest.fixture
+def study(study_factory):
+    s = study_factory(candidates=("alpha-model", "beta-model"), overlap=2)
+    assert Unit.objects.filter(study=s, kind=Unit.Kind.PAIRWISE).count() == 4
+    return s
+
+
+def _run(judge: Judge, claim: str = "task-1") -> str:
+    judging.judge_run_start(study=judge.study, judge=judge)
+    return judging.judge_run_execute(judge_id=judge.pk, claim=claim)
+
+
+def test_it_asks_both_orders_and_stores_one_verdict_per_unit(study, evaluator):
+    with FakeOpenAIServer(reply=scripted_judge) as server:
+        judge = judging.judge_create(study=study, name="gpt-judge", backend="openai", rubric=RUBRIC,
+                                     spec={"base_url": server.base_url, "model": "judge-m", "max_concurrency": 1},
+                                     actor=evaluator)
+        assert _run(judge) == "done"
+        bodies = list(server.bodies)
+    assert len(bodies) == 8  # 4 units x 2 orders
+    units = list(Unit.objects.filter(study=study).order_by("pk").select_related("output_a", "output_b", "prompt"))
+    for unit, first, second in zip(units, bodies[0::2], bodies[1::2]):
+        # output_a shown first, then output_b first, each with the unit's prompt
+        assert _content(first) == judge_math.build_prompt(RUBRIC, unit.prompt.text, unit.output_a.text,
+                                                          unit.output_b.text)
+        assert _content(second) == judge_math.build_prompt(RUBRIC, unit.prompt.text, unit.output_b.text,
+                                                           unit.output_a.text)
+        assert first["model"] == "judge-m" and first["temperature"] == 0.0
+    verdicts = {v.unit.prompt.external_id: v for v in JudgeVerdict.objects.select_related("unit__prompt",
+                                                                                          "unit__output_a__candidate")}
+    for pid in ("p1", "p2"):
+        v = verdicts[pid]
+        assert v.consistent and v.outcome == outcomes.STORED[_alpha_side(v.unit)]
+        assert v.first_order_reply.endswith("VERDICT: " + ("1" if v.outcome == "a" else "2"))
+    # position bias and an unparsed reply: ties, counted as inconsistent
+    assert (verdicts["p3"].outcome, verdicts["p3"].consistent) == ("tie", False)
+    assert verdicts["p3"].first_order_reply == verdicts["p3"].second_order_reply == (
+        "The first one reads better.\nVERDICT: 1")
+    assert (verdicts["p4"].outcome, verdicts["p4"].consistent) == ("tie", False)
+    judge.refresh_from_db()
+    assert (judge.status, judge.n_total, judge.n_done, judge.error) == ("done", 4, 4, "")
+
+
+def test_a_second_run_asks_nothing_and_changes_nothing(study):
+    with FakeOpenAIServer(reply=scripted_judge) as server:
+        judge = judging.judge_create(study=study, name="j", backend="openai", rubric=RUBRIC,
+                                     spec={"base_url": server.base_url, "model": "m"})
+        assert _run(judge, "first") == "done"
+        before = list(JudgeVerdict.objects.order_by("pk").values_list("pk", "unit_id", "outcome", "consistent"))
+        assert server.request_count == 8
+        assert _run(judge, "second") == "done"
+        assert server.request_count == 8
+    assert list(JudgeVerdict.objects.order_by("pk").values_list("pk", "unit_id", "outcome", "consistent")) == before
+    # a redelivery of a claimed task id finds nothing to claim once the run is done
+    assert judging.judge_run_execute(judge_id=judge.pk, claim="second") == "not claimed"
+
+
+def test_the_summary_gives_win_rates_inconsistency_and_agreement_with_humans(study, annotators):
+    _vote(study, annotators[0], "alpha-model")
+    _vote(study, annotators[1], "alpha-model")
+    _vote(study, annotators[2], "beta-model")  # then excluded: must not count
+    services.member_exclude(study=study, user=annotators[2])
+    n_judgments = Judgment.objects.count()
+    with FakeOpenAIServer(reply=scripted_judge) as server:
+        judge = judging.judge_create(study=study, name="j", backend="openai", rubric=RUBRIC,
+                                     spec={"base_url": server.base_url, "model": "m"})
+        _run(judge)
+    assert Judgment.objects.count() == n_judgments  # a judge never writes human judgments
+    [row] = judging.judge_summary(study)
+    assert row["n_done"] == 4 and row["inconsistent"] == 2 and row["inconsistency_rate"] == 0.5
+    # alpha: wins p1, p2, ties p3, p4 -> (1 + 1 + .5 + .5) / 4
+    assert row["win_rates"] == [{"candidate": "alpha-model", "win_rate": 0.75, "n": 4},
+                                {"candidate": "beta-model", "win_rate": 0.25, "n": 4}]
+    # independent reference: the humans who count chose alpha on every unit
+    units = Unit.objects.filter(study=study).order_by("pk").select_related("output_a__candidate")
+    human = [_alpha_side(u) for u in units]
+    by_unit = dict(JudgeVerdict.objects.values_list("unit_id", "outcome"))
+    judged = [outcomes.STORED_CODE[by_unit[u.pk]] for u in units]
+    assert row["n_agreement"] == 4 and row["percent_agreement"] == pytest.approx(50.0)
+    expected = cohen_kappa_score(judged, human)
+    assert row["kappa"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_the_spec_policy_refuses_a_key_variable_outside_evalsite_key(study):
+    with pytest.raises(ServiceError, match="EVALSITE_API_KEY_ENVS"):
+        judging.judge_create(study=study, name="j", backend="openai",
+                             spec={"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "OPENAI_API_KEY"})
+    with pytest.raises(ServiceError, match=r"\{output_1\}"):
+        judging.judge_create(study=study, name="j", backend="openai", rubric="{prompt} {output_2}",
+                             spec={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    assert not Judge.objects.exists()
+
+
+def test_an_endpoint_error_is_stored_scrubbed_and_a_later_run_fills_the_gap(study, monkeypatch):
+    secret = "sk-judge-secret-1234567890"
+    monkeypatch.setenv("EVALSITE_KEY_JUDGE", secret)
+    with FakeOpenAIServer(reply=scripted_judge, echo_headers="error", fail_status=502) as server:
+        judge = judging.judge_create(study=study, name="j", backend="openai", rubric=RUBRIC,
+                                     spec={"base_url": server.base_url, "model": "m", "api_key_env": "EVALSITE_KEY_JUDGE",
+                                           "max_retries": 0})
+        assert _run(judge, "first") == "failed"
+        assert server.headers[0]["authorization"] == f"Bearer {secret}"
+        judge.refresh_from_db()
+        assert judge.status == "failed" and judge.n_failed == 4 and judge.n_done == 0
+        assert "HTTP 502" in judge.error and secret not in judge.error
+        assert not re.search(r"sk-judge", judge.error)
+        assert not JudgeVerdict.objects.exists()
+        server.echo_headers = None  # the endpoint recovers: the next start asks the four units again
+        assert _run(judge, "second") == "done"
+    judge.refresh_from_db()
+    assert (judge.status, judge.n_done, judge.n_failed, judge.error) == ("done", 4, 0, "")
+
+
+def test_starting_a_queued_judge_again_queues_nothing_new(study):
+    judge = judging.judge_create(study=study, name="j", backend="openai", rubric="",
+                                 spec={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    assert judge.rubric == judge_math.DEFAULT_RUBRIC
+    assert judging.judge_run_start(study=study, judge=judge).status == "queued"
+    assert Judge.objects.filter(pk=judge.pk, status="queued").update(claim="x") == 1
+    assert judging.judge_run_start(study=study, judge=judge).claim == "x"  # left alone
+
+
+def test_a_local_transformers_model_can_judge(study, tiny_models):
+    # a random tiny model never writes the verdict line: every pair is unparsed, so a tie, inconsistent
+    judge = judging.judge_create(study=study, name="local", backend="transformers", rubric=RUBRIC,
+                                 spec={"model": tiny_models["causal"]}, max_new_tokens=8)
+    assert _run(judge) == "done", Judge.objects.get(pk=judge.pk).error
+    rows = list(JudgeVerdict.objects.filter(judge=judge).values_list("outcome", "consistent"))
+    assert rows == [("tie", False)] * 4
+    assert judging.judge_summary(study)[0]["inconsistency_rate"] == 1.0
+
+
+def test_an_evaluator_adds_and_starts_a_judge_and_a_manager_reads_its_results(
+        study, evaluator, manager, annotators, django_capture_on_commit_callbacks):
+    from django.test import Client
+    from django.urls import reverse
+
+    _vote(study, annotators[0], "alpha-model")
+    url = reverse("arena:judges", args=[study.pk])
+    ev, mg = Client(), Client()
+    ev.force_login(evaluator)
+    mg.force_login(manager)
+    with FakeOpenAIServer(reply=scripted_judge) as server:
+        spec = '{"base_url": "%s", "model": "m"}' % server.base_url
+        refused = ev.post(url, {"name": "j", "backend": "openai", "rubric": "no placeholders",
+                                "max_new_tokens": "64", "spec": spec})
+        assert refused.status_code == 409 and b"{prompt}" in refused.content
+        assert mg.post(url, {"name": "j", "backend": "openai", "rubric": RUBRIC, "max_new_tokens": "64",
+                             "spec": spec}).status_code == 403
+        response = ev.post(url, {"name": "j", "backend": "openai", "rubric": RUBRIC, "max_new_tokens": "64",
+                                 "spec": spec})
+        assert response.status_code == 302
+        judge = Judge.objects.get(study=study)
+        with django_capture_on_commit_callbacks() as callbacks:
+            assert ev.post(reverse("arena:judge_start", args=[study.pk, judge.pk])).status_code == 302
+        assert len(callbacks) == 1  # one task enqueued (not run: the task body runs below, in-process)
+        assert judging.judge_run_execute(judge_id=judge.pk, claim="page") == "done"
+    page = mg.get(url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "alpha-model 0.750 (n=4)" in html and "beta-model 0.250 (n=4)" in html
+    assert "2 (50%)" in html and "50.0% of 4" in html
+    assert 'action="/studies/%d/judges/' % study.pk not in html  # managers get no forms
