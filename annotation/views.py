@@ -16,20 +16,25 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from . import access, audit, selectors, services
+from . import checks as checks_service
 from .forms import (
+    AttentionForm,
     CandidateForm,
     CandidateRenameForm,
+    CheckSettingsForm,
+    CheckUploadForm,
     InstructionsForm,
     InvitationForm,
     JudgmentForm,
     MemberChangeForm,
     MemberForm,
+    QuizAnswerForm,
     SkipForm,
     StudyCreateForm,
     StudySettingsForm,
     upload_size_error,
 )
-from .models import Candidate, Invitation, Output, Skip, StudyMember
+from .models import Candidate, Invitation, Output, Skip, StudyMember, Unit
 from .uploads import RowError, UploadError
 
 
@@ -769,9 +774,6 @@ def _describe_judgment(j) -> None:
 
 
 def _checks_context(study, **extra) -> dict:
-    from . import checks as checks_service
-    from .forms import AttentionForm, CheckSettingsForm, CheckUploadForm
-
     return {"study": study, "rows": checks_service.checks_list(study),
             "counts": checks_service.count_by_kind(study),
             "settings_form": extra.pop("settings_form", None) or CheckSettingsForm(initial={
@@ -791,9 +793,6 @@ def checks(request: HttpRequest, study_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def checks_settings(request: HttpRequest, study_id: int) -> HttpResponse:
-    from . import checks as checks_service
-    from .forms import CheckSettingsForm
-
     study = access.get_study_for_evaluator(request.user, study_id)
     form = CheckSettingsForm(request.POST)
     if form.is_valid():
@@ -811,8 +810,6 @@ def checks_settings(request: HttpRequest, study_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def checks_upload(request: HttpRequest, study_id: int) -> HttpResponse:
-    from . import checks as checks_service
-
     study = access.get_study_for_evaluator(request.user, study_id)
     upload = request.FILES.get("checks")
     try:
@@ -831,9 +828,6 @@ def checks_upload(request: HttpRequest, study_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def checks_attention(request: HttpRequest, study_id: int) -> HttpResponse:
-    from . import checks as checks_service
-    from .forms import AttentionForm
-
     study = access.get_study_for_evaluator(request.user, study_id)
     form = AttentionForm(request.POST)
     if form.is_valid():
@@ -853,9 +847,6 @@ def checks_attention(request: HttpRequest, study_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def check_remove(request: HttpRequest, study_id: int, unit_id: int) -> HttpResponse:
-    from . import checks as checks_service
-    from .models import Unit
-
     study = access.get_study_for_evaluator(request.user, study_id)
     unit = get_object_or_404(Unit.objects.select_related("study"), study=study, pk=unit_id, is_gold=True)
     answered = checks_service.check_remove(unit=unit, actor=request.user)
@@ -864,8 +855,6 @@ def check_remove(request: HttpRequest, study_id: int, unit_id: int) -> HttpRespo
 
 
 def _quiz_page(request, member, *, feedback=None, error: str = "", status: int = 200) -> HttpResponse:
-    from . import checks as checks_service
-
     study = member.study
     state = checks_service.quiz_state(study=study, member=member)
     item = checks_service.quiz_item(state.attempt) if state.status == "in_progress" else None
@@ -887,8 +876,6 @@ def quiz(request: HttpRequest, study_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def quiz_start(request: HttpRequest, study_id: int) -> HttpResponse:
-    from . import checks as checks_service
-
     member = access.get_member_for_annotator(request.user, study_id)
     try:
         checks_service.quiz_start(study=member.study, member=member)
@@ -902,9 +889,6 @@ def quiz_start(request: HttpRequest, study_id: int) -> HttpResponse:
 @require_POST
 def quiz_answer(request: HttpRequest, study_id: int) -> HttpResponse:
     """Score one answer and say at once whether it was right, and what was expected."""
-    from . import checks as checks_service
-    from .forms import QuizAnswerForm
-
     member = access.get_member_for_annotator(request.user, study_id)
     state = checks_service.quiz_state(study=member.study, member=member)
     if state.status != "in_progress":
