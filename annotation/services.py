@@ -1099,6 +1099,7 @@ def generation_run(*, candidate_id: int, output_ids: Sequence[int], claim: str, 
         generation_record(output_id=r.key, claim=claim, result=r) for r in results
     )
     units_build(study=candidate.study, prompt_ids={o.prompt_id for o in outputs})
+    _request_ratings(candidate.study_id)  # the summary's latency, tokens and cost columns
     return written
 
 

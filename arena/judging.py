@@ -1,26 +1,33 @@
-"""LLM judges: adding one, running it over a study's pairs (the task's body), and its results.
+"""LLM judges: adding one, running it over a study's pairs or outputs (the task's body), and its results.
 
-A judge's verdicts are kept in ``JudgeVerdict`` only; nothing here writes ``Judgment`` rows,
+A pairwise judge's verdicts are kept in ``JudgeVerdict``, a Likert judge's points in
+``JudgeScore``; nothing here writes ``Judgment`` rows,
 so human ratings, leaderboards and inter-annotator agreement never include a judge.  The
 prompt, the verdict format and the agreement statistics are in :mod:`metrics.judge`.
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from annotation.generation import base as generation_base
-from annotation.models import Candidate, Judgment, StudyMember, Study, Unit
+from annotation.models import Candidate, Judgment, Output, StudyMember, Study, Unit
 from annotation.services import ServiceError, error_scrubber, spec_policy
 from metrics import judge as judge_math
 
 from . import outcomes
-from .models import Judge, JudgeVerdict
+from .models import Judge, JudgeScore, JudgeVerdict
 
 BATCH_SIZE = 16  # units per backend call (two requests each)
+LIKERT_BATCH_SIZE = 32  # (output, criterion) items per backend call (one request each)
 REPLY_LIMIT = 4000  # characters of each reply kept
+AGREEMENT_SEED = 0  # the bootstrap of a Likert judge's rank correlations: same figures on every read
+AGREEMENT_ROUNDS = 1000
 
 def _settings(judge: Judge) -> generation_base.GenerationSettings:
     # Judges decode greedily so a rerun asks the same question the same way.
@@ -28,20 +35,27 @@ def _settings(judge: Judge) -> generation_base.GenerationSettings:
 
 
 def judge_create(*, study: Study, name: str, backend: str, spec: dict, rubric: str = "", max_new_tokens: int = 512,
-                 actor=None) -> Judge:
+                 kind: str = Judge.Kind.PAIRWISE, actor=None) -> Judge:
     """Add a judge; its spec is checked now by the operator's policy, as a candidate's is.
 
-    An empty rubric takes :data:`metrics.judge.DEFAULT_RUBRIC`; any rubric must hold the
-    three placeholders.  Nothing is loaded or requested.
+    ``kind`` is ``pairwise`` (which of two outputs is better) or ``likert`` (each output on
+    each Likert criterion of the study; the study must have criteria).  An empty rubric takes
+    the default of its kind (:func:`metrics.judge.default_rubric`); any rubric must hold its
+    kind's placeholders.  Nothing is loaded or requested.
     """
     name = (name or "").strip()
     if not name:
         raise ServiceError("a judge needs a name")
+    if kind not in Judge.Kind.values:
+        raise ServiceError(f"kind: unknown judge kind {kind!r}; use one of {', '.join(Judge.Kind.values)}")
     if backend not in Judge.Backend.values:
         raise ServiceError(f"unknown backend {backend!r}; use one of {', '.join(Judge.Backend.values)}")
-    rubric = rubric if rubric and rubric.strip() else judge_math.DEFAULT_RUBRIC
+    if kind == Judge.Kind.LIKERT and not study.likert_criteria:
+        raise ServiceError("kind: a Likert judge rates the study's Likert criteria, and this study has none; "
+                           "add criteria in the study's task settings first")
+    rubric = rubric if rubric and rubric.strip() else judge_math.default_rubric(kind)
     try:
-        judge_math.check_rubric(rubric)
+        judge_math.check_rubric(rubric, kind)
     except ValueError as exc:
         raise ServiceError(str(exc)) from None
     limit = generation_base.GenerationSettings.MAX_NEW_TOKENS
@@ -55,7 +69,7 @@ def judge_create(*, study: Study, name: str, backend: str, spec: dict, rubric: s
         raise ServiceError(f"judge {name!r}: {exc}") from None
     if study.judges.filter(name=name).exists():
         raise ServiceError(f"this study already has a judge named {name!r}")
-    return Judge.objects.create(study=study, name=name, backend=backend, spec=spec, rubric=rubric,
+    return Judge.objects.create(study=study, name=name, kind=kind, backend=backend, spec=spec, rubric=rubric,
                                 max_new_tokens=max_new_tokens, created_by=actor if actor is not None and actor.is_authenticated else None)
 
 
@@ -87,13 +101,28 @@ def _units(judge: Judge):
                                output_b__isnull=False)
 
 
-def judge_run_execute(*, judge_id: int, claim: str) -> str:
-    """The task's body: claim the judge's run, ask about the units without a verdict, in batches.
+def _outputs(judge: Judge):
+    """The outputs a Likert judge rates: the study's finished outputs, gold prompts left out."""
+    return Output.objects.filter(study_id=judge.study_id, status=Output.Status.DONE, prompt__is_gold=False)
 
-    Each unit is asked twice, ``output_a`` shown first and then ``output_b`` first; a unit
-    whose two replies both came back gets one ``JudgeVerdict`` (written under its unique
-    constraint, so a second run adds nothing).  A unit with a failed request gets no verdict,
-    so the next start asks it again; the run then ends failed with the scrubbed error.
+
+def _answered(judge: Judge) -> int:
+    """Items with an answer: verdicts, or score rows on the study's current criteria."""
+    if judge.kind == Judge.Kind.LIKERT:
+        keys = [c["key"] for c in Study.objects.get(pk=judge.study_id).likert_criteria]
+        return JudgeScore.objects.filter(judge=judge, criterion__in=keys, output__in=_outputs(judge)).count()
+    return JudgeVerdict.objects.filter(judge=judge).count()
+
+
+def judge_run_execute(*, judge_id: int, claim: str) -> str:
+    """The task's body: claim the judge's run, ask about the items without an answer, in batches.
+
+    Pairwise: each unit is asked twice, ``output_a`` shown first and then ``output_b`` first;
+    a unit whose two replies both came back gets one ``JudgeVerdict``.  Likert: each (output,
+    criterion) is asked once and gets one ``JudgeScore`` (value null when unparseable).  Rows
+    are written under their unique constraint, so a second run adds nothing.  An item with a
+    failed request gets no row, so the next start asks it again; the run then ends failed
+    with the scrubbed error.
     """
     claimed = Judge.objects.filter(
         Q(status=Judge.Status.QUEUED) | Q(status=Judge.Status.RUNNING, claim=claim), pk=judge_id,
@@ -103,30 +132,43 @@ def judge_run_execute(*, judge_id: int, claim: str) -> str:
     judge = Judge.objects.get(pk=judge_id)
     scrub = error_scrubber(judge.spec)
     try:
-        failed, first_error = _ask_missing(judge)
+        failed, first_error = _ask_missing_likert(judge) if judge.kind == Judge.Kind.LIKERT else _ask_missing(judge)
     except Exception as exc:  # a bad spec on this worker, a missing key, a backend crash
         error = scrub(f"judge {judge.name} failed: {type(exc).__name__}: {exc}")
         Judge.objects.filter(pk=judge_id, claim=claim).update(status=Judge.Status.FAILED, error=error,
                                                               finished_at=timezone.now())
         return "failed"
-    done = JudgeVerdict.objects.filter(judge=judge).count()
+    done = _answered(judge)
     if failed:
-        error = scrub(f"{failed} unit(s) got no verdict: {first_error}")
+        what = "item(s) got no score" if judge.kind == Judge.Kind.LIKERT else "unit(s) got no verdict"
+        error = scrub(f"{failed} {what}: {first_error}")
         Judge.objects.filter(pk=judge_id, claim=claim).update(status=Judge.Status.FAILED, error=error, n_done=done,
                                                               n_failed=failed, finished_at=timezone.now())
+        _request_summary(judge.study_id)  # the verdicts that did come back count
         return "failed"
     Judge.objects.filter(pk=judge_id, claim=claim).update(status=Judge.Status.DONE, n_done=done,
                                                           finished_at=timezone.now())
+    _request_summary(judge.study_id)
     return "done"
 
 
-def _ask_missing(judge: Judge) -> tuple[int, str]:
-    """Ask about every unit without a verdict; returns (units that failed, the first error)."""
+def _backend(judge: Judge):
     policy = spec_policy()
     # the worker checks the spec and the files again under its own policy
     generation_base.check_files(judge.backend, generation_base.validate_spec(judge.backend, judge.spec, policy),
                                 policy, on_worker=True)
-    backend = generation_base.get_backend(judge.backend, judge.spec, policy)
+    return generation_base.get_backend(judge.backend, judge.spec, policy)
+
+
+def _request_summary(study_id: int) -> None:
+    from .services import ratings_request
+
+    ratings_request(study_id=study_id)  # the summary and the judges page read the verdicts from it
+
+
+def _ask_missing(judge: Judge) -> tuple[int, str]:
+    """Ask about every unit without a verdict; returns (units that failed, the first error)."""
+    backend = _backend(judge)
     units = _units(judge)
     Judge.objects.filter(pk=judge.pk).update(n_total=units.count())
     answered = JudgeVerdict.objects.filter(judge=judge).values("unit_id")
@@ -160,6 +202,41 @@ def _ask_missing(judge: Judge) -> tuple[int, str]:
     return failed, first_error
 
 
+def _ask_missing_likert(judge: Judge) -> tuple[int, str]:
+    """Ask a Likert judge about every (output, criterion) without a score row; returns (items
+    that failed, the first error).  An unparseable reply is stored with a null value."""
+    criteria = list(Study.objects.get(pk=judge.study_id).likert_criteria)
+    by_key = {c["key"]: c for c in criteria}
+    backend = _backend(judge)
+    outputs = list(_outputs(judge).order_by("pk").values_list("pk", "prompt__text", "text"))
+    Judge.objects.filter(pk=judge.pk).update(n_total=len(outputs) * len(criteria))
+    answered = set(JudgeScore.objects.filter(judge=judge).values_list("output_id", "criterion"))
+    missing = [(pk, prompt, text, c["key"]) for pk, prompt, text in outputs for c in criteria
+               if (pk, c["key"]) not in answered]
+    failed, first_error = 0, ""
+    for start in range(0, len(missing), LIKERT_BATCH_SIZE):
+        batch = missing[start:start + LIKERT_BATCH_SIZE]
+        requests = [generation_base.GenerationRequest(
+            key=(pk, key), seed=0, prompt=judge_math.build_likert_prompt(
+                judge.rubric, prompt, text, by_key[key]["name"], judge_math.describe(by_key[key]),
+                by_key[key]["scale"]))
+            for pk, prompt, text, key in batch]
+        results = {r.key: r for r in backend.generate(requests, _settings(judge))}
+        rows = []
+        for pk, _prompt, _text, key in batch:
+            result = results.get((pk, key))
+            if result is None or result.error:
+                failed += 1
+                first_error = first_error or (result.error if result is not None else "no reply")
+                continue
+            rows.append(JudgeScore(judge=judge, output_id=pk, criterion=key,
+                                   value=judge_math.parse_score(result.text, by_key[key]["scale"]),
+                                   reply=(result.text or "").strip()[:REPLY_LIMIT]))
+        JudgeScore.objects.bulk_create(rows, ignore_conflicts=True)
+        Judge.objects.filter(pk=judge.pk).update(n_done=_answered(judge))
+    return failed, first_error
+
+
 # --- reads ------------------------------------------------------------------------------
 
 
@@ -175,13 +252,117 @@ def _human_majorities(study_id: int) -> dict[int, int]:
     return {unit_id: judge_math.majority(codes) for unit_id, codes in by_unit.items()}
 
 
-def judge_summary(study: Study) -> list[dict]:
-    """Each judge of the study as plain data: run state, inconsistency rate, win rate per
-    candidate (a tie counts half) and agreement with the human majority per unit."""
-    names = dict(Candidate.objects.filter(study=study).values_list("pk", "name"))
-    humans = _human_majorities(study.pk)
-    summary = []
+def _human_likert(study_id: int) -> dict[tuple[int, str], list[int]]:
+    """(output id, criterion key) -> the human points it got, over Likert judgments of
+    annotators who are not excluded, gold units left out; "not applicable" (null) left out."""
+    excluded = StudyMember.objects.filter(study_id=study_id, excluded=True).values("user")
+    points: dict[tuple[int, str], list[int]] = {}
+    rows = (Judgment.objects.filter(study_id=study_id, unit__kind=Unit.Kind.LIKERT, unit__is_gold=False,
+                                    ratings__isnull=False)
+            .exclude(annotator__in=excluded).values_list("unit__output_a_id", "ratings"))
+    for output_id, ratings in rows:
+        for key, value in (ratings or {}).items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                points.setdefault((output_id, key), []).append(value)
+    return points
+
+
+def _num(x) -> float | None:
+    """A JSON-ready number: nan and infinities become ``None``."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _likert_agreement(pairs: list[tuple[int, list[int]]], criterion: dict) -> judge_math.LikertAgreement:
+    """:func:`metrics.judge.likert_agreement` on (judge point, human points) per output; run by
+    the aggregation worker for the study summary, never on a request."""
+    return judge_math.likert_agreement([v for v, _ in pairs], [h for _, h in pairs], criterion["scale"],
+                                       np.random.default_rng(AGREEMENT_SEED), rounds=AGREEMENT_ROUNDS,
+                                       criterion=criterion["key"])
+
+
+def _likert_entry(judge: Judge, criteria: list[dict], names: dict[int, str],
+                  humans: dict[tuple[int, str], list[int]]) -> dict:
+    """A Likert judge's figures per criterion: mean point per candidate, agreement with people,
+    and the replies that gave no score."""
+    keys = [c["key"] for c in criteria]
+    rows = list(JudgeScore.objects.filter(judge=judge, criterion__in=keys, output__status=Output.Status.DONE,
+                                          output__prompt__is_gold=False)
+                .values_list("output_id", "output__candidate_id", "criterion", "value"))
+    out = []
+    for c in criteria:
+        mine = [(o, cand, v) for o, cand, key, v in rows if key == c["key"]]
+        by_cand: dict[int, list[int]] = {}
+        for _o, cand, v in mine:
+            if v is not None:
+                by_cand.setdefault(cand, []).append(v)
+        # human points on the criterion's current scale (a scale shortened after rating leaves some off it)
+        on_scale = {o: h for o, _cand, _v in mine
+                    if (h := sorted(x for x in humans.get((o, c["key"]), []) if 1 <= x <= c["scale"]))}
+        pairs = sorted((v, on_scale[o]) for o, _cand, v in mine if v is not None and o in on_scale)
+        agree = _likert_agreement(pairs, c)
+        out.append({
+            "key": c["key"], "name": c["name"], "scale": c["scale"],
+            "means": sorted(({"candidate": names.get(cand, str(cand)), "mean": sum(v) / len(v), "n": len(v)}
+                             for cand, v in by_cand.items()), key=lambda row: row["candidate"]),
+            "kappa": _num(agree.kappa), "percent_agreement": _num(agree.percent), "n_agreement": agree.n,
+            **{r.name: {"value": _num(r.value), "lower": _num(r.lower), "upper": _num(r.upper), "n": r.n}
+               for r in (agree.kendall_tau, agree.spearman_rho)},
+            "unparseable": sum(1 for *_, v in mine if v is None),
+        })
+    return {"n_done": len(rows), "unparseable": sum(1 for *_, v in rows if v is None), "criteria": out}
+
+
+def judges_page_rows(study: Study) -> tuple[list[dict], object]:
+    """The judges page: each judge's run state read live (one query), its figures as the
+    aggregation worker last stored them in the study summary (one query; see
+    :func:`metrics.summary.summary_recompute`), and when that was.  A judge the worker has
+    not summarised yet shows its state with empty figures and ``figures_pending``."""
+    from metrics.summary import stored_summary
+
+    snapshot, data = stored_summary(study)
+    figures = {row["id"]: row for row in data["judge_details"]}
+    rows = []
     for judge in Judge.objects.filter(study=study).order_by("name"):
+        rows.append({
+            "inconsistent": 0, "inconsistency_rate": None, "win_rates": [], "kappa": None,
+            "percent_agreement": None, "n_agreement": 0, "unparseable": None, "criteria": [],
+            **figures.get(judge.pk, {}),
+            "id": judge.pk, "name": judge.name, "kind": judge.kind, "backend": judge.backend,
+            "status": judge.status or "idle", "error": judge.error, "n_total": judge.n_total,
+            "n_done": judge.n_done, "n_failed": judge.n_failed,
+            # finished after the worker last summarised: its figures are on their way
+            "figures_pending": bool(judge.finished_at and (snapshot is None or judge.finished_at > snapshot.computed_at)),
+        })
+    return rows, snapshot.computed_at if snapshot else None
+
+
+def judge_summary(study: Study) -> list[dict]:
+    """Each judge of the study as plain data (JSON-ready).
+
+    Every entry has the run state and the pairwise keys: inconsistency rate, win rate per
+    candidate (a tie counts half) and agreement with the human majority per unit.  A Likert
+    judge's pairwise keys are empty (no verdicts); its figures are under ``criteria``, one
+    entry per criterion of the study: mean point per candidate with n, quadratic-weighted
+    kappa and percent exact agreement with the rounded human median per output, Kendall
+    tau-b and Spearman rho with the human mean per output (95% bootstrap intervals over
+    outputs), and the count of unparseable replies (no score).
+    """
+    names = dict(Candidate.objects.filter(study=study).values_list("pk", "name"))
+    judges = list(Judge.objects.filter(study=study).order_by("name"))
+    kinds = {j.kind for j in judges}
+    humans = _human_majorities(study.pk) if Judge.Kind.PAIRWISE in kinds else {}
+    likert_humans = _human_likert(study.pk) if Judge.Kind.LIKERT in kinds else {}
+    criteria = list(study.likert_criteria or [])
+    summary = []
+    for judge in judges:
+        base = {"id": judge.pk, "name": judge.name, "kind": judge.kind, "backend": judge.backend,
+                "status": judge.status or "idle", "error": judge.error, "n_total": judge.n_total,
+                "n_failed": judge.n_failed}
+        if judge.kind == Judge.Kind.LIKERT:
+            summary.append({**base, "inconsistent": 0, "inconsistency_rate": None, "win_rates": [],
+                            "kappa": None, "percent_agreement": None, "n_agreement": 0,
+                            **_likert_entry(judge, criteria, names, likert_humans)})
+            continue
         verdicts = list(JudgeVerdict.objects.filter(judge=judge)
                         .values_list("unit_id", "outcome", "consistent", "unit__cand_lo_id", "unit__cand_hi_id",
                                      "unit__a_is_lo"))
@@ -199,13 +380,13 @@ def judge_summary(study: Study) -> list[dict]:
         inconsistent = sum(1 for v in verdicts if not v[2])
         agree = judge_math.agreement(judged, human)
         summary.append({
-            "id": judge.pk, "name": judge.name, "backend": judge.backend, "status": judge.status or "idle",
-            "error": judge.error, "n_total": judge.n_total, "n_done": n, "n_failed": judge.n_failed,
+            **base, "n_done": n,
             "inconsistent": inconsistent, "inconsistency_rate": inconsistent / n if n else None,
             "win_rates": sorted(
                 ({"candidate": names.get(c, str(c)), "win_rate": sum(s) / len(s), "n": len(s)}
                  for c, s in score.items()),
                 key=lambda row: -row["win_rate"]),
             "kappa": agree.kappa, "percent_agreement": agree.percent, "n_agreement": agree.n,
+            "unparseable": None, "criteria": [],  # an unparsed pairwise reply makes its pair inconsistent
         })
     return summary

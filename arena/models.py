@@ -66,7 +66,8 @@ class RatingRequest(models.Model):
 
 
 class Judge(models.Model):
-    """An LLM judge: a model spec like a candidate's, asked pairwise questions from a rubric.
+    """An LLM judge: a model spec like a candidate's, asked pairwise questions (kind
+    ``pairwise``) or Likert criteria (kind ``likert``) from a rubric.
 
     A judge is its own kind of rater: its verdicts live in ``JudgeVerdict``, never in
     ``annotation.Judgment``, so human ratings and agreement figures never include it.  The
@@ -77,6 +78,10 @@ class Judge(models.Model):
         OPENAI = "openai", "OpenAI-compatible endpoint"
         TRANSFORMERS = "transformers", "Hugging Face transformers"
 
+    class Kind(models.TextChoices):
+        PAIRWISE = "pairwise", "Pairwise: which of two outputs is better"
+        LIKERT = "likert", "Likert: each output on each criterion of the study"
+
     class Status(models.TextChoices):
         IDLE = "", "Not started"
         QUEUED = "queued", "Queued"
@@ -86,9 +91,11 @@ class Judge(models.Model):
 
     study = models.ForeignKey("annotation.Study", on_delete=models.CASCADE, related_name="judges")
     name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.PAIRWISE)
     backend = models.CharField(max_length=20, choices=Backend.choices)
     spec = models.JSONField(default=dict, blank=True, help_text="Checked by the same policy as candidate specs.")
-    rubric = models.TextField(help_text="The judge's prompt, with {prompt}, {output_1} and {output_2}.")
+    rubric = models.TextField(help_text="The judge's prompt: {prompt}, {output_1} and {output_2} (pairwise), or "
+                                        "{prompt}, {output}, {criterion} and {scale} (likert).")
     max_new_tokens = models.PositiveIntegerField(default=512, help_text="Longest reply asked for (greedy decoding).")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
                                    related_name="+")
@@ -96,9 +103,10 @@ class Judge(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.IDLE, blank=True)
     claim = models.CharField(max_length=64, blank=True, help_text="Id of the task run that holds the run.")
     error = models.TextField(blank=True, help_text="Scrubbed: the last endpoint or backend error.")
-    n_total = models.PositiveIntegerField(default=0, help_text="Pairwise units of the study at the last run.")
-    n_done = models.PositiveIntegerField(default=0, help_text="Units with a verdict.")
-    n_failed = models.PositiveIntegerField(default=0, help_text="Units whose requests failed in the last run.")
+    n_total = models.PositiveIntegerField(
+        default=0, help_text="Items at the last run: pairwise units, or outputs x criteria for a Likert judge.")
+    n_done = models.PositiveIntegerField(default=0, help_text="Items answered (a verdict, or a score row).")
+    n_failed = models.PositiveIntegerField(default=0, help_text="Items whose requests failed in the last run.")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -127,3 +135,24 @@ class JudgeVerdict(models.Model):
 
     def __str__(self) -> str:
         return f"{self.judge} on unit {self.unit_id}: {self.outcome}"
+
+
+class JudgeScore(models.Model):
+    """A Likert judge's point for one output on one criterion of the study.
+
+    ``value`` is null when the reply had no ``SCORE: <integer>`` last line on the criterion's
+    scale (unparseable): the item is answered (a rerun does not ask it again) but has no score.
+    """
+
+    judge = models.ForeignKey(Judge, on_delete=models.CASCADE, related_name="scores")
+    output = models.ForeignKey("annotation.Output", on_delete=models.CASCADE, related_name="+")
+    criterion = models.CharField(max_length=64, help_text="The key of the study's Likert criterion.")
+    value = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Null: the reply was unparseable.")
+    reply = models.TextField(blank=True, help_text="The judge's reply (trimmed).")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["judge", "output", "criterion"], name="judge_score_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.judge} on output {self.output_id} {self.criterion}: {self.value}"

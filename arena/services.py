@@ -26,6 +26,7 @@ FALLBACK_REGULARIZATION = 0.01
 BT = "bt"
 ONLINE_ELO = "elo_online"
 QUALITY = "quality"  # the annotator quality table (slice "all" only)
+SUMMARY = "summary"  # the managers' summary: a request key beside the slices, and its snapshot's method
 
 
 def ratings_recompute(*, study_id: int, slice_key: str = selectors.ALL, force: bool = False,
@@ -107,8 +108,9 @@ def ratings_request(*, study_id: int, slice_key: str = selectors.ALL, vote: bool
     a marker row per (study, slice): the call that flips it from idle to pending (a
     conditional UPDATE; its row count decides) enqueues one task on the ``aggregation``
     queue, delayed so that the "all" slice is refreshed at most once per
-    ``EVALSITE_RATINGS_MIN_INTERVAL`` seconds and any other slice once per
-    ``EVALSITE_SLICE_MIN_INTERVAL``; calls that find it pending do nothing,
+    ``EVALSITE_RATINGS_MIN_INTERVAL`` seconds, any other slice once per
+    ``EVALSITE_SLICE_MIN_INTERVAL`` and the summary once per
+    ``EVALSITE_SUMMARY_MIN_INTERVAL``; calls that find it pending do nothing,
     because the queued task has not yet claimed it and will count their votes.
     ``vote=True`` (the vote path) trusts that the "all" marker exists, as
     :func:`annotation.services.study_create` makes it, and so costs one UPDATE that
@@ -131,6 +133,7 @@ def ratings_request(*, study_id: int, slice_key: str = selectors.ALL, vote: bool
             return False
         started = None
     interval = timedelta(seconds=settings.EVALSITE_RATINGS_MIN_INTERVAL if slice_key == selectors.ALL
+                         else settings.EVALSITE_SUMMARY_MIN_INTERVAL if slice_key == SUMMARY
                          else settings.EVALSITE_SLICE_MIN_INTERVAL)
     countdown = 0.0 if started is None else max(0.0, (started + interval - now).total_seconds())
     from .tasks import recompute_ratings
@@ -145,7 +148,9 @@ def ratings_refresh(*, study_id: int, slice_key: str = selectors.ALL) -> RatingS
     The claim is a conditional UPDATE, so a task delivered twice or two workers racing
     recompute once; judgments committed before the claim are all counted, and any vote
     after it flips the marker again.  The "all" slice also advances the online-Elo
-    preview and requests every other slice (each its own task).  Returns None when
+    preview, refreshes the quality table and requests the study summary and every other
+    slice (each its own task).  The summary (:data:`SUMMARY`, not a slice of judgments but
+    requested and claimed the same way) is :func:`metrics.summary.summary_recompute`.  Returns None when
     there was nothing to claim.
     """
     claimed = RatingRequest.objects.filter(study_id=study_id, slice_key=slice_key, pending=True).update(
@@ -154,10 +159,17 @@ def ratings_refresh(*, study_id: int, slice_key: str = selectors.ALL) -> RatingS
     if not claimed:
         return None
     started = time.perf_counter()
+    if slice_key == SUMMARY:
+        from metrics.summary import summary_recompute
+
+        snapshot = summary_recompute(study_id=study_id)
+        log.info("summary of study %s refreshed in %.2f s", study_id, time.perf_counter() - started)
+        return snapshot
     snapshot = ratings_recompute(study_id=study_id, slice_key=slice_key)
     if slice_key == selectors.ALL:
         online_elo_update(study_id=study_id)
         quality_recompute(study_id=study_id)
+        ratings_request(study_id=study_id, slice_key=SUMMARY)
         for s in selectors.study_slices(study_id)[1:]:
             ratings_request(study_id=study_id, slice_key=s.key)
     log.info("ratings of study %s slice %s refreshed from %s judgments in %.2f s", study_id, slice_key,

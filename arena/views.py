@@ -10,9 +10,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
+from django_htmx.http import HttpResponseStopPolling
 
 from annotation import access
 from annotation.services import ServiceError
+from metrics import judge as judge_math
 
 from . import judging, plots, selectors
 from .forms import JudgeForm
@@ -86,10 +88,18 @@ def recompute(request: HttpRequest, study_id: int) -> HttpResponse:
 
 
 def _judges_page(request: HttpRequest, study, form=None, error: str = "", status: int = 200) -> HttpResponse:
-    return render(request, "arena/judges.html", {
-        "study": study, "judges": judging.judge_summary(study), "form": form or JudgeForm(), "error": error,
-        "evaluator": access.Role.EVALUATOR in access.study_roles(request.user, study),
-    }, status=status)
+    rows, computed_at = judging.judges_page_rows(study)
+    ctx = {"study": study, "judges": rows, "figures_at": computed_at, "form": form or JudgeForm(), "error": error,
+           "active": any(j["status"] in (Judge.Status.QUEUED, Judge.Status.RUNNING) or j["figures_pending"]
+                         for j in rows),
+           "evaluator": access.Role.EVALUATOR in access.study_roles(request.user, study),
+           "default_rubrics": {"pairwise": judge_math.DEFAULT_RUBRIC, "likert": judge_math.DEFAULT_LIKERT_RUBRIC}}
+    if request.htmx and request.method == "GET":
+        response = render(request, "arena/partials/_judges.html", ctx)
+        if request.GET.get("poll") and not ctx["active"]:
+            return HttpResponseStopPolling(response.content)  # nothing queued or running: htmx stops polling
+        return response
+    return render(request, "arena/judges.html", ctx, status=status)
 
 
 @login_required

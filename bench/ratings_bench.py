@@ -240,6 +240,52 @@ def _incremental_refresh(study_id: int, *, rounds: int, full_s: float, new_votes
     return {"incremental_s": t_inc, "votes_per_s_one_process": new_votes / t_votes}
 
 
+def _summary_at_scale(study_id: int) -> dict[str, float]:
+    """Time the managers' summary on the big study: the worker's recompute and the page's read.
+
+    Adds, with one INSERT ... SELECT each, a finished metric run scoring every output and an
+    LLM judge with a verdict on every fifth unit, and random latencies; removes them after.
+    """
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from annotation.models import Output, Study, Unit
+    from arena.models import Judge
+    from metrics.models import MetricRun
+    from metrics.summary import study_summary, summary_recompute
+
+    study = Study.objects.get(pk=study_id)
+    run = MetricRun.objects.create(study=study, metric="rougeL", options_hash="bench", status=MetricRun.Status.DONE)
+    judge = Judge.objects.create(study=study, name="bench judge", backend="openai", spec={}, rubric="bench",
+                                 status=Judge.Status.DONE)
+    try:
+        with connection.cursor() as cur:
+            cur.execute("UPDATE annotation_output SET latency_ms = 200 + 800 * random() WHERE study_id = %s",
+                        [study_id])
+            cur.execute("INSERT INTO metrics_outputscore (run_id, output_id, value) "
+                        "SELECT %s, id, random() FROM annotation_output WHERE study_id = %s", [run.pk, study_id])
+            cur.execute("INSERT INTO arena_judgeverdict (judge_id, unit_id, outcome, first_order_reply, "
+                        "second_order_reply, consistent, created_at) SELECT %s, id, (ARRAY['a','b','tie'])[1 + id %% 3], "
+                        "'', '', true, now() FROM annotation_unit WHERE study_id = %s AND id %% 5 = 0",
+                        [judge.pk, study_id])
+        n_outputs = Output.objects.filter(study_id=study_id).count()
+        n_verdicts = judge.verdicts.count()
+        _, t_worker = _timed(summary_recompute, study_id=study_id, force=True)
+        study_summary(study)
+        with CaptureQueriesContext(connection) as ctx:
+            _, t_page = _timed(study_summary, study)
+    finally:
+        run.delete()
+        judge.delete()
+        with connection.cursor() as cur:
+            cur.execute("UPDATE annotation_output SET latency_ms = NULL WHERE study_id = %s", [study_id])
+    print(f"managers' summary ({n_outputs:,} outputs each with a metric score, {n_verdicts:,} judge verdicts, "
+          f"{Unit.objects.filter(study_id=study_id).count():,} units)")
+    print(f"  {'summary_recompute (worker)':<31}{t_worker:8.3f} s")
+    print(f"  {'study_summary (page read)':<31}{t_page:8.3f} s  in {len(ctx.captured_queries)} queries")
+    return {"summary_worker_s": t_worker, "summary_page_s": t_page}
+
+
 def bench_db(
     *,
     n_models: int = 50,
@@ -342,6 +388,7 @@ def bench_db(
                   f"{'met' if e2e <= 5.0 else 'NOT met'}")
 
         incremental = _incremental_refresh(study_id, rounds=rounds, full_s=e2e, new_votes=new_votes)
+        summary = _summary_at_scale(study_id)
 
         # FastChat: every battle out of the database, one design row per battle, refit per round.
         names = dict(Candidate.objects.filter(study_id=study_id).values_list("pk", "name"))
@@ -392,6 +439,7 @@ def bench_db(
             "fastchat_total_extrapolated_s": theirs,
             "speed_ratio": theirs / e2e,
             **incremental,
+            **summary,
         }
         if load:
             result["load_s"] = load["total_s"]

@@ -358,6 +358,9 @@ EVALSITE_GENERATION_BATCH = envint("EVALSITE_GENERATION_BATCH", 8)
 EVALSITE_RATINGS_MIN_INTERVAL = envint("EVALSITE_RATINGS_MIN_INTERVAL", 5)
 # Other slices (per tag, per annotator group) less often: each is a pass of its own.
 EVALSITE_SLICE_MIN_INTERVAL = envint("EVALSITE_SLICE_MIN_INTERVAL", 30)
+# The managers' summary (its metric and judge correlations bootstrap) at most once per this many
+# seconds, and always once after the last change.
+EVALSITE_SUMMARY_MIN_INTERVAL = envint("EVALSITE_SUMMARY_MIN_INTERVAL", 30)
 # A judgment older than this has surely committed; refreshes add newer ones afresh each time.
 EVALSITE_SETTLE_SECONDS = envint("EVALSITE_SETTLE_SECONDS", 60)
 

@@ -9,7 +9,8 @@ class MetricRunForm(forms.Form):
     metric = forms.ChoiceField(choices=())
     model = forms.CharField(required=False, max_length=1000,
                             help_text="bertscore, perplexity, nli, hallucination_rate: a local model directory inside a model root "
-                                      "(EVALSITE_MODEL_ROOTS). Empty: the metric's default.")
+                                      "(EVALSITE_MODEL_ROOTS). Required, except for bertscore "
+                                      "(empty: the shipped all-MiniLM-L6-v2).")
     threshold = forms.FloatField(required=False, min_value=0.0, max_value=1.0,
                                  help_text="hallucination_rate: an output under this entailment probability counts as a hallucination.")
 

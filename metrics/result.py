@@ -46,7 +46,8 @@ def bootstrap_interval(
     """Percentile bootstrap interval of ``statistic`` over ``n`` items.
 
     ``statistic(indices)`` computes the metric on the items at ``indices`` (an int array
-    drawn with replacement, length ``n``).  Returns ``(nan, nan)`` when ``n < 2``.  The
+    drawn with replacement, length ``n``).  Returns ``(nan, nan)`` when ``n < 2`` or when the
+    statistic is nan on every resample; nan replicates are otherwise left out.  The
     same generator state gives the same interval.
     """
     if n < 2:
@@ -57,6 +58,8 @@ def bootstrap_interval(
         raise ValueError(f"rounds must be positive, got {rounds}")
     samples = rng.integers(0, n, size=(rounds, n))
     values = np.array([float(statistic(idx)) for idx in samples], dtype=float)
+    if np.isnan(values).all():  # the statistic is undefined on every resample (a constant column)
+        return (math.nan, math.nan)
     alpha = (1.0 - level) / 2.0
     lower, upper = np.nanquantile(values, [alpha, 1.0 - alpha])
     return (float(lower), float(upper))

@@ -25,6 +25,12 @@ from .result import mean_interval
 CORPUS_METRICS = frozenset({"bleu", "chrf"})
 # Metrics that load a model: they run on the generation queue (the machines with the models).
 MODEL_METRICS = frozenset({"bertscore", "perplexity", "nli", "hallucination_rate"})
+# Of those, the ones with no default model (bertscore has the shipped all-MiniLM-L6-v2).
+NEEDS_MODEL = MODEL_METRICS - {"bertscore"}
+# Counts a metric reports about the items of one call (one batch of a run), not its configuration.
+BATCH_COUNTS = ("scored_tokens", "truncated_items")
+AGGREGATE = ("per candidate and slice: mean of the per-output values, "
+             "95% percentile bootstrap interval over outputs (1000 resamples)")
 BATCH_SIZE = 64
 ERROR_LIMIT = generation_base.ERROR_TEXT_LIMIT
 
@@ -40,7 +46,8 @@ def _options_hash(options: dict) -> str:
 
 def _clean_options(metric: str, options: dict | None, *, on_worker: bool = False) -> dict:
     """The options a metric takes, checked: a model path must lie in a model root (the same
-    policy candidate specs follow, EVALSITE_MODEL_ROOTS); a threshold lies in [0, 1]."""
+    policy candidate specs follow, EVALSITE_MODEL_ROOTS) and is required by the model metrics
+    without a default; a threshold lies in [0, 1]."""
     options = dict(options or {})
     unknown = set(options) - {"model", "threshold"}
     if unknown:
@@ -57,6 +64,9 @@ def _clean_options(metric: str, options: dict | None, *, on_worker: bool = False
         except generation_base.BackendError as exc:
             raise ServiceError(f"{metric}: {exc}") from None
         clean["model"] = model
+    elif metric in NEEDS_MODEL:
+        raise ServiceError(f"{metric} needs a model: the path of a local model directory inside a model root "
+                           "(EVALSITE_MODEL_ROOTS)")
     threshold = options.get("threshold")
     if threshold is not None:
         if metric != "hallucination_rate":
@@ -162,7 +172,11 @@ def metric_run_execute(*, run_id: int, claim: str) -> str:
         MetricRun.objects.filter(pk=run_id, claim=claim).update(
             status=MetricRun.Status.FAILED, error=error, finished_at=timezone.now())
         return "failed"
-    MetricRun.objects.filter(pk=run_id, claim=claim).update(status=MetricRun.Status.DONE, finished_at=timezone.now())
+    if MetricRun.objects.filter(pk=run_id, claim=claim).update(status=MetricRun.Status.DONE,
+                                                                finished_at=timezone.now()):
+        from arena.services import ratings_request
+
+        ratings_request(study_id=run.study_id)  # the summary shows finished runs
     return "done"
 
 
@@ -197,8 +211,14 @@ def _score(run: MetricRun) -> None:
             ignore_conflicts=True,
         )
         MetricRun.objects.filter(pk=run.pk).update(
-            config=result.config, n_done=OutputScore.objects.filter(run=run).count())
+            config=_run_config(result.config), n_done=OutputScore.objects.filter(run=run).count())
     MetricRun.objects.filter(pk=run.pk).update(n_done=OutputScore.objects.filter(run=run).count())
+
+
+def _run_config(config: dict) -> dict:
+    """What an item-level run stores: the metric's configuration, less the counts of the one batch
+    it came with (a later batch would overwrite them), and how the candidates' scores are made."""
+    return {**{k: v for k, v in config.items() if k not in BATCH_COUNTS}, "aggregate": AGGREGATE}
 
 
 def _slices(run: MetricRun) -> dict[str, set[int] | None]:

@@ -1,21 +1,31 @@
-"""The study summary for managers: human ratings, metrics, latency, tokens and cost per candidate,
-and a recommendation within the evaluator's budget.
+"""The study summary for managers: human ratings, metrics, judge win rates, latency, tokens and
+cost per candidate, which metric and judge to trust, and a recommendation within the budget.
 
-Queries: a fixed number whatever the number of judgments or outputs (the latest snapshot,
-candidates, one GROUP BY over outputs, finished runs and their candidate scores, the budget,
-one narrow ``values_list`` of latencies and one of output scores).  Latency percentiles are
-computed in Python (numpy, linear interpolation) over that one list of latencies: fine for
-now, a database percentile would replace it for very large studies.
+Two halves, like the leaderboard:
+
+* :func:`summary_recompute` runs in the aggregation worker: every refresh of the study's
+  ratings (after votes, generation batches, finished metric runs and judge runs) requests it
+  through :func:`arena.services.ratings_request`, at most once per
+  ``EVALSITE_SUMMARY_MIN_INTERVAL`` seconds and always once after the last change.
+  It reads what grows with the study (latencies of every output, every output score, every
+  judge verdict, every Likert judgment) and stores plain JSON as the study's ``summary``
+  snapshot.  It is skipped when nothing it reads has changed (:func:`summary_marker`).
+* :func:`study_summary` serves a request: the snapshot, the budget, the recommendation and
+  the sort.  Three queries whatever the study's size.
+
+Latency percentiles are numpy's (linear interpolation); cost is per 1,000 outputs.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from django.db.models import Avg, Count
+from django.db.models import Avg, Count, Max
+from django.utils import timezone
 
-from annotation.models import Candidate, Output, Study
-from arena.models import RatingSnapshot
+from annotation.models import Candidate, Judgment, Output, Study
+from arena.models import Judge, JudgeVerdict, RatingSnapshot
+from arena.services import SUMMARY  # the snapshot's method and its refresh request's key
 
 from . import trust
 from .models import CandidateScore, MetricRun, OutputScore, SummaryBudget
@@ -28,7 +38,203 @@ def _num(value) -> float | None:
     if value is None:
         return None
     value = float(value)
-    return None if math.isnan(value) else value
+    return None if not math.isfinite(value) else value
+
+
+def _result(res) -> dict:
+    return {"value": _num(res.value), "lower": _num(res.lower), "upper": _num(res.upper), "n": res.n}
+
+
+# --- the worker's half ------------------------------------------------------------------
+
+
+def summary_marker(study_id: int) -> list:
+    """What the summary was computed from, in a handful of aggregates: done outputs, finished
+    metric runs, judge verdicts, judgments, candidates and the study's version and criteria.
+    Equal markers mean an equal summary, so the worker skips the work."""
+    study = Study.objects.only("version", "likert_criteria").get(pk=study_id)
+    outputs = Output.objects.filter(study_id=study_id, status=Output.Status.DONE).aggregate(
+        n=Count("id"), last=Max("finished_at"))
+    runs = MetricRun.objects.filter(study_id=study_id, status=MetricRun.Status.DONE).aggregate(
+        n=Count("id"), last=Max("finished_at"))
+    verdicts = JudgeVerdict.objects.filter(judge__study_id=study_id).aggregate(n=Count("id"), last=Max("id"))
+    judgments = Judgment.objects.filter(study_id=study_id).aggregate(n=Count("id"), last=Max("id"))
+    candidates = Candidate.objects.filter(study_id=study_id).aggregate(n=Count("id"), last=Max("id"))
+    judges = Judge.objects.filter(study_id=study_id).aggregate(n=Count("id"), last=Max("finished_at"))
+
+    def stamp(agg: dict) -> list:
+        return [agg["n"], agg["last"].isoformat() if hasattr(agg["last"], "isoformat") else agg["last"]]
+
+    return [study.version, [c.get("key") for c in study.likert_criteria or []], stamp(outputs), stamp(runs),
+            stamp(verdicts), stamp(judgments), stamp(candidates), stamp(judges)]
+
+
+def _human_output_means(study_id: int, criteria: list[dict]) -> dict[str, dict[int, float]]:
+    """Criterion key -> {output id: mean human Likert point}; excluded annotators, checks and
+    'not applicable' left out (the leaderboard's own judgment set)."""
+    from arena.selectors import slice_judgments
+
+    sums: dict[str, dict[int, list[float]]] = {c["key"]: {} for c in criteria}
+    for output_id, ratings in (slice_judgments(study_id).filter(ratings__isnull=False)
+                               .values_list("unit__output_a_id", "ratings")):
+        for key, per in sums.items():
+            point = (ratings or {}).get(key)
+            if isinstance(point, (int, float)) and not isinstance(point, bool):
+                per.setdefault(output_id, []).append(float(point))
+    return {key: {o: sum(v) / len(v) for o, v in per.items()} for key, per in sums.items()}
+
+
+def _judge_system_rows(judge_ids: list[int]) -> dict[int, list[tuple[str, int, float]]]:
+    """Judge id -> (candidate id, prompt id, score) twice per verdict (a win 1, a tie ½), so
+    that a candidate's mean is its win rate over the judged pairs."""
+    from arena import outcomes
+
+    rows: dict[int, list] = {j: [] for j in judge_ids}
+    for judge_id, outcome, prompt, lo, hi, a_is_lo in (
+            JudgeVerdict.objects.filter(judge_id__in=judge_ids)
+            .values_list("judge_id", "outcome", "unit__prompt_id", "unit__cand_lo_id", "unit__cand_hi_id",
+                         "unit__a_is_lo")):
+        score = outcomes.SCORE[outcomes.STORED_CODE[outcome]]
+        a, b = (lo, hi) if a_is_lo else (hi, lo)
+        rows[judge_id].append((a, prompt, score))
+        rows[judge_id].append((b, prompt, 1.0 - score))
+    return rows
+
+
+def summary_compute(study: Study) -> dict:
+    """The summary as JSON-ready data (see the module docstring); everything but the budget."""
+    from arena.judging import judge_summary
+
+    snapshot = RatingSnapshot.objects.filter(study=study, slice_key="all", method="bt").first()
+    board = snapshot.board if snapshot else None
+    by_rating = {r.model: r for r in board.rows} if board else {}
+    likert = board.likert if board else None
+    criteria = [{"key": c["key"], "name": c["name"]} for c in likert.criteria] if likert else []
+    likert_by = {c.candidate: c.criteria for c in likert.candidates} if likert else {}
+
+    candidates = list(Candidate.objects.filter(study=study).order_by("name").values_list("pk", "name"))
+    names = dict(candidates)
+    done = Output.objects.filter(study=study, status=Output.Status.DONE)
+    agg = {row["candidate_id"]: row for row in done.order_by().values("candidate_id").annotate(
+        n=Count("id"), tokens=Avg("completion_tokens"), cost=Avg("cost"))}
+    latencies: dict[int, list[float]] = {}
+    for cid, ms in done.filter(latency_ms__isnull=False).values_list("candidate_id", "latency_ms"):
+        latencies.setdefault(cid, []).append(ms)
+
+    runs = list(MetricRun.objects.filter(study=study, status=MetricRun.Status.DONE).order_by("metric", "pk"))
+    scores = {(s.run_id, s.candidate_id): s for s in
+              CandidateScore.objects.filter(run__in=runs, slice_key="all")}
+    metrics = [{"key": f"run{r.pk}", "name": r.metric, "run": r.pk} for r in runs]
+
+    details = judge_summary(study)
+    judged = [j for j in details if j.get("task", "pairwise") == "pairwise" and j["n_done"]]
+    judges = [{"key": f"judge{j['id']}", "name": j["name"], "judge": j["id"]} for j in judged]
+    win_rates = {(j["id"], w["candidate"]): w for j in judged for w in j["win_rates"]}
+
+    rows = []
+    for cid, name in candidates:
+        a, lat, br = agg.get(cid, {}), latencies.get(cid), by_rating.get(name)
+        p50, p95 = (np.percentile(lat, [50, 95]) if lat else (None, None))
+        cells = likert_by.get(name, {})
+        rows.append({
+            "candidate": name, "outputs": a.get("n", 0),
+            "rating": br.rating if br else None, "rating_lower": br.lower if br else None,
+            "rating_upper": br.upper if br else None,
+            "likert": [{"key": c["key"], **({"mean": cells[c["key"]].mean, "lower": cells[c["key"]].lower,
+                                             "upper": cells[c["key"]].upper, "n": cells[c["key"]].n}
+                                            if c["key"] in cells else {"mean": None, "lower": None, "upper": None,
+                                                                       "n": 0})}
+                       for c in criteria],
+            "metrics": [{"key": m["key"], **({"value": _num(s.value), "lower": _num(s.lower), "upper": _num(s.upper),
+                                             "n": s.n} if (s := scores.get((m["run"], cid))) else
+                                            {"value": None, "lower": None, "upper": None, "n": 0})}
+                        for m in metrics],
+            "judges": [{"key": j["key"], **({"win_rate": _num(w["win_rate"]), "n": w["n"]}
+                                            if (w := win_rates.get((j["judge"], name))) else
+                                            {"win_rate": None, "n": 0})}
+                       for j in judges],
+            "latency_p50": _num(p50), "latency_p95": _num(p95),
+            "tokens": _num(a.get("tokens")),
+            "cost_per_1000": None if a.get("cost") is None else float(a["cost"]) * 1000,
+        })
+
+    # Which metric and judge to trust: system level against the ratings, output level against
+    # the mean Likert point of each output.
+    ratings = {r.model: r.rating for r in board.rows} if board else {}
+    per_output: dict[int, dict[int, float]] = {}
+    by_run: dict[int, list] = {}
+    for run_id, output_id, cand, prompt, value in (
+            OutputScore.objects.filter(run__in=runs, value__isnull=False)
+            .values_list("run_id", "output_id", "output__candidate_id", "output__prompt_id", "value")):
+        by_run.setdefault(run_id, []).append((names.get(cand, str(cand)), prompt, value))
+        per_output.setdefault(run_id, {})[output_id] = value
+    agreement = []
+    for m in metrics:
+        res = trust.system_agreement(by_run.get(m["run"], []), ratings, np.random.default_rng(TRUST_SEED),
+                                     rounds=TRUST_ROUNDS)
+        agreement.append({"kind": "metric", "metric": m["name"], "run": m["run"],
+                          **{k: _result(v) for k, v in res.items()}, "definition": res["kendall_tau"].config["bootstrap"]})
+    judge_rows = _judge_system_rows([j["judge"] for j in judges])
+    for j in judges:
+        rows_j = [(names.get(c, str(c)), p, v) for c, p, v in judge_rows.get(j["judge"], [])]
+        res = trust.system_agreement(rows_j, ratings, np.random.default_rng(TRUST_SEED), rounds=TRUST_ROUNDS)
+        agreement.append({"kind": "judge", "metric": f"judge: {j['name']}", "judge": j["judge"],
+                          **{k: _result(v) for k, v in res.items()}, "definition": res["kendall_tau"].config["bootstrap"]})
+
+    humans = _human_output_means(study.pk, criteria) if criteria and runs else {}
+    output_agreement = []
+    for m in metrics:
+        values = per_output.get(m["run"], {})
+        for c in criteria:
+            human = humans.get(c["key"], {})
+            shared = sorted(set(values) & set(human))
+            if len(shared) < 2:
+                continue
+            res = trust.output_agreement([values[o] for o in shared], [human[o] for o in shared],
+                                         np.random.default_rng(TRUST_SEED), rounds=TRUST_ROUNDS, criterion=c["key"])
+            output_agreement.append({"metric": m["name"], "run": m["run"], "criterion": c["name"],
+                                     **{k: _result(v) for k, v in res.items()},
+                                     "definition": res["kendall_tau"].config["bootstrap"]})
+
+    return {
+        "ratings_computed_at": snapshot.computed_at.isoformat() if snapshot else None,
+        "has_ratings": bool(by_rating), "criteria": criteria, "metrics": metrics, "judges": judges, "rows": rows,
+        "agreement": agreement, "output_agreement": output_agreement,
+        "judge_details": details,
+    }
+
+
+def _clean(obj):
+    """JSON-safe: non-finite floats become None (PostgreSQL's jsonb has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def summary_recompute(*, study_id: int, force: bool = False) -> RatingSnapshot:
+    """Compute and store the study's summary snapshot (the worker's side); skipped, apart from
+    moving ``computed_at``, when :func:`summary_marker` equals the stored one, unless ``force``."""
+    study = Study.objects.get(pk=study_id)
+    marker = summary_marker(study_id)
+    now = timezone.now()
+    current = RatingSnapshot.objects.filter(study_id=study_id, slice_key="all", method=SUMMARY).first()
+    if current is not None and not force and current.payload.get("marker") == marker:
+        RatingSnapshot.objects.filter(pk=current.pk).update(computed_at=now)
+        current.computed_at = now
+        return current
+    payload = _clean({**summary_compute(study), "marker": marker, "computed_at": now.isoformat()})
+    snapshot, _ = RatingSnapshot.objects.update_or_create(
+        study_id=study_id, slice_key="all", method=SUMMARY,
+        defaults={"payload": payload, "study_version": study.version, "computed_at": now},
+    )
+    return snapshot
+
+
+# --- the request's half -----------------------------------------------------------------
 
 
 def recommend(rows: list[dict], max_cost: float | None, max_p95: float | None) -> dict:
@@ -59,76 +265,28 @@ def recommend(rows: list[dict], max_cost: float | None, max_p95: float | None) -
             "sentence": f"{best['candidate']} has the best human rating within the budget, {how}."}
 
 
+EMPTY = {"ratings_computed_at": None, "has_ratings": False, "criteria": [], "metrics": [], "judges": [], "rows": [],
+         "agreement": [], "output_agreement": [], "judge_details": []}
+
+
+def stored_summary(study: Study) -> tuple[RatingSnapshot | None, dict]:
+    """The worker's stored summary (one query) and its payload, or :data:`EMPTY` before the first."""
+    snapshot = RatingSnapshot.objects.filter(study=study, slice_key="all", method=SUMMARY).first()
+    return snapshot, ({**EMPTY, **snapshot.payload} if snapshot else dict(EMPTY))
+
+
 def study_summary(study: Study, sort: str = "") -> dict:
-    """Rows per candidate, the metric and Likert columns, the recommendation and each metric's
-    system-level agreement with the human ratings."""
-    snapshot = RatingSnapshot.objects.filter(study=study, slice_key="all", method="bt").first()
-    board = snapshot.board if snapshot else None
-    by_rating = {r.model: r for r in board.rows} if board else {}
-    likert = board.likert if board else None
-    criteria = [{"key": c["key"], "name": c["name"]} for c in likert.criteria] if likert else []
-    likert_by = {c.candidate: c.criteria for c in likert.candidates} if likert else {}
-
-    candidates = list(Candidate.objects.filter(study=study).order_by("name").values_list("pk", "name"))
-    done = Output.objects.filter(study=study, status=Output.Status.DONE)
-    agg = {row["candidate_id"]: row for row in done.order_by().values("candidate_id").annotate(
-        n=Count("id"), tokens=Avg("completion_tokens"), cost=Avg("cost"))}
-    latencies: dict[int, list[float]] = {}
-    for cid, ms in done.filter(latency_ms__isnull=False).values_list("candidate_id", "latency_ms"):
-        latencies.setdefault(cid, []).append(ms)
-
-    runs = list(MetricRun.objects.filter(study=study, status=MetricRun.Status.DONE).order_by("metric", "pk"))
-    scores = {(s.run_id, s.candidate_id): s for s in
-              CandidateScore.objects.filter(run__in=runs, slice_key="all")}
-    metrics = [{"key": f"run{r.pk}", "name": r.metric, "run": r.pk} for r in runs]
-
-    rows = []
-    for cid, name in candidates:
-        a, lat, br = agg.get(cid, {}), latencies.get(cid), by_rating.get(name)
-        p50, p95 = (np.percentile(lat, [50, 95]) if lat else (None, None))
-        cells = likert_by.get(name, {})
-        rows.append({
-            "candidate": name, "outputs": a.get("n", 0),
-            "rating": br.rating if br else None, "rating_lower": br.lower if br else None,
-            "rating_upper": br.upper if br else None,
-            "likert": [{"key": c["key"], **({"mean": cells[c["key"]].mean, "lower": cells[c["key"]].lower,
-                                             "upper": cells[c["key"]].upper, "n": cells[c["key"]].n}
-                                            if c["key"] in cells else {"mean": None, "lower": None, "upper": None,
-                                                                       "n": 0})}
-                       for c in criteria],
-            "metrics": [{"key": m["key"], **({"value": _num(s.value), "lower": _num(s.lower), "upper": _num(s.upper),
-                                             "n": s.n} if (s := scores.get((m["run"], cid))) else
-                                            {"value": None, "lower": None, "upper": None, "n": 0})}
-                        for m in metrics],
-            "latency_p50": _num(p50), "latency_p95": _num(p95),
-            "tokens": _num(a.get("tokens")),
-            "cost_per_1000": None if a.get("cost") is None else float(a["cost"]) * 1000,
-        })
-
+    """What a request shows: the stored summary, the budget, the recommendation within it and
+    the rows in the asked order.  Two queries (snapshot and budget)."""
+    snapshot, data = stored_summary(study)
     budget = SummaryBudget.objects.filter(study=study).first()
     max_cost = budget.max_cost_per_1000 if budget else None
     max_p95 = budget.max_latency_p95_ms if budget else None
-
-    ratings = {r.model: r.rating for r in board.rows} if board else {}
-    by_run: dict[int, list] = {}
-    for run_id, cand, prompt, value in (OutputScore.objects.filter(run__in=runs, value__isnull=False)
-                                        .values_list("run_id", "output__candidate__name", "output__prompt_id",
-                                                     "value")):
-        by_run.setdefault(run_id, []).append((cand, prompt, value))
-    agreement = []
-    for m in metrics:
-        res = trust.system_agreement(by_run.get(m["run"], []), ratings, np.random.default_rng(TRUST_SEED),
-                                     rounds=TRUST_ROUNDS)
-        agreement.append({"metric": m["name"], "run": m["run"],
-                          **{k: {"value": _num(v.value), "lower": _num(v.lower), "upper": _num(v.upper), "n": v.n}
-                             for k, v in res.items()},
-                          "definition": res["kendall_tau"].config["bootstrap"]})
-
+    rows = data["rows"]
     return {
-        "snapshot": snapshot, "has_ratings": bool(by_rating), "criteria": criteria, "metrics": metrics,
-        "rows": sort_rows(rows, sort), "sort": sort,
+        **data, "snapshot": snapshot, "rows": sort_rows(rows, sort), "sort": sort,
         "budget": {"max_cost_per_1000": max_cost, "max_latency_p95_ms": max_p95},
-        "recommendation": recommend(rows, max_cost, max_p95), "agreement": agreement,
+        "recommendation": recommend(rows, max_cost, max_p95),
     }
 
 
@@ -136,15 +294,16 @@ def sort_key_value(row: dict, key: str):
     if key in ("candidate", "rating", "latency_p50", "latency_p95", "tokens", "cost_per_1000", "outputs"):
         return row[key]
     kind, _, name = key.partition(":")
-    for cell in row.get({"likert": "likert", "metric": "metrics"}.get(kind, ""), []):
+    for cell in row.get({"likert": "likert", "metric": "metrics", "judge": "judges"}.get(kind, ""), []):
         if cell["key"] == name:
-            return cell.get("mean", cell.get("value"))
+            return cell.get("mean", cell.get("value", cell.get("win_rate")))
     return None
 
 
 def sort_rows(rows: list[dict], sort: str) -> list[dict]:
-    """Rows by ``sort`` (a column key, ``-`` first for descending; ``likert:<key>``/``metric:<key>``
-    for those columns); blanks last either way.  Default: best rating first."""
+    """Rows by ``sort`` (a column key, ``-`` first for descending; ``likert:<key>``,
+    ``metric:<key>`` or ``judge:<key>`` for those columns); blanks last either way.  Default:
+    best rating first."""
     sort = sort or "-rating"
     desc, key = sort.startswith("-"), sort.lstrip("-")
     known = [r for r in rows if sort_key_value(r, key) is not None]

@@ -75,6 +75,8 @@ def _summary_csv(study, data: dict) -> HttpResponse:
         header += [f"likert_{c['key']}", f"likert_{c['key']}_lower", f"likert_{c['key']}_upper"]
     for m in data["metrics"]:
         header += [f"{m['name']}_{m['run']}", f"{m['name']}_{m['run']}_lower", f"{m['name']}_{m['run']}_upper"]
+    for j in data["judges"]:
+        header += [f"judge_{j['name']}_win_rate"]
     writer.writerow([csv_cell(h) for h in header + ["latency_p50_ms", "latency_p95_ms", "completion_tokens_mean",
                                                     "cost_per_1000"]])
     for r in data["rows"]:
@@ -83,6 +85,7 @@ def _summary_csv(study, data: dict) -> HttpResponse:
             line += [cell["mean"], cell["lower"], cell["upper"]]
         for cell in r["metrics"]:
             line += [cell["value"], cell["lower"], cell["upper"]]
+        line += [cell["win_rate"] for cell in r["judges"]]
         writer.writerow(line + [r["latency_p50"], r["latency_p95"], r["tokens"], r["cost_per_1000"]])
     return response
 
@@ -90,9 +93,11 @@ def _summary_csv(study, data: dict) -> HttpResponse:
 def _summary_json(study, data: dict) -> JsonResponse:
     snapshot = data["snapshot"]
     return JsonResponse({
-        "study": study.pk, "ratings_computed_at": snapshot.computed_at.isoformat() if snapshot else None,
-        "criteria": data["criteria"], "metrics": data["metrics"], "rows": data["rows"], "budget": data["budget"],
-        "recommendation": data["recommendation"], "agreement": data["agreement"],
+        "study": study.pk, "computed_at": snapshot.computed_at.isoformat() if snapshot else None,
+        "ratings_computed_at": data["ratings_computed_at"],
+        "criteria": data["criteria"], "metrics": data["metrics"], "judges": data["judges"], "rows": data["rows"],
+        "budget": data["budget"], "recommendation": data["recommendation"], "agreement": data["agreement"],
+        "output_agreement": data["output_agreement"],
     }, json_dumps_params={"allow_nan": False})
 
 

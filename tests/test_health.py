@@ -46,7 +46,8 @@ def test_the_web_process_starts_without_torch():
 
     code = (
         "import django, os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'evalsite.settings'); "
-        "django.setup(); import evalsite.urls, annotation.views, arena.views, annotation.tasks, arena.tasks; "
+        "django.setup(); import evalsite.urls, annotation.views, arena.views, annotation.tasks, arena.tasks, "
+        "metrics.views, metrics.services, metrics.tasks; "
         "heavy = [m for m in ('torch', 'transformers', 'diffusers', 'open_clip') if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )

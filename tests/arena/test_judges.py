@@ -10,6 +10,7 @@ from annotation.services import ServiceError
 from arena import judging, outcomes
 from arena.models import Judge, JudgeVerdict
 from metrics import judge as judge_math
+from metrics.summary import summary_recompute
 from tests.helpers.fake_openai import FakeOpenAIServer
 
 pytestmark = pytest.mark.django_db
@@ -189,7 +190,7 @@ def test_an_evaluator_adds_and_starts_a_judge_and_a_manager_reads_its_results(
         spec = '{"base_url": "%s", "model": "m"}' % server.base_url
         refused = ev.post(url, {"name": "j", "backend": "openai", "rubric": "no placeholders",
                                 "max_new_tokens": "64", "spec": spec})
-        assert refused.status_code == 409 and b"{prompt}" in refused.content
+        assert refused.status_code == 400 and b"{prompt}" in refused.content
         assert mg.post(url, {"name": "j", "backend": "openai", "rubric": RUBRIC, "max_new_tokens": "64",
                              "spec": spec}).status_code == 403
         response = ev.post(url, {"name": "j", "backend": "openai", "rubric": RUBRIC, "max_new_tokens": "64",
@@ -200,9 +201,41 @@ def test_an_evaluator_adds_and_starts_a_judge_and_a_manager_reads_its_results(
             assert ev.post(reverse("arena:judge_start", args=[study.pk, judge.pk])).status_code == 302
         assert len(callbacks) == 1  # one task enqueued (not run: the task body runs below, in-process)
         assert judging.judge_run_execute(judge_id=judge.pk, claim="page") == "done"
+    summary_recompute(study_id=study.pk)  # the aggregation worker's part, requested when the run ended
     page = mg.get(url)
     assert page.status_code == 200
     html = page.content.decode()
     assert "alpha-model 0.750 (n=4)" in html and "beta-model 0.250 (n=4)" in html
     assert "2 (50%)" in html and "50.0% of 4" in html
     assert 'action="/studies/%d/judges/' % study.pk not in html  # managers get no forms
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_runs_the_judge_and_its_figures_reach_the_summary(celery_worker_process, study_factory,
+                                                                     annotators, manager):
+    """Generation queue: the judge asks; aggregation queue: the refresh its end requested puts
+    its win rates in the summary and its figures on the judges page."""
+    from django.urls import reverse
+
+    from arena.models import RatingSnapshot
+    from tests.conftest import client_for, wait_for
+
+    study = study_factory(candidates=("alpha-model", "beta-model"), overlap=2)
+    _vote(study, annotators[0], "alpha-model")
+    with FakeOpenAIServer(reply=scripted_judge) as server:
+        judge = judging.judge_create(study=study, name="w", backend="openai", rubric=RUBRIC, max_new_tokens=64,
+                                     spec={"base_url": server.base_url, "model": "m"})
+        judging.judge_run_start(study=study, judge=judge)
+        wait_for(lambda: Judge.objects.get(pk=judge.pk).status == "done", what="the judge run",
+                 worker=celery_worker_process)
+
+    def summarised():
+        payload = RatingSnapshot.objects.filter(study=study, method="summary").values_list("payload", flat=True)
+        return any(j["judge"] == judge.pk for j in (payload.first() or {}).get("judges", []))
+
+    wait_for(summarised, what="the judge in the summary", worker=celery_worker_process)
+    rows = {r["candidate"]: r["judges"][0] for r in
+            client_for(manager).get(reverse("metrics:summary", args=[study.pk]) + "?format=json").json()["rows"]}
+    assert rows["alpha-model"] == {"key": f"judge{judge.pk}", "win_rate": 0.75, "n": 4}
+    page = client_for(manager).get(reverse("arena:judges", args=[study.pk])).content.decode()
+    assert "alpha-model 0.750 (n=4)" in page and "(figures updating)" not in page

@@ -95,3 +95,130 @@ def test_the_human_majority_breaks_even_splits_to_a_tie():
     assert judge.majority([A, B]) == TIE
     assert judge.majority([BB, TIE, A]) == TIE
     assert judge.majority([]) is None
+
+
+# --- Likert judges ------------------------------------------------------------------------
+
+
+def test_each_kind_has_its_default_rubric_and_placeholders():
+    assert judge.default_rubric("pairwise") == judge.DEFAULT_RUBRIC
+    assert judge.default_rubric("likert") == judge.DEFAULT_LIKERT_RUBRIC
+    judge.check_rubric(judge.DEFAULT_LIKERT_RUBRIC, "likert")
+    # the pairwise default is not a Likert rubric, and the other way round: the error names what is missing
+    with pytest.raises(ValueError, match=r"likert rubric must contain \{output\}, \{criterion\}, \{scale\}$"):
+        judge.check_rubric(judge.DEFAULT_RUBRIC, "likert")
+    with pytest.raises(ValueError, match=r"pairwise rubric must contain \{output_1\}, \{output_2\}$"):
+        judge.check_rubric(judge.DEFAULT_LIKERT_RUBRIC, "pairwise")
+    judge.check_rubric("{prompt} {output} {criterion} {scale}", "likert")  # {description} is optional
+    with pytest.raises(ValueError, match="unknown judge kind 'pointwise'"):
+        judge.check_rubric("{prompt}", "pointwise")
+    with pytest.raises(ValueError, match="unknown judge kind"):
+        judge.default_rubric("nope")
+
+
+def test_a_likert_prompt_fills_five_placeholders_once():
+    rubric = "Q={prompt} | A={output} | C={criterion} | D={description} | S={scale} | {json}"
+    text = judge.build_likert_prompt(rubric, "why?", "says {scale} and {criterion}", "Style", "", 5)
+    assert text == "Q=why? | A=says {scale} and {criterion} | C=Style | D= | S=1 to 5 | {json}"
+    criterion = {"key": "fact", "name": "Factuality", "scale": 3, "labels": ["Wrong", "Partly right", "Right"]}
+    assert judge.describe(criterion) == "Points: 1 = Wrong, 2 = Partly right, 3 = Right"
+    assert judge.describe({**criterion, "description": "Is it true?"}) == (
+        "Is it true?\nPoints: 1 = Wrong, 2 = Partly right, 3 = Right")
+    assert judge.describe({"key": "x", "name": "X", "scale": 2}) == ""
+    with pytest.raises(ValueError, match=r"\{scale\}"):
+        judge.build_likert_prompt("{prompt} {output} {criterion}", "p", "o", "c", "", 5)
+
+
+@pytest.mark.parametrize("reply, scale, score", [
+    ("Clear and correct.\nSCORE: 4", 5, 4),
+    ("reasons\n\n score:5. \n\n", 5, 5),
+    ("SCORE: 1", 3, 1),
+    ("SCORE: 6", 5, None),  # off the scale: no score, never clamped to 5
+    ("SCORE: 0", 5, None),
+    ("SCORE: -2", 5, None),
+    ("SCORE: 3.5", 5, None),
+    ("SCORE: four", 5, None),
+    ("SCORE: 4\nOn reflection, 2.", 5, None),  # the score line must be last
+    ("I would give it a 4", 5, None),
+    ("", 5, None),
+    (None, 5, None),
+])
+def test_it_reads_only_a_score_line_on_the_scale(reply, scale, score):
+    assert judge.parse_score(reply, scale) == score
+
+
+def test_weighted_kappa_on_a_worked_example():
+    # judge 1,2,3 vs human 1,2,2 on 1..3: observed weighted disagreement 1/3 * 1/4 = 1/12;
+    # marginals judge (1/3,1/3,1/3), human (1/3,2/3,0): expected weighted disagreement
+    # 1/9*(0+1/4+1) + 2/9*(1/4+0+1/4) = 5/36 + 4/36 = 1/4; kappa = 1 - (1/12)/(1/4) = 2/3
+    assert judge.weighted_kappa([1, 2, 3], [1, 2, 2], 3) == pytest.approx(2 / 3, abs=1e-12)
+    assert cohen_kappa_score([1, 2, 3], [1, 2, 2], weights="quadratic", labels=[1, 2, 3]) == pytest.approx(2 / 3)
+
+
+def test_weighted_kappa_matches_sklearn_over_the_whole_scale():
+    rng = np.random.default_rng(11)
+    checked = 0
+    for _ in range(60):
+        scale = int(rng.integers(2, 8))
+        n = int(rng.integers(2, 40))
+        j = rng.integers(1, scale + 1, n).tolist()
+        h = np.clip(np.array(j) + rng.integers(-1, 2, n), 1, scale).tolist()
+        expected = cohen_kappa_score(j, h, weights="quadratic", labels=list(range(1, scale + 1)))
+        got = judge.weighted_kappa(j, h, scale)
+        if np.isnan(expected):
+            assert got is None
+            continue
+        assert got == pytest.approx(expected, abs=1e-12)
+        checked += 1
+    assert checked > 40
+    # the weights follow the scale, not the points used: 1 and 5 are four steps apart on 1..5
+    assert judge.weighted_kappa([1, 5, 3], [1, 4, 3], 5) == pytest.approx(
+        cohen_kappa_score([1, 5, 3], [1, 4, 3], weights="quadratic", labels=[1, 2, 3, 4, 5]), abs=1e-12)
+
+
+def test_weighted_kappa_undefined_and_bad_input():
+    assert judge.weighted_kappa([], [], 5) is None
+    assert judge.weighted_kappa([3, 3], [3, 3], 5) is None  # no expected disagreement
+    with pytest.raises(ValueError, match="off the scale 1..5"):
+        judge.weighted_kappa([6], [1], 5)
+    with pytest.raises(ValueError, match="differ in length"):
+        judge.weighted_kappa([1], [], 5)
+
+
+def test_the_human_median_rounds_halves_up():
+    assert judge.rounded_median([3, 4]) == 4
+    assert judge.rounded_median([1, 2]) == 2
+    assert judge.rounded_median([2, 3, 5]) == 3
+    assert judge.rounded_median([4]) == 4
+    with pytest.raises(ValueError):
+        judge.rounded_median([])
+
+
+def test_likert_agreement_against_median_and_mean():
+    from scipy import stats
+
+    j = [5, 4, 2, 1, 3, 4]
+    h = [[5, 4], [4, 4, 3], [2], [1, 2], [2, 2, 4], [5, 5]]
+    res = judge.likert_agreement(j, h, 5, np.random.default_rng(3), rounds=200, criterion="style")
+    medians = [5, 4, 2, 2, 2, 5]  # 4.5 -> 5, 1.5 -> 2
+    means = [4.5, 11 / 3, 2.0, 1.5, 8 / 3, 5.0]
+    assert res.n == 6
+    assert res.percent == pytest.approx(100 * 3 / 6)
+    assert res.kappa == pytest.approx(cohen_kappa_score(j, medians, weights="quadratic", labels=[1, 2, 3, 4, 5]),
+                                      abs=1e-12)
+    assert res.kendall_tau.value == pytest.approx(stats.kendalltau(j, means).statistic, abs=1e-12)
+    assert res.spearman_rho.value == pytest.approx(stats.spearmanr(j, means).statistic, abs=1e-12)
+    assert res.kendall_tau.lower <= res.kendall_tau.value <= res.kendall_tau.upper
+    assert res.kendall_tau.n == 6 and "style" in res.kendall_tau.config["human"]
+    empty = judge.likert_agreement([], [], 5, np.random.default_rng(0), rounds=10)
+    assert (empty.kappa, empty.percent, empty.n) == (None, None, 0)
+
+
+def test_likert_agreement_without_bootstrap_gives_the_same_points_and_no_interval():
+    j, h = [5, 4, 2, 1, 3], [[5], [4, 3], [2, 2], [1], [3, 4]]
+    full = judge.likert_agreement(j, h, 5, np.random.default_rng(0), rounds=100)
+    quick = judge.likert_agreement(j, h, 5, np.random.default_rng(0), rounds=0)
+    assert (quick.kappa, quick.percent, quick.n) == (full.kappa, full.percent, full.n)
+    assert quick.kendall_tau.value == pytest.approx(full.kendall_tau.value, abs=1e-12)
+    assert quick.spearman_rho.value == pytest.approx(full.spearman_rho.value, abs=1e-12)
+    assert np.isnan(quick.kendall_tau.lower) and np.isnan(quick.spearman_rho.upper)

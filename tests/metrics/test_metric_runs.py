@@ -18,6 +18,7 @@ from rouge_score import rouge_scorer
 from annotation import services as annotation_services
 from annotation.models import Output
 from annotation.services import ServiceError
+from arena.models import RatingSnapshot
 from metrics import services
 from metrics.models import CandidateScore, MetricRun, OutputScore
 from metrics.tasks import compute_metric_run
@@ -253,6 +254,10 @@ def test_a_run_through_the_worker_matches_rouge_score_and_a_second_run_changes_n
              worker=celery_worker_process)
     for name, (value, n) in expected_rouge_l(study).items():
         assert stored(run)[name] == (pytest.approx(value, abs=1e-12), n)
+    # the finished run asked for a refresh: the worker puts it in the study summary
+    wait_for(lambda: any(m["run"] == run.pk for m in (RatingSnapshot.objects.filter(
+        study=study, method="summary").values_list("payload", flat=True).first() or {}).get("metrics", [])),
+        what="the summary with the run", worker=celery_worker_process)
     first = end_state(run)
     with transaction.atomic():
         start(study)

@@ -13,7 +13,14 @@ from scipy import stats
 from annotation.models import Output
 from arena.board import Board, BoardRow
 from arena.models import RatingSnapshot
+from annotation import services
+from annotation.models import Judgment
+from arena import outcomes
+from arena.models import Judge, JudgeVerdict
+from arena.services import ratings_refresh
 from metrics.models import CandidateScore, MetricRun, OutputScore, SummaryBudget
+from metrics.summary import summary_recompute
+from tests.annotation.test_likert import likert_study  # noqa: F401  (fixture)
 from tests.conftest import client_for
 
 pytestmark = pytest.mark.django_db
@@ -47,6 +54,7 @@ def study(study_factory):
     for cand in study.candidates.all():
         CandidateScore.objects.create(run=run, candidate=cand, slice_key="all", value=level[cand.name],
                                       lower=level[cand.name] - 0.05, upper=level[cand.name] + 0.05, n=4)
+    summary_recompute(study_id=study.pk)  # the aggregation worker's part
     return study
 
 
@@ -97,12 +105,14 @@ def test_the_recommendation_keeps_to_the_budget_and_says_how_sure(study, evaluat
 
 def test_no_ratings_yet(study, manager):
     RatingSnapshot.objects.filter(study=study).delete()
+    summary_recompute(study_id=study.pk)
     page = client_for(manager).get(_url(study)).content.decode()
     assert "No ratings yet" in page and "no ratings yet" in page
 
 
 def test_the_csv_export_guards_formulas(study, manager):
     study.candidates.filter(name="gamma-model").update(name="=HYPERLINK(1)")
+    summary_recompute(study_id=study.pk, force=True)
     response = client_for(manager).get(_url(study, format="csv"))
     lines = list(csv.reader(io.StringIO(response.content.decode())))
     assert lines[0][:3] == ["candidate", "outputs", "rating"] and "rougeL_" in lines[0][5]
@@ -118,7 +128,111 @@ def test_annotators_are_refused_and_managers_cannot_set_the_budget(study, annota
     assert not SummaryBudget.objects.exists()
 
 
-def test_the_query_count_does_not_grow_with_outputs(study, manager, django_assert_max_num_queries):
+# The page reads: session user, study and the access check, the stored summary, the budget
+# and the role check for the budget form; whatever the number of outputs, scores, verdicts and
+# judgments (the worker read those).
+PAGE_QUERIES = 7
+
+
+def _grow(study, n_runs=3):
+    """Add finished metric runs with a score for every output, and judge verdicts on every pair."""
+    outputs = list(Output.objects.filter(study=study))
+    for k in range(n_runs):
+        run = MetricRun.objects.create(study=study, metric="bleu", options_hash=f"grow{MetricRun.objects.count()}",
+                                       status=MetricRun.Status.DONE, finished_at=timezone.now())
+        OutputScore.objects.bulk_create(OutputScore(run=run, output=o, value=float(o.pk % 7)) for o in outputs)
+    judge = Judge.objects.create(study=study, name=f"judge{Judge.objects.count()}", backend="openai",
+                                 spec={}, rubric="x", status=Judge.Status.DONE)
+    JudgeVerdict.objects.bulk_create(JudgeVerdict(judge=judge, unit=u, outcome="a", consistent=True)
+                                     for u in study.units.filter(kind="pairwise"))
+
+
+def test_the_page_costs_the_same_whatever_the_study_holds(study, manager):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
     client = client_for(manager)
-    with django_assert_max_num_queries(25):
-        assert client.get(_url(study)).status_code == 200
+    client.get(_url(study))  # the session is cached from here on
+    counts = []
+    for _ in range(2):
+        with CaptureQueriesContext(connection) as ctx:
+            response = client.get(_url(study))
+        assert response.status_code == 200
+        counts.append(len(ctx.captured_queries))
+        _grow(study)
+        summary_recompute(study_id=study.pk)
+    assert counts[0] == counts[1] <= PAGE_QUERIES, counts
+    data = client.get(_url(study, format="json")).json()
+    assert len(data["metrics"]) == 1 + 6 and len(data["judges"]) == 2
+
+
+def test_the_worker_skips_an_unchanged_summary_and_notices_a_finished_run(study):
+    first = RatingSnapshot.objects.get(study=study, method="summary")
+    again = summary_recompute(study_id=study.pk)
+    assert again.payload == first.payload and again.computed_at >= first.computed_at
+    run = MetricRun.objects.create(study=study, metric="chrf", options_hash="y", status=MetricRun.Status.DONE,
+                                   finished_at=timezone.now())
+    after = summary_recompute(study_id=study.pk)
+    assert [m["run"] for m in after.payload["metrics"]] == sorted([run.pk, first.payload["metrics"][0]["run"]],
+                                                                  key=lambda pk: MetricRun.objects.get(pk=pk).metric)
+
+
+def test_judge_win_rates_and_their_agreement_with_the_ratings(study, manager):
+    """Win rates from the verdicts (a tie counts half) and tau against the ratings, by scipy."""
+    judge = Judge.objects.create(study=study, name="gpt-judge", backend="openai", spec={}, rubric="x",
+                                 status=Judge.Status.DONE)
+    wins: dict[str, list[float]] = {}
+    for n, unit in enumerate(study.units.filter(kind="pairwise").select_related("cand_lo", "cand_hi")):
+        outcome = ["a", "b", "tie"][n % 3]
+        JudgeVerdict.objects.create(judge=judge, unit=unit, outcome=outcome, consistent=outcome != "tie")
+        a, b = (unit.cand_lo.name, unit.cand_hi.name) if unit.a_is_lo else (unit.cand_hi.name, unit.cand_lo.name)
+        score = outcomes.SCORE[outcomes.STORED_CODE[outcome]]
+        wins.setdefault(a, []).append(score)
+        wins.setdefault(b, []).append(1 - score)
+    summary_recompute(study_id=study.pk)
+    data = client_for(manager).get(_url(study, format="json", sort="-judge:judge%d" % judge.pk)).json()
+    assert data["judges"] == [{"key": f"judge{judge.pk}", "name": "gpt-judge", "judge": judge.pk}]
+    got = {r["candidate"]: r["judges"][0] for r in data["rows"]}
+    for name, scores in wins.items():
+        assert got[name]["win_rate"] == pytest.approx(np.mean(scores)) and got[name]["n"] == len(scores)
+    order = sorted(wins, key=lambda c: -np.mean(wins[c]))
+    assert [r["candidate"] for r in data["rows"]] == order
+    judged = next(a for a in data["agreement"] if a["kind"] == "judge")
+    names = sorted(wins)
+    tau = stats.kendalltau([np.mean(wins[c]) for c in names], [RATINGS[c][0] for c in names]).statistic
+    assert judged["kendall_tau"]["value"] == pytest.approx(tau)
+    assert judged["kendall_tau"]["lower"] <= judged["kendall_tau"]["upper"]
+    page = client_for(manager).get(_url(study)).content.decode()
+    assert "Judge gpt-judge: win rate" in page and "judge: gpt-judge" in page
+
+
+def test_output_level_agreement_with_likert_means(likert_study, manager):  # noqa: F811
+    """Per output: the metric value against the mean Likert point of its human ratings."""
+    study = likert_study(kinds="likert", overlap=2, n_prompts=6)
+    points = iter([5, 4, 2, 1, 3, 5, 2, 4, 1, 3, 5, 2, 3, 4, 1, 5, 2, 3, 4, 5, 1, 2, 3, 4] * 4)
+    for annotator in study.members.filter(role="annotator").select_related("user")[:2]:
+        while (a := services.assignment_next(study=study, annotator=annotator.user)) is not None:
+            services.judgment_submit(assignment=a, ratings={"factuality": 2, "style": next(points)})
+    ratings_refresh(study_id=study.pk)  # the bt board and its Likert summaries
+    run = MetricRun.objects.create(study=study, metric="rougeL", options_hash="z", status=MetricRun.Status.DONE,
+                                   finished_at=timezone.now())
+    for out in Output.objects.filter(study=study):
+        OutputScore.objects.create(run=run, output=out, value=(out.pk * 37 % 11) / 10)
+    summary_recompute(study_id=study.pk)
+    data = client_for(manager).get(_url(study, format="json")).json()
+    style = next(a for a in data["output_agreement"] if a["criterion"] == "Style consistency")
+    human: dict[int, list[int]] = {}
+    for j in Judgment.objects.filter(study=study, ratings__isnull=False).select_related("unit"):
+        human.setdefault(j.unit.output_a_id, []).append(j.ratings["style"])
+    shared = sorted(human)
+    metric = [(pk * 37 % 11) / 10 for pk in shared]
+    assert style["kendall_tau"]["n"] == len(shared) == 12
+    assert style["kendall_tau"]["value"] == pytest.approx(
+        stats.kendalltau(metric, [np.mean(human[o]) for o in shared]).statistic)
+    assert style["spearman_rho"]["value"] == pytest.approx(
+        stats.spearmanr(metric, [np.mean(human[o]) for o in shared]).statistic)
+    assert style["kendall_tau"]["lower"] <= style["kendall_tau"]["value"] <= style["kendall_tau"]["upper"]
+    # every factuality rating is 2: no rank correlation is defined, shown as a blank, not a zero
+    fact = next(a for a in data["output_agreement"] if a["criterion"] == "Factuality")
+    assert fact["kendall_tau"]["value"] is None
+    assert 'id="summary-output-agreement"' in client_for(manager).get(_url(study)).content.decode()

@@ -265,11 +265,12 @@ def test_perplexity_matches_exp_mean_nll_from_the_model_logits(tiny_causal):
 NLI_WORDS = "the a cat dog sat on mat man bit sky is blue green ran sleeps . ,".split()
 
 
-def _build_nli(path, id2label, *, reorder=None, seed=0):
+def _build_nli(path, id2label, *, reorder=None, seed=0, words=NLI_WORDS):
+    """A tiny BERT NLI classifier whose labels are ``id2label``, and its WordPiece tokenizer over ``words``."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *NLI_WORDS]
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
     config = BertConfig(
         vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
