@@ -46,6 +46,7 @@ def _get_study(user: AbstractBaseUser, study_id: int, allowed: set[str]) -> Stud
         raise Http404(f"No study with id {study_id}")
     if not roles & allowed:
         raise PermissionDenied(f"This page needs one of: {', '.join(sorted(allowed))}")
+    study.viewer_roles = roles  # what the page may offer this user, without asking again
     return study
 
 

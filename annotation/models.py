@@ -64,6 +64,21 @@ class Study(models.Model):
     quiz_size = models.PositiveSmallIntegerField(default=0)
     quiz_pass = models.PositiveSmallIntegerField(default=80, help_text="Percent right to pass the quiz.")
     quiz_attempts = models.PositiveSmallIntegerField(default=2, help_text="How many times the quiz may be taken.")
+    # Adjudication (annotation.adjudication): units reserved for a named expert.  The lease looks for
+    # them only while this is above zero, so studies without adjudication pay nothing on the vote path.
+    adjudications_open = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Units reserved for an expert whose verdict has not come in yet."
+    )
+
+    class RatingsMode(models.TextChoices):
+        ALL = "all", "All annotators counted"
+        EXCLUDE_FLAGGED = "exclude_flagged", "Flagged annotators left out"
+        COMPETENCE = "competence", "Weighted by annotator competence (Dawid-Skene)"
+
+    ratings_mode = models.CharField(
+        max_length=20, choices=RatingsMode.choices, default=RatingsMode.ALL, db_default=RatingsMode.ALL,
+        help_text="Whose judgments count in ratings and Likert means, and how much (arena.modes).",
+    )
 
     class Meta:
         verbose_name_plural = "studies"
@@ -346,6 +361,10 @@ class Unit(models.Model):
     output_b = models.ForeignKey(Output, on_delete=models.CASCADE, related_name="+", null=True, blank=True)
     needed = models.PositiveSmallIntegerField(default=1)
     taken = models.PositiveSmallIntegerField(default=0)
+    extra = models.PositiveSmallIntegerField(
+        default=0, db_default=0,
+        help_text="Places asked beyond the study's overlap by adjudication (kept when the overlap changes).",
+    )
     cand_lo = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+", db_index=False)
     cand_hi = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+", db_index=False,
                                 null=True, blank=True)
@@ -516,6 +535,32 @@ class Skip(models.Model):
         return f"skip {self.pk}: {self.reason}"
 
 
+class Adjudication(models.Model):
+    """A unit reserved for a named expert (annotation.adjudication.units_send_to_expert).
+
+    The expert is served it before any other task; their verdict is an ordinary Judgment of
+    (unit, expert), found through this row, so it counts as one more judgment in ratings and
+    summaries, and the judgments before it are never changed.  ``closed_at`` is filled when the
+    expert's lease next finds the unit answered or skipped.
+    """
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="adjudications")
+    unit = models.ForeignKey(Unit, on_delete=models.CASCADE, related_name="adjudications")
+    expert = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                     related_name="+")
+    requested_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["unit", "expert"], name="adjudication_unique_per_expert")]
+        indexes = [models.Index(fields=["study", "expert"], condition=Q(closed_at__isnull=True),
+                                name="adjudication_open")]
+
+    def __str__(self) -> str:
+        return f"adjudication of unit {self.unit_id} by {self.expert_id}"
+
+
 class QuizAttempt(models.Model):
     """One go at a study's qualification quiz: ``quiz_size`` gold items in a fixed order.
 
@@ -578,6 +623,9 @@ class AuditEntry(models.Model):
         CHECKS_ADDED = "checks_added", "Gold items or attention checks added"
         CHECK_REMOVED = "check_removed", "Check removed"
         CHECK_SETTINGS_CHANGED = "check_settings_changed", "Check and quiz settings changed"
+        UNITS_SENT_FOR_MORE = "units_sent_for_more", "Units sent to more annotators"
+        UNITS_SENT_TO_EXPERT = "units_sent_to_expert", "Units sent to an expert"
+        RATINGS_MODE_CHANGED = "ratings_mode_changed", "Ratings mode changed"
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="audit_entries")
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,

@@ -32,6 +32,7 @@ from arena import outcomes
 from . import audit, identity, markdown, neardup, selectors, taskconfig, uploads
 from .generation import base as generation_base
 from .models import (
+    Adjudication,
     Assignment,
     Candidate,
     Invitation,
@@ -174,7 +175,7 @@ def study_update_settings(*, study: Study, overlap: int, adaptive_sampling: bool
         # the units of hidden candidates stay closed (needed = 0; see candidate_hide)
         hidden = list(Candidate.objects.filter(study=study, hidden=True).values_list("pk", flat=True))
         _reopenable(Unit.objects.filter(study=study).exclude(cand_lo__in=hidden).exclude(cand_hi__in=hidden)).update(
-            needed=overlap)
+            needed=F("extra") + overlap)  # places asked by adjudication stay asked
         changed = audit.changes(before, {"overlap": overlap, "adaptive_sampling": adaptive_sampling})
         if changed:
             audit.record(study, actor, audit.Action.SETTINGS_CHANGED, study.name, changed)
@@ -697,7 +698,7 @@ def candidate_hide(*, candidate: Candidate, hidden: bool = True, actor=None) -> 
             others = list(Candidate.objects.filter(study=study, hidden=True).values_list("pk", flat=True))
             opening = _reopenable(units.exclude(cand_lo__in=others).exclude(cand_hi__in=others))
             reopened = opening.filter(taken__lt=overlap).count()
-            opening.update(needed=overlap)
+            opening.update(needed=F("extra") + overlap)
             audit.record(study, actor, audit.Action.CANDIDATE_SHOWN, candidate.name, {"pairs_reopened": reopened})
     candidate.hidden = hidden
     return True
@@ -1318,6 +1319,13 @@ def _lease_new(study: Study, annotator, now: datetime, *, slot: int) -> Assignme
     """Lease a unit the annotator has not met, into ``slot``: a check at the study's rate, else
     the next open unit (see :func:`assignment_next`)."""
     _sweep_if_due(study, now)
+    if study.adjudications_open:  # a field of the row already read: no query for studies without adjudication
+        try:
+            reserved = _lease_reserved(study, annotator, now, slot=slot)
+        except IntegrityError:  # another request of this annotator leased first
+            reserved = lease_held(study=study, annotator=annotator, slot=slot)
+        if reserved is not None:
+            return reserved
     if study.check_rate and random.random() * 100 < study.check_rate:
         try:
             check = _lease_check(study, annotator, now, slot=slot)
@@ -1613,6 +1621,63 @@ def _lease_check(study: Study, annotator, now: datetime, *, slot: int = 0) -> As
                                       text_a, text_b, cand_a, cand_b, kind, prompt_html, html_a, html_b),
                    assignment_id=assignment_id, token=token, left_is_a=left_is_a, now=now, expires=expires,
                    is_gold=True, slot=slot)
+
+
+# Units reserved for this annotator as an expert (annotation.adjudication), oldest request first;
+# ``met`` sorts last the ones they hold, answered or skipped already.
+_RESERVED_PICK_SQL = f"""{_PICK_FROM}
+JOIN {Adjudication._meta.db_table} d ON d.unit_id = u.id
+WHERE d.study_id = %s AND d.expert_id = %s AND d.closed_at IS NULL
+ORDER BY CASE WHEN {_NOT_MET} THEN 0 ELSE 1 END, d.id
+LIMIT 1"""
+_RESERVED_MET_SQL = f"""SELECT CASE WHEN {_NOT_MET} THEN 0 ELSE 1 END FROM {_UNIT} u WHERE u.id = %s"""
+_RESERVED_CLOSE_SQL = f"""
+UPDATE {Adjudication._meta.db_table} SET closed_at = %s
+WHERE study_id = %s AND expert_id = %s AND closed_at IS NULL
+  AND EXISTS (SELECT 1 FROM {_ASSIGNMENT} a WHERE a.unit_id = {Adjudication._meta.db_table}.unit_id
+              AND a.annotator_id = %s AND a.submitted_at IS NOT NULL)"""
+
+
+def _lease_reserved(study: Study, annotator, now: datetime, *, slot: int = 0) -> Assignment | None:
+    """Lease a unit reserved for this annotator as an expert (see :mod:`annotation.adjudication`).
+
+    Only called while the study has open reservations: for an annotator with none it is one
+    indexed statement.  ``taken`` counts the lease (so sweeps and exclusions stay exact) without
+    ``taken < needed``, as for a check: on a unit that has all its judgments (the usual case: its
+    annotators disagreed) the expert's verdict comes on top of them; on a unit still open it fills
+    one of the places left.  Reservations the expert has answered or skipped are closed here,
+    and the study's count of open ones moves down with them.
+    """
+    expires = now + timedelta(seconds=_lease_seconds() * (2 if slot else 1))
+    token = secrets.token_urlsafe(32)
+    stamps = [connection.ops.adapt_datetimefield_value(now), connection.ops.adapt_datetimefield_value(expires)]
+    with connection.cursor() as cur:  # no transaction for the look that finds nothing (most annotators)
+        cur.execute(_RESERVED_PICK_SQL, [study.pk, annotator.pk, annotator.pk])
+        row = cur.fetchone()
+    if row is None:
+        return None
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(_RESERVED_MET_SQL, [annotator.pk, row[0]])
+        if cur.fetchone()[0]:  # every reservation left is held, answered or skipped: close the finished ones
+            cur.execute(_RESERVED_CLOSE_SQL, [connection.ops.adapt_datetimefield_value(now), study.pk,
+                                              annotator.pk, annotator.pk])
+            if cur.rowcount:
+                Study.objects.filter(pk=study.pk, adjudications_open__gte=cur.rowcount).update(
+                    adjudications_open=F("adjudications_open") - cur.rowcount)
+            return None
+        (unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text, text_a, text_b, cand_a, cand_b,
+         kind, prompt_html, html_a, html_b) = row
+        cur.execute(_CHECK_TAKE_SQL, [unit_id])
+        left_is_a = secrets.randbelow(2) == 0
+        cur.execute(_LEASE_SQL, [study.pk, unit_id, annotator.pk, token, left_is_a, *stamps, False, slot])
+        inserted = cur.fetchone()
+        if inserted is None:
+            raise _LeaseClash()
+        (assignment_id,) = inserted
+    return _leased(study, annotator, (unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text,
+                                      text_a, text_b, cand_a, cand_b, kind, prompt_html, html_a, html_b),
+                   assignment_id=assignment_id, token=token, left_is_a=left_is_a, now=now, expires=expires,
+                   slot=slot)
 
 
 def _adaptive_pairs(study: Study) -> list[tuple[int, int] | None]:
@@ -2242,7 +2307,7 @@ def output_identity_decide(*, output: Output, decision: str, actor=None) -> bool
             opening = _reopenable(units.exclude(cand_lo__in=hidden).exclude(cand_hi__in=hidden))
             changed = opening.filter(taken__lt=overlap).count() if before == Output.Identity.EXCLUDED else 0
             if before == Output.Identity.EXCLUDED:
-                opening.update(needed=overlap)
+                opening.update(needed=F("extra") + overlap)
             action = audit.Action.OUTPUT_IDENTITY_KEPT
         target = f"{output.candidate.name} on prompt {output.prompt.external_id}"
         audit.record(study, actor, action, target,

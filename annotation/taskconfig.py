@@ -14,6 +14,9 @@ RATIONALE = ("off", "optional", "required")
 MIN_SCALE, MAX_SCALE = 2, 10
 MAX_CRITERIA = 12
 MAX_NAME = 100
+# Krippendorff's levels of measurement a criterion's agreement may be computed at (the
+# agreement page); a criterion without ``level`` is ordinal
+LEVELS = ("nominal", "ordinal", "interval", "ratio")
 # a key is what the API and the exports carry: short, lower case, no spaces
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 # tag shortcut letters: every letter but the ones the task page keeps ("n": not applicable on
@@ -57,7 +60,9 @@ def rationale_validate(value) -> str:
 
 
 def criteria_validate(value) -> list[dict]:
-    """``[{key, name, scale, labels, allow_na}]`` checked and normalised (``allow_na`` defaults to false)."""
+    """``[{key, name, scale, labels, allow_na[, level]}]`` checked and normalised (``allow_na`` defaults
+    to false; ``level``, the level of measurement of its agreement, is kept only when given: ordinal
+    without it)."""
     if not isinstance(value, list):
         raise ConfigError("likert_criteria must be a JSON list of criteria")
     if len(value) > MAX_CRITERIA:
@@ -68,7 +73,7 @@ def criteria_validate(value) -> list[dict]:
         where = f"likert_criteria[{i}]"
         if not isinstance(raw, dict):
             raise ConfigError(f"{where} must be an object with key, name, scale and labels")
-        unknown = set(raw) - {"key", "name", "scale", "labels", "allow_na"}
+        unknown = set(raw) - {"key", "name", "scale", "labels", "allow_na", "level"}
         if unknown:
             raise ConfigError(f"{where} has unknown fields: {', '.join(sorted(unknown))}")
         key = _key(raw.get("key"), f"{where}.key", seen)
@@ -84,7 +89,12 @@ def criteria_validate(value) -> list[dict]:
         allow_na = raw.get("allow_na", False)
         if not isinstance(allow_na, bool):
             raise ConfigError(f"{where} allow_na must be true or false")
-        out.append({"key": key, "name": name, "scale": scale, "labels": labels, "allow_na": allow_na})
+        criterion = {"key": key, "name": name, "scale": scale, "labels": labels, "allow_na": allow_na}
+        if "level" in raw:
+            if raw["level"] not in LEVELS:
+                raise ConfigError(f"{where} level must be one of {', '.join(LEVELS)}; got {raw['level']!r}")
+            criterion["level"] = raw["level"]
+        out.append(criterion)
     return out
 
 

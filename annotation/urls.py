@@ -51,6 +51,7 @@ urlpatterns = [
     path("studies/<int:study_id>/annotate/instructions/", views.annotate_instructions, name="instructions"),
     path("studies/<int:study_id>/instructions/", views.study_instructions, name="instructions_edit"),
     path("studies/<int:study_id>/quality/", views.quality, name="quality"),
+    path("studies/<int:study_id>/adjudicate/", views.adjudicate, name="adjudicate"),
     path("studies/<int:study_id>/judgments/", views.judgments, name="judgments"),
     path("studies/<int:study_id>/identity/", views.identity_check, name="identity"),
     path("studies/<int:study_id>/identity/<int:output_id>/", views.output_identity, name="output_identity"),

@@ -903,3 +903,42 @@ def quiz_answer(request: HttpRequest, study_id: int) -> HttpResponse:
         return _quiz_page(request, member, error=f"Not recorded: {exc}", status=400)
     member.refresh_from_db(fields=["qualified_at"])
     return _quiz_page(request, member, feedback=feedback)
+
+
+@login_required
+@require_POST
+def adjudicate(request: HttpRequest, study_id: int) -> HttpResponse:
+    """Evaluators send low-agreement units to more annotators (``action=more``, ``extra``) or
+    reserve them for a named expert (``action=expert``, ``expert``); back to the agreement page."""
+    from . import adjudication
+
+    study = access.get_study_for_evaluator(request.user, study_id)
+    action = request.POST.get("action", "")
+    try:
+        # a comma-separated list, or one ``units`` field per ticked box on the agreement page
+        unit_ids = adjudication.parse_unit_ids(",".join(request.POST.getlist("units"))[:20_000])
+        if action == "more":
+            raw = request.POST.get("extra", "").strip()
+            if not (raw.isascii() and raw.isdigit()) or len(raw) > 6:
+                raise services.ServiceError(
+                    f"extra must be a whole number from 1 to {adjudication.MAX_EXTRA}, not {raw[:20]!r}")
+            sent = adjudication.units_send_for_more(study=study, unit_ids=unit_ids, extra=int(raw),
+                                                    actor=request.user)
+            done = f"{sent} units sent to {raw} more annotators each."
+        elif action == "expert":
+            name = request.POST.get("expert", "").strip()[:150]
+            if not name:
+                raise services.ServiceError("expert: name the annotator to send the units to")
+            added = adjudication.units_send_to_expert(study=study, unit_ids=unit_ids, expert=name,
+                                                      actor=request.user)
+            done = f"{added} units reserved for {name}."
+        else:
+            raise services.ServiceError("action must be 'more' (with extra) or 'expert' (with a username)")
+    except services.ServiceError as exc:  # the agreement page again, the reason above the units
+        from metrics.agreement_service import agreement_page
+
+        return render(request, "metrics/agreement.html", {
+            "study": study, "evaluator": True, "adjudicate_error": f"Not sent: {exc}",
+            **agreement_page(study, pseudonymize=False)}, status=400)
+    messages.success(request, done)
+    return redirect("metrics:agreement", study_id=study.pk)

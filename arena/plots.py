@@ -68,8 +68,11 @@ def heatmap(
     title: str,
     cell: int = 54,
     label_width: int = 170,
+    span: tuple[float, float] = (0.0, 1.0),
 ) -> str:
-    """Win-rate heatmap: row model's win rate against column model (blank where unknown)."""
+    """Win-rate heatmap: row model's win rate against column model (blank where unknown).
+
+    ``span`` is the range of the colour scale (white at its middle), e.g. (-1, 1) for kappas."""
     n = len(names)
     if n == 0:
         return ""
@@ -91,7 +94,7 @@ def heatmap(
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 fill, label = "#f2f4f7", ""
             else:
-                fill, label = _diverging(value), f"{value:.2f}"
+                fill, label = _diverging((value - span[0]) / (span[1] - span[0])), f"{value:.2f}"
             parts.append(
                 f'<rect x="{xx}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{fill}"/>'
                 f'<text x="{xx + cell / 2 - 1:.1f}" y="{y + cell / 2 + 4:.1f}" font-size="11" text-anchor="middle">{label}</text>'

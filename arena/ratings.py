@@ -96,13 +96,13 @@ class RatingError(ValueError):
 # ---------------------------------------------------------------------------
 
 
-def _frozen_matrix(value: np.ndarray, name: str, n: int) -> np.ndarray:
+def _frozen_matrix(value: np.ndarray, name: str, n: int, whole: bool = True) -> np.ndarray:
     array = np.array(value, dtype=np.float64, copy=True)
     if array.shape != (n, n):
         raise RatingError(f"{name} must have shape ({n}, {n}), got {array.shape}")
     if not np.all(np.isfinite(array)) or np.any(array < 0):
         raise RatingError(f"{name} must hold finite, non-negative counts")
-    if np.any(array != np.round(array)):
+    if whole and np.any(array != np.round(array)):
         raise RatingError(f"{name} must hold whole numbers of battles")
     if np.any(np.diag(array) != 0):
         raise RatingError(f"{name} has a non-zero diagonal: a model cannot battle itself")
@@ -130,7 +130,9 @@ class BattleCounts:
 
     Notes
     -----
-    Counts must be whole numbers: the bootstrap resamples battles. The arrays are
+    Counts must be whole numbers (the bootstrap resamples battles) unless ``fractional``:
+    weighted battles (e.g. each annotator's votes weighed by their competence), whose
+    bootstrap draws round(total weight) battles from the weighted cells. The arrays are
     copied and made read-only, so an instance can be shared safely.
     Instances compare by identity (numpy arrays have no single truth value).
     """
@@ -139,15 +141,17 @@ class BattleCounts:
     wins: np.ndarray
     ties: np.ndarray
     both_bad: np.ndarray
+    fractional: bool = False
 
     def __post_init__(self) -> None:
         models = tuple(str(m) for m in self.models)
         if list(models) != sorted(set(models)):
             raise RatingError("models must be sorted and without duplicates")
         n = len(models)
-        wins = _frozen_matrix(self.wins, "wins", n)
-        ties = _frozen_matrix(self.ties, "ties", n)
-        both_bad = _frozen_matrix(self.both_bad, "both_bad", n)
+        whole = not self.fractional
+        wins = _frozen_matrix(self.wins, "wins", n, whole)
+        ties = _frozen_matrix(self.ties, "ties", n, whole)
+        both_bad = _frozen_matrix(self.both_bad, "both_bad", n, whole)
         if not np.array_equal(ties, ties.T):
             raise RatingError("ties must be symmetric")
         if not np.array_equal(both_bad, both_bad.T):
@@ -224,6 +228,7 @@ def _assemble(
     b: np.ndarray,
     code: np.ndarray,
     weight: np.ndarray | None,
+    fractional: bool = False,
 ) -> BattleCounts:
     """Build counts from integer model indices and outcome codes (one bincount)."""
     n = len(models)
@@ -232,7 +237,7 @@ def _assemble(
     wins = cells[:, :, 0] + cells[:, :, 1].T
     tied = cells[:, :, 2] + cells[:, :, 3]
     bad = cells[:, :, 3]
-    return BattleCounts(models=models, wins=wins, ties=tied + tied.T, both_bad=bad + bad.T)
+    return BattleCounts(models=models, wins=wins, ties=tied + tied.T, both_bad=bad + bad.T, fractional=fractional)
 
 
 def _outcome_codes(outcome: Sequence, label: str = "outcome") -> np.ndarray:
@@ -327,6 +332,7 @@ def counts_from_cells(
     j_idx: Sequence[int],
     outcome_code: Sequence[int] | Sequence[str],
     count: Sequence[int],
+    fractional: bool = False,
 ) -> BattleCounts:
     """Build counts from pre-aggregated rows, e.g. a SQL ``GROUP BY model_a, model_b, outcome``.
 
@@ -341,6 +347,9 @@ def counts_from_cells(
         (0 A wins, 1 B wins, 2 tie, 3 both bad).
     count : sequence of int
         Number of battles in each cell (non-negative whole numbers). Repeated cells add up.
+    fractional : bool
+        Accept non-negative weights instead of whole numbers (weighted battles; see
+        :class:`BattleCounts`).
 
     Returns
     -------
@@ -369,15 +378,16 @@ def counts_from_cells(
     if same.size:
         k = int(same[0])
         raise RatingError(f"cell {k} pits {names[i[k]]!r} against itself")
-    bad = np.flatnonzero(~np.isfinite(number) | (number < 0) | (number != np.round(number)))
+    bad = np.flatnonzero(~np.isfinite(number) | (number < 0) | (~fractional & (number != np.round(number))))
     if bad.size:
         k = int(bad[0])
-        raise RatingError(f"count[{k}] = {number[k]!r} is not a non-negative whole number")
+        kind = "number" if fractional else "whole number"
+        raise RatingError(f"count[{k}] = {number[k]!r} is not a non-negative {kind}")
     order = np.argsort(names, kind="stable")
     rank = np.empty(n, dtype=np.intp)
     rank[order] = np.arange(n)
     ordered = tuple(names[k] for k in order)
-    return _assemble(ordered, rank[i], rank[j], code, number)
+    return _assemble(ordered, rank[i], rank[j], code, number, fractional)
 
 
 # ---------------------------------------------------------------------------
@@ -798,7 +808,8 @@ def _bootstrap(
     win_i, win_j = np.nonzero(counts.wins)
     tie_i, tie_j = np.nonzero(np.triu(counts.ties))
     cells = np.concatenate([counts.wins[win_i, win_j], counts.ties[tie_i, tie_j]])
-    total = int(cells.sum())
+    # weighted battles (fractional counts): as many draws as the total weight, at least one
+    total = max(1, int(round(float(cells.sum()))))
     probs = cells / total
     cell_pair = pairs.index(np.concatenate([win_i, tie_i]), np.concatenate([win_j, tie_j]))
     cell_won = np.concatenate([(win_i < win_j).astype(np.float64), np.full(tie_i.size, 0.5)])

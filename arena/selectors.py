@@ -47,11 +47,13 @@ def hidden_candidates(study_id: int) -> set[str]:
     return set(Candidate.objects.filter(study_id=study_id, hidden=True).values_list("name", flat=True))
 
 
-def study_judgments(study_id: int, slice_key: str = ALL) -> QuerySet:
-    """Pairwise judgments that count for a slice: excluded annotators are always left out.
+def study_judgments(study_id: int, slice_key: str = ALL, left_out=()) -> QuerySet:
+    """Pairwise judgments that count for a slice: excluded annotators are always left out, and so
+    are the annotators in ``left_out`` (the study's ratings mode, :mod:`arena.modes`).
 
     Likert judgments (empty outcome; summarised by metrics.likert) are not battles."""
-    return slice_judgments(study_id, slice_key).exclude(outcome="")
+    qs = slice_judgments(study_id, slice_key).exclude(outcome="")
+    return qs.exclude(annotator_id__in=list(left_out)) if left_out else qs
 
 
 def slice_judgments(study_id: int, slice_key: str = ALL) -> QuerySet:
@@ -161,7 +163,7 @@ class Cells:
 
 
 def judgment_cells(study_id: int, slice_key: str = ALL, *, after_id: int = 0,
-                   upto_id: int | None = None) -> tuple[Cells, int]:
+                   upto_id: int | None = None, left_out=()) -> tuple[Cells, int]:
     """One ``GROUP BY`` over the slice's judgments with ``after_id < id <= upto_id``.
 
     Groups by candidate pair and length bin with eight filtered counts (outcome x screen
@@ -172,7 +174,7 @@ def judgment_cells(study_id: int, slice_key: str = ALL, *, after_id: int = 0,
         f"c{k}": Count("id", filter=Q(outcome=outcomes.STORED[code], left_is_a=left))
         for k, (code, left) in enumerate(_COLUMNS)
     }
-    qs = study_judgments(study_id, slice_key)
+    qs = study_judgments(study_id, slice_key, left_out)
     if after_id:
         qs = qs.filter(id__gt=after_id)
     if upto_id is not None:
@@ -188,7 +190,41 @@ def judgment_cells(study_id: int, slice_key: str = ALL, *, after_id: int = 0,
     return Cells.from_rows([r[:3] + r[4:] for r in rows]), last
 
 
-def settled_judgment_id(study_id: int, slice_key: str, *, after_id: int, cutoff) -> int:
+def weighted_cells(study_id: int, slice_key: str, weights: dict[int, float]) -> tuple[Cells, int, int]:
+    """The slice's cells with each annotator's judgments counted ``weights[annotator]`` times
+    (1 for annotators not in ``weights``): a full pass, two ``GROUP BY`` queries.
+
+    Returns float cells (for :func:`battle_table`; not to be stored or added to), the number of
+    judgments counted (unweighted) and the largest judgment id.  With every weight 1 the cells
+    equal :func:`judgment_cells`'s; a weight of 0 leaves that annotator out.
+    """
+    weighted = sorted(weights)
+    base, last = judgment_cells(study_id, slice_key, left_out=weighted)
+    keys, counts, n = [base.keys], [base.counts.astype(np.float64)], base.n_judgments
+    if weighted:
+        columns = {
+            f"c{k}": Count("id", filter=Q(outcome=outcomes.STORED[code], left_is_a=left))
+            for k, (code, left) in enumerate(_COLUMNS)
+        }
+        rows = list(
+            study_judgments(study_id, slice_key).filter(annotator_id__in=weighted)
+            .annotate(length_bin=_length_bin())
+            .values("annotator_id", "unit__output_a__candidate_id", "unit__output_b__candidate_id", "length_bin")
+            .annotate(last=Max("id"), **columns)
+            .order_by()
+            .values_list("annotator_id", "unit__output_a__candidate_id", "unit__output_b__candidate_id",
+                         "length_bin", "last", *columns)
+        )
+        for annotator, *row in rows:
+            keys.append(np.array([row[:3]], dtype=np.int64))
+            cell = np.array([row[4:]], dtype=np.int64)
+            counts.append(cell * float(weights[annotator]))
+            n += int(cell.sum())
+            last = max(last, row[3])
+    return Cells(np.vstack(keys), np.vstack(counts)), n, last
+
+
+def settled_judgment_id(study_id: int, slice_key: str, *, after_id: int, cutoff, left_out=()) -> int:
     """The largest id L such that every judgment of the slice up to L is surely committed.
 
     Ids are given at INSERT, so a judgment may commit after one with a larger id.  A
@@ -196,7 +232,7 @@ def settled_judgment_id(study_id: int, slice_key: str, *, after_id: int, cutoff)
     will; so L is the largest id submitted before ``cutoff`` that no younger judgment
     precedes.  Judgments above L are counted afresh at each refresh until they settle.
     """
-    agg = study_judgments(study_id, slice_key).filter(id__gt=after_id).aggregate(
+    agg = study_judgments(study_id, slice_key, left_out).filter(id__gt=after_id).aggregate(
         old=Max("id", filter=Q(submitted_at__lte=cutoff)), young=Min("id", filter=Q(submitted_at__gt=cutoff))
     )
     if agg["old"] is None:
@@ -235,8 +271,8 @@ def battle_table(study_id: int, slice_key: str = ALL, cells: Cells | None = None
     )
 
 
-def latest_judgment_id(study_id: int, slice_key: str = ALL) -> int:
-    return study_judgments(study_id, slice_key).aggregate(last=Max("id"))["last"] or 0
+def latest_judgment_id(study_id: int, slice_key: str = ALL, left_out=()) -> int:
+    return study_judgments(study_id, slice_key, left_out).aggregate(last=Max("id"))["last"] or 0
 
 
 def battles_since(study_id: int, after_id: int, limit: int = 200_000):
@@ -254,5 +290,5 @@ def battles_since(study_id: int, after_id: int, limit: int = 200_000):
     )
 
 
-__all__ = ["ALL", "BattleTable", "Cells", "judgment_cells", "settled_judgment_id", "LENGTH_BIN", "Slice", "battle_table", "battles_since", "latest_judgment_id",
+__all__ = ["ALL", "BattleTable", "Cells", "judgment_cells", "weighted_cells", "settled_judgment_id", "LENGTH_BIN", "Slice", "battle_table", "battles_since", "latest_judgment_id",
            "slice_judgments", "study_judgments", "study_slices"]

@@ -13,6 +13,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from annotation.models import Study
+from annotation.services import ServiceError
 
 from . import outcomes, ratings, selectors
 from .board import Board, BoardRow, LikertBoard
@@ -27,6 +28,7 @@ BT = "bt"
 ONLINE_ELO = "elo_online"
 QUALITY = "quality"  # the annotator quality table (slice "all" only)
 SUMMARY = "summary"  # the managers' summary: a request key beside the slices, and its snapshot's method
+AGREEMENT = "agreement"  # the agreement page's figures: requested and claimed like the summary
 
 
 def ratings_recompute(*, study_id: int, slice_key: str = selectors.ALL, force: bool = False,
@@ -47,19 +49,27 @@ def ratings_recompute(*, study_id: int, slice_key: str = selectors.ALL, force: b
     """
     from metrics.selectors import likert_config, likert_marker, likert_summary
 
-    study = Study.objects.only("version", "likert_criteria", "failure_tags").get(pk=study_id)
+    from .modes import mode_info
+
+    study = Study.objects.only("version", "likert_criteria", "failure_tags", "ratings_mode").get(pk=study_id)
     version = study.version
+    mode = mode_info(study)
+    left_out = mode["left_out"]
     current = RatingSnapshot.objects.filter(study_id=study_id, slice_key=slice_key, method=BT).first()
-    same = current is not None and not force and current.study_version == version
+    # A different mode, or a different set of flagged annotators, counts everything again.
+    same = (current is not None and not force and current.study_version == version
+            and current.payload.get("ratings_mode", {"mode": "all", "left_out": []}).get("left_out") == left_out
+            and current.payload.get("ratings_mode", {"mode": "all"}).get("mode") == mode["mode"]
+            and current.payload.get("ratings_mode", {}).get("weights", {}) == mode["weights"])
     old = current.board if same else None
     # Nothing to do only when every judgment up to the newest has settled into the cells:
     # a young one may still be joined by an older id committing late.
     pairwise_fresh = (same and old is not None and current.cells is not None
-                      and current.settled_judgment_id >= selectors.latest_judgment_id(study_id, slice_key))
+                      and current.settled_judgment_id >= selectors.latest_judgment_id(study_id, slice_key, left_out))
     criteria, tags = likert_config(study)
     wants_likert = bool(criteria or tags)
     if wants_likert:
-        marker = likert_marker(study_id, slice_key)
+        marker = likert_marker(study_id, slice_key, left_out)
         likert_fresh = (old is not None and old.likert is not None and list(old.likert.criteria) == criteria
                         and list(old.likert.tags) == tags
                         and (old.likert.n_judgments, old.likert.last_judgment_id) == marker)
@@ -67,25 +77,46 @@ def ratings_recompute(*, study_id: int, slice_key: str = selectors.ALL, force: b
         likert_fresh = old is not None and old.likert is None
     if pairwise_fresh and likert_fresh:
         return current
-    likert = LikertBoard.from_json(likert_summary(study, slice_key)) if wants_likert else None
+    weights = {int(k): float(v) for k, v in mode.get("weights", {}).items()}
+    likert = (LikertBoard.from_json(likert_summary(study, slice_key, left_out, weights=weights or None))
+              if wants_likert else None)
     if pairwise_fresh:  # only the Likert part moved
         with transaction.atomic():
             RatingSnapshot.objects.filter(pk=current.pk).update(
-                payload=replace(old, likert=likert).to_json(), computed_at=timezone.now())
+                payload={**replace(old, likert=likert).to_json(), "ratings_mode": mode}, computed_at=timezone.now())
         current.refresh_from_db()
         return current
+    if weights:  # competence-weighted: a full pass, float counts, nothing kept to add to
+        cells, n_counted, last = selectors.weighted_cells(study_id, slice_key, weights)
+        table = replace(selectors.battle_table(study_id, slice_key, cells=cells, last_judgment_id=last),
+                        n_judgments=n_counted)
+        payload = leaderboard_payload(table, rounds=rounds or settings.EVALSITE_BOOTSTRAP_ROUNDS,
+                                      seed=study_id * 1_000_003 + table.last_judgment_id)
+        payload["likert"] = likert.to_json() if likert else None
+        payload["ratings_mode"] = mode
+        with transaction.atomic():
+            snapshot, _ = RatingSnapshot.objects.update_or_create(
+                study_id=study_id, slice_key=slice_key, method=BT,
+                defaults={"payload": payload, "n_judgments": table.n_judgments, "study_version": version,
+                          "last_judgment_id": table.last_judgment_id, "computed_at": timezone.now(),
+                          "cells": None, "settled_judgment_id": 0},
+            )
+        return snapshot
     incremental = (same and current.cells is not None)
     base = selectors.Cells.from_bytes(bytes(current.cells)) if incremental else selectors.Cells.empty()
     settled_from = current.settled_judgment_id if incremental else 0
     cutoff = timezone.now() - timedelta(seconds=settings.EVALSITE_SETTLE_SECONDS)
-    settled_to = selectors.settled_judgment_id(study_id, slice_key, after_id=settled_from, cutoff=cutoff)
-    newly_settled, _ = selectors.judgment_cells(study_id, slice_key, after_id=settled_from, upto_id=settled_to)
-    recent, last = selectors.judgment_cells(study_id, slice_key, after_id=settled_to)
+    settled_to = selectors.settled_judgment_id(study_id, slice_key, after_id=settled_from, cutoff=cutoff,
+                                               left_out=left_out)
+    newly_settled, _ = selectors.judgment_cells(study_id, slice_key, after_id=settled_from, upto_id=settled_to,
+                                                left_out=left_out)
+    recent, last = selectors.judgment_cells(study_id, slice_key, after_id=settled_to, left_out=left_out)
     settled = base + newly_settled
     table = selectors.battle_table(study_id, slice_key, cells=settled + recent, last_judgment_id=max(last, settled_to))
     payload = leaderboard_payload(table, rounds=rounds or settings.EVALSITE_BOOTSTRAP_ROUNDS,
                                   seed=study_id * 1_000_003 + table.last_judgment_id)
     payload["likert"] = likert.to_json() if likert else None
+    payload["ratings_mode"] = mode
     with transaction.atomic():
         snapshot, _ = RatingSnapshot.objects.update_or_create(
             study_id=study_id, slice_key=slice_key, method=BT,
@@ -94,6 +125,27 @@ def ratings_recompute(*, study_id: int, slice_key: str = selectors.ALL, force: b
                       "cells": settled.to_bytes(), "settled_judgment_id": settled_to},
         )
     return snapshot
+
+
+def ratings_mode_set(*, study: Study, mode: str, actor=None) -> bool:
+    """Choose whose judgments count in the study's ratings and Likert means (:mod:`arena.modes`)
+    and request a recompute of every slice.  Returns whether the mode changed."""
+    from annotation import audit
+
+    allowed = tuple(Study.RatingsMode.values)
+    if mode not in allowed:
+        raise ServiceError(f"mode must be one of {', '.join(allowed)}, not {mode[:40]!r}")
+    with transaction.atomic():
+        before = Study.objects.select_for_update().values_list("ratings_mode", flat=True).get(pk=study.pk)
+        if before == mode:
+            return False
+        Study.objects.filter(pk=study.pk).update(ratings_mode=mode)
+        audit.record(study, actor, audit.Action.RATINGS_MODE_CHANGED, study.name,
+                     {"ratings_mode": audit.change(before, mode)})
+        for s in selectors.study_slices(study.pk):
+            ratings_request(study_id=study.pk, slice_key=s.key)
+    study.ratings_mode = mode
+    return True
 
 
 # Raw SQL: on the vote path this one statement ran slower through the ORM's compiler than in the database.
@@ -133,7 +185,7 @@ def ratings_request(*, study_id: int, slice_key: str = selectors.ALL, vote: bool
             return False
         started = None
     interval = timedelta(seconds=settings.EVALSITE_RATINGS_MIN_INTERVAL if slice_key == selectors.ALL
-                         else settings.EVALSITE_SUMMARY_MIN_INTERVAL if slice_key == SUMMARY
+                         else settings.EVALSITE_SUMMARY_MIN_INTERVAL if slice_key in (SUMMARY, AGREEMENT)
                          else settings.EVALSITE_SLICE_MIN_INTERVAL)
     countdown = 0.0 if started is None else max(0.0, (started + interval - now).total_seconds())
     from .tasks import recompute_ratings
@@ -148,10 +200,12 @@ def ratings_refresh(*, study_id: int, slice_key: str = selectors.ALL) -> RatingS
     The claim is a conditional UPDATE, so a task delivered twice or two workers racing
     recompute once; judgments committed before the claim are all counted, and any vote
     after it flips the marker again.  The "all" slice also advances the online-Elo
-    preview, refreshes the quality table and requests the study summary and every other
-    slice (each its own task).  The summary (:data:`SUMMARY`, not a slice of judgments but
-    requested and claimed the same way) is :func:`metrics.summary.summary_recompute`.  Returns None when
-    there was nothing to claim.
+    preview, refreshes the quality table and requests the study summary, the agreement figures
+    and every other slice (each its own task).  The summary (:data:`SUMMARY`, not a slice of judgments but
+    requested and claimed the same way) is :func:`metrics.summary.summary_recompute`; the agreement
+    figures (:data:`AGREEMENT`, the same) are :func:`agreement_recompute`, a task of their own because
+    crowd-kit's models take seconds; when they change whom the study's ratings mode leaves out or how
+    it weighs annotators, every slice is requested again.  Returns None when there was nothing to claim.
     """
     claimed = RatingRequest.objects.filter(study_id=study_id, slice_key=slice_key, pending=True).update(
         pending=False, started_at=timezone.now()
@@ -165,16 +219,35 @@ def ratings_refresh(*, study_id: int, slice_key: str = selectors.ALL) -> RatingS
         snapshot = summary_recompute(study_id=study_id)
         log.info("summary of study %s refreshed in %.2f s", study_id, time.perf_counter() - started)
         return snapshot
+    if slice_key == AGREEMENT:
+        from .modes import mode_info
+
+        study = Study.objects.only("ratings_mode").get(pk=study_id)
+        before = mode_info(study)
+        snapshot = agreement_recompute(study_id=study_id)
+        if mode_info(study) != before:  # the ratings leave out whom it flags, or weigh by its competence
+            for s in selectors.study_slices(study_id):
+                ratings_request(study_id=study_id, slice_key=s.key)
+        log.info("agreement of study %s refreshed in %.2f s", study_id, time.perf_counter() - started)
+        return snapshot
     snapshot = ratings_recompute(study_id=study_id, slice_key=slice_key)
     if slice_key == selectors.ALL:
         online_elo_update(study_id=study_id)
         quality_recompute(study_id=study_id)
         ratings_request(study_id=study_id, slice_key=SUMMARY)
+        ratings_request(study_id=study_id, slice_key=AGREEMENT)
         for s in selectors.study_slices(study_id)[1:]:
             ratings_request(study_id=study_id, slice_key=s.key)
     log.info("ratings of study %s slice %s refreshed from %s judgments in %.2f s", study_id, slice_key,
              snapshot.n_judgments, time.perf_counter() - started)
     return snapshot
+
+
+def agreement_recompute(*, study_id: int, force: bool = False) -> RatingSnapshot:
+    """The agreement snapshot (:func:`metrics.agreement_service.agreement_recompute`), after the quality table."""
+    from metrics.agreement_service import agreement_recompute as recompute
+
+    return recompute(study_id=study_id, force=force)
 
 
 def _finite(value: float) -> float | None:
@@ -198,7 +271,8 @@ def leaderboard_payload(table: selectors.BattleTable, *, rounds: int, seed: int)
     remap = np.full(len(table.models), -1, dtype=np.intp)
     remap[used] = np.arange(used.size)
     a, b = remap[table.a], remap[table.b]
-    counts = ratings.counts_from_cells(models, a, b, table.outcome, table.count)
+    counts = ratings.counts_from_cells(models, a, b, table.outcome, table.count,
+                                       fractional=table.count.dtype.kind == "f")  # weighted by competence
     regularization, note = 0.0, ""
     try:
         board = ratings.leaderboard(counts, rounds=rounds, rng=np.random.default_rng(seed))

@@ -16,7 +16,7 @@ from annotation import access
 from annotation.services import ServiceError
 from metrics import judge as judge_math
 
-from . import judging, plots, selectors
+from . import judging, modes, plots, selectors
 from .forms import JudgeForm
 from .models import Judge, RatingRequest, RatingSnapshot
 from .services import BT, ONLINE_ELO, ratings_request
@@ -31,7 +31,9 @@ def leaderboard_context(study, slice_key: str) -> dict:
     # Pending, or claimed by a worker that has not written its snapshot yet: O(1), no count.
     stale = bool(request and (request.pending or (request.started_at and (
         not snapshot or snapshot.computed_at < request.started_at))))
-    ctx = {"study": study, "snapshot": snapshot, "slices": slices, "slice_key": slice_key, "stale": stale}
+    ctx = {"study": study, "snapshot": snapshot, "slices": slices, "slice_key": slice_key, "stale": stale,
+           "ratings_mode_sentence": modes.sentence(snapshot.payload if snapshot else None),
+           "ratings_modes": type(study).RatingsMode.choices}
     board = snapshot.board if snapshot else None
     ctx["board"] = board
     # The slice's Likert summaries, as the worker stored them with the board (never computed here).
@@ -69,6 +71,7 @@ def leaderboard(request: HttpRequest, study_id: int) -> HttpResponse:
     study = access.get_study_for_manager(request.user, study_id)
     # Reads only: the worker refreshes snapshots after votes; the page says how old this one is.
     ctx = leaderboard_context(study, request.GET.get("slice", selectors.ALL))
+    ctx["evaluator"] = access.Role.EVALUATOR in study.viewer_roles
     template = "arena/partials/_leaderboard.html" if request.htmx else "arena/leaderboard.html"
     return render(request, template, ctx)
 
@@ -127,3 +130,19 @@ def judge_start(request: HttpRequest, study_id: int, judge_id: int) -> HttpRespo
     judge = get_object_or_404(Judge, pk=judge_id, study=study)
     judging.judge_run_start(study=study, judge=judge, actor=request.user)
     return redirect(reverse("arena:judges", args=[study.pk]))
+
+
+@login_required
+@require_POST
+def ratings_mode(request: HttpRequest, study_id: int) -> HttpResponse:
+    """Evaluators choose whose judgments count (``mode``: all, exclude_flagged or competence); a recompute
+    is requested."""
+    from .services import ratings_mode_set
+
+    study = access.get_study_for_evaluator(request.user, study_id)
+    try:
+        ratings_mode_set(study=study, mode=request.POST.get("mode", "")[:40], actor=request.user)
+    except ServiceError as exc:
+        return HttpResponse(f"Not changed: {exc}", status=400, content_type="text/plain; charset=utf-8")
+    messages.success(request, "Ratings mode saved; the leaderboard is being recomputed.")
+    return redirect("arena:leaderboard", study_id=study.pk)

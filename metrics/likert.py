@@ -43,7 +43,8 @@ class TagRate:
     upper: float
 
 
-def criterion_summary(points: Iterable[int | None], scale: int, *, confidence: float = 0.95) -> CriterionSummary:
+def criterion_summary(points: Iterable[int | None], scale: int, *, confidence: float = 0.95,
+                      weights: Iterable[float] | None = None) -> CriterionSummary:
     """Summarise the ratings of one candidate on one criterion; ``None`` is "not applicable".
 
     Parameters
@@ -54,8 +55,22 @@ def criterion_summary(points: Iterable[int | None], scale: int, *, confidence: f
         The criterion's number of points.
     confidence : float
         Two-sided coverage of the Student-t interval for the mean.
+    weights : iterable of float, optional
+        One non-negative weight per point (an annotator's competence).  The mean is then
+        Σwx/Σw, and the interval mean ± t(n_eff − 1) · s_w/√n_eff with Kish's effective size
+        n_eff = (Σw)²/Σw² and the reliability-weighted variance s_w² = Σw(x − mean)² /
+        (Σw − Σw²/Σw); equal weights give the unweighted figures exactly.  Points of weight
+        0 count nowhere (as if their annotator were left out); ``n`` and the distribution
+        count the points of positive weight.
     """
     values = list(points)
+    if weights is not None:
+        w_all = [float(w) for w in weights]
+        if len(w_all) != len(values) or any(w < 0 or not math.isfinite(w) for w in w_all):
+            raise ValueError("weights: one finite non-negative weight per point")
+        kept = [(p, w) for p, w in zip(values, w_all) if w > 0]
+        values = [p for p, _ in kept]
+        w_rated = np.array([w for p, w in kept if p is not None], dtype=float)
     rated = np.array([p for p in values if p is not None], dtype=float)
     n_na = len(values) - len(rated)
     if len(rated) and (rated.min() < 1 or rated.max() > scale):
@@ -64,6 +79,15 @@ def criterion_summary(points: Iterable[int | None], scale: int, *, confidence: f
     n = len(rated)
     if n == 0:
         return CriterionSummary(0, n_na, math.nan, math.nan, math.nan, distribution)
+    if weights is not None and not np.all(w_rated == w_rated[0]):
+        total, squares = float(w_rated.sum()), float((w_rated ** 2).sum())
+        mean = float((w_rated * rated).sum() / total)
+        n_eff = total * total / squares
+        if n == 1 or n_eff <= 1.0:
+            return CriterionSummary(n, n_na, mean, math.nan, math.nan, distribution)
+        variance = float((w_rated * (rated - mean) ** 2).sum() / (total - squares / total))
+        half = float(stdtrit(n_eff - 1, 0.5 + confidence / 2) * math.sqrt(variance) / math.sqrt(n_eff))
+        return CriterionSummary(n, n_na, mean, mean - half, mean + half, distribution)
     mean = float(rated.mean())
     if n == 1:
         return CriterionSummary(1, n_na, mean, math.nan, math.nan, distribution)
@@ -71,20 +95,27 @@ def criterion_summary(points: Iterable[int | None], scale: int, *, confidence: f
     return CriterionSummary(n, n_na, mean, mean - half, mean + half, distribution)
 
 
-def summarize(criteria: Sequence[Mapping], rows: Iterable[tuple[str, Mapping]]) -> dict[str, dict[str, CriterionSummary]]:
-    """``rows`` of (candidate, ratings {criterion key: point or None}) to {candidate: {key: summary}}.
+def summarize(criteria: Sequence[Mapping], rows: Iterable[tuple]) -> dict[str, dict[str, CriterionSummary]]:
+    """``rows`` of (candidate, ratings {criterion key: point or None}) or (candidate, ratings,
+    weight) to {candidate: {key: summary}}; with weights, see :func:`criterion_summary`.
 
     Criteria no longer configured are left out; a candidate appears once it has a rating row.
     """
     by_candidate: dict[str, dict[str, list]] = {}
-    for candidate, ratings in rows:
+    weighted = False
+    for row in rows:
+        candidate, ratings = row[0], row[1]
+        weight = float(row[2]) if len(row) > 2 else 1.0
+        weighted = weighted or len(row) > 2
         per = by_candidate.setdefault(candidate, {c["key"]: [] for c in criteria})
         for c in criteria:
             if c["key"] in ratings:
-                per[c["key"]].append(ratings[c["key"]])
+                per[c["key"]].append((ratings[c["key"]], weight))
     scales = {c["key"]: c["scale"] for c in criteria}
     return {
-        candidate: {key: criterion_summary(points, scales[key]) for key, points in per.items()}
+        candidate: {key: criterion_summary([p for p, _ in pairs], scales[key],
+                                           weights=[w for _, w in pairs] if weighted else None)
+                    for key, pairs in per.items()}
         for candidate, per in sorted(by_candidate.items())
     }
 

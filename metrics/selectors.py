@@ -25,21 +25,23 @@ def likert_config(study: Study) -> tuple[list[dict], list[dict]]:
     return criteria, tags
 
 
-def likert_judgments(study_id: int, slice_key: str = "all"):
-    """The Likert judgments of a slice (excluded annotators left out)."""
+def likert_judgments(study_id: int, slice_key: str = "all", left_out=()):
+    """The Likert judgments of a slice (excluded annotators left out, and those in ``left_out``:
+    the study's ratings mode, :mod:`arena.modes`)."""
     from arena.selectors import slice_judgments
 
-    return slice_judgments(study_id, slice_key).filter(ratings__isnull=False)
+    qs = slice_judgments(study_id, slice_key).filter(ratings__isnull=False)
+    return qs.exclude(annotator_id__in=list(left_out)) if left_out else qs
 
 
-def likert_marker(study_id: int, slice_key: str = "all") -> tuple[int, int]:
+def likert_marker(study_id: int, slice_key: str = "all", left_out=()) -> tuple[int, int]:
     """(count, newest id) of a slice's Likert judgments: one aggregate, which the worker compares with
     what its snapshot summarised (a count, so a judgment that commits after a newer one is noticed)."""
-    agg = likert_judgments(study_id, slice_key).order_by().aggregate(n=Count("id"), last=Max("id"))
+    agg = likert_judgments(study_id, slice_key, left_out).order_by().aggregate(n=Count("id"), last=Max("id"))
     return agg["n"], agg["last"] or 0
 
 
-def likert_summary(study: Study, slice_key: str = "all") -> dict:
+def likert_summary(study: Study, slice_key: str = "all", left_out=(), weights=None) -> dict:
     """Likert criteria per candidate and tag rates per candidate, as JSON-ready data.
 
     Excluded annotators' judgments are left out, as on the leaderboard.  Tag rates are
@@ -47,23 +49,27 @@ def likert_summary(study: Study, slice_key: str = "all") -> dict:
     candidate by.  One ``GROUP BY`` over the slice's Likert judgments by (candidate,
     ratings, tags): the rows read grow with the distinct answers, not the judgments.  The
     aggregation worker calls this (:func:`arena.services.ratings_recompute`); pages and the
-    API read what it stored.
+    API read what it stored.  ``weights`` ({annotator id: weight}, the competence mode of
+    :mod:`arena.modes`; 1 for annotators not in it) weight the criterion means; the grouping
+    then adds the annotator, and tag rates still count every rated output once.
     """
-    rows = list(
-        likert_judgments(study.pk, slice_key).order_by()
-        .values_list("unit__output_a__candidate__name", "ratings", "tags")
-        .annotate(n=Count("id"), last=Max("id"))
-    )
+    by = ["unit__output_a__candidate__name", "ratings", "tags"] + (["annotator_id"] if weights else [])
+    rows = list(likert_judgments(study.pk, slice_key, left_out).order_by().values_list(*by)
+                .annotate(n=Count("id"), last=Max("id")))
+    if weights:
+        rows = [(c, r, t, n, last, float(weights.get(a, 1.0))) for c, r, t, a, n, last in rows]
+    else:
+        rows = [(c, r, t, n, last, 1.0) for c, r, t, n, last in rows]
     criteria, tags = likert_config(study)
-    answers = [(c, r, t) for c, r, t, n, _ in rows for _ in repeat(None, n)]
-    summaries = likert.summarize(criteria, ((c, r) for c, r, _ in answers))
-    rates = likert.tag_rates([t["key"] for t in tags], ((c, t or []) for c, _, t in answers))
+    answers = [(c, r, t, w) for c, r, t, n, _, w in rows for _ in repeat(None, n)]
+    summaries = likert.summarize(criteria, ((c, r, w) if weights else (c, r) for c, r, _, w in answers))
+    rates = likert.tag_rates([t["key"] for t in tags], ((c, t or []) for c, _, t, _ in answers))
     return {
         "interval": INTERVAL,
         "criteria": criteria,
         "tags": tags,
         "n_judgments": len(answers),
-        "last_judgment_id": max((last for *_, last in rows), default=0),
+        "last_judgment_id": max((last for *_, last, _w in rows), default=0),
         "candidates": [
             {
                 "candidate": name,

@@ -24,6 +24,7 @@ from django.db.models import Avg, Count, Max
 from django.utils import timezone
 
 from annotation.models import Candidate, Judgment, Output, Study
+from arena import modes
 from arena.models import Judge, JudgeVerdict, RatingSnapshot
 from arena.services import SUMMARY  # the snapshot's method and its refresh request's key
 
@@ -52,7 +53,7 @@ def summary_marker(study_id: int) -> list:
     """What the summary was computed from, in a handful of aggregates: done outputs, finished
     metric runs, judge verdicts, judgments, candidates and the study's version and criteria.
     Equal markers mean an equal summary, so the worker skips the work."""
-    study = Study.objects.only("version", "likert_criteria").get(pk=study_id)
+    study = Study.objects.only("version", "likert_criteria", "ratings_mode").get(pk=study_id)
     outputs = Output.objects.filter(study_id=study_id, status=Output.Status.DONE).aggregate(
         n=Count("id"), last=Max("finished_at"))
     runs = MetricRun.objects.filter(study_id=study_id, status=MetricRun.Status.DONE).aggregate(
@@ -65,7 +66,11 @@ def summary_marker(study_id: int) -> list:
     def stamp(agg: dict) -> list:
         return [agg["n"], agg["last"].isoformat() if hasattr(agg["last"], "isoformat") else agg["last"]]
 
-    return [study.version, [c.get("key") for c in study.likert_criteria or []], stamp(outputs), stamp(runs),
+    # whose judgments the ratings count can change without a new judgment (flags, competence)
+    counted = RatingSnapshot.objects.filter(study_id=study_id, slice_key="all", method="bt").values_list(
+        "payload__ratings_mode", flat=True).first()
+    return [study.version, study.ratings_mode, counted, [c.get("key") for c in study.likert_criteria or []],
+            stamp(outputs), stamp(runs),
             stamp(verdicts), stamp(judgments), stamp(candidates), stamp(judges)]
 
 
@@ -198,6 +203,7 @@ def summary_compute(study: Study) -> dict:
 
     return {
         "ratings_computed_at": snapshot.computed_at.isoformat() if snapshot else None,
+        "ratings_mode": modes.sentence(snapshot.payload) if snapshot else None,
         "has_ratings": bool(by_rating), "criteria": criteria, "metrics": metrics, "judges": judges, "rows": rows,
         "agreement": agreement, "output_agreement": output_agreement,
         "judge_details": details,
@@ -265,7 +271,7 @@ def recommend(rows: list[dict], max_cost: float | None, max_p95: float | None) -
             "sentence": f"{best['candidate']} has the best human rating within the budget, {how}."}
 
 
-EMPTY = {"ratings_computed_at": None, "has_ratings": False, "criteria": [], "metrics": [], "judges": [], "rows": [],
+EMPTY = {"ratings_computed_at": None, "ratings_mode": None, "has_ratings": False, "criteria": [], "metrics": [], "judges": [], "rows": [],
          "agreement": [], "output_agreement": [], "judge_details": []}
 
 

@@ -8,4 +8,5 @@ urlpatterns = [
     path("studies/<int:study_id>/metrics/", views.metric_runs, name="runs"),
     path("studies/<int:study_id>/metrics/<int:run_id>/retry/", views.metric_run_retry, name="run_retry"),
     path("studies/<int:study_id>/summary/", views.study_summary, name="summary"),
+    path("studies/<int:study_id>/agreement/", views.study_agreement, name="agreement"),
 ]

@@ -126,3 +126,26 @@ def study_summary(request: HttpRequest, study_id: int) -> HttpResponse:
     form = form or SummaryBudgetForm(initial=data["budget"])
     return render(request, "metrics/summary.html", {"study": study, "evaluator": evaluator, "form": form, **data},
                   status=status)
+
+
+@login_required
+@require_http_methods(["GET"])
+def study_agreement(request: HttpRequest, study_id: int) -> HttpResponse:
+    """GET: managers and evaluators read the agreement figures the worker stored (``?format=json``
+    exports them; ``?criterion=`` picks the kappa heatmap's criterion); managers see pseudonyms."""
+    from .agreement_service import agreement_page
+
+    study = access.get_study_for_manager(request.user, study_id)
+    evaluator = access.Role.EVALUATOR in access.study_roles(request.user, study)
+    data = agreement_page(study, pseudonymize=not evaluator, criterion=request.GET.get("criterion", "")[:60])
+    if data["snapshot"] is None:  # never computed: ask the worker (the one place that requests recomputes)
+        from arena.services import AGREEMENT, ratings_request
+
+        ratings_request(study_id=study.pk, slice_key=AGREEMENT)
+    if request.GET.get("format", "") == "json":
+        return JsonResponse({"study": study.pk, "computed_at": data.get("computed_at"),
+                             "criteria": data["criteria"], "annotators": data["annotators"],
+                             "least_agreed": data["least_agreed"], "least_agreed_by": data.get("least_agreed_by"),
+                             "competence_note": data["competence_note"], "thresholds": data["thresholds"]},
+                            json_dumps_params={"allow_nan": False})
+    return render(request, "metrics/agreement.html", {"study": study, "evaluator": evaluator, **data})

@@ -106,6 +106,9 @@ PAGES: dict[str, dict[str, tuple]] = {
     "annotation:quiz_answer": {"get": NOT_SERVED, "post": annotators_only(409)},  # no question is waiting
     "arena:leaderboard": {"get": managers(200), "post": NOT_SERVED},
     "arena:recompute": {"get": NOT_SERVED, "post": managers(302)},
+    "arena:ratings_mode": {"get": NOT_SERVED, "post": evaluator_only(302)},
+    # unit 0 never exists (ids differ between databases): the evaluator's answer names it, 400
+    "annotation:adjudicate": {"get": NOT_SERVED, "post": evaluator_only(400)},
     # managers read the LLM judges' results; evaluators add judges and start them
     "arena:judges": {"get": managers(200), "post": evaluator_only(302)},
     "arena:judge_start": {"get": NOT_SERVED, "post": evaluator_only(302)},
@@ -113,6 +116,7 @@ PAGES: dict[str, dict[str, tuple]] = {
     "metrics:runs": {"get": managers(200), "post": evaluator_only(302)},
     "metrics:run_retry": {"get": NOT_SERVED, "post": evaluator_only(302)},
     "metrics:summary": {"get": managers(200), "post": evaluator_only(302)},
+    "metrics:agreement": {"get": managers(200), "post": NOT_SERVED},
 }
 # Pages another change is adding, with their rows still to be written: each name here is
 # left out of the sweep and must be moved into PAGES with its statuses.

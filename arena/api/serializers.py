@@ -54,6 +54,10 @@ class LeaderboardSerializer(serializers.Serializer):
         help_text="The slice's Likert criteria per candidate (n, mean, Student-t 95% interval, points' distribution, "
                   "n/a count) and failure-tag rates (Wilson 95%), from the same snapshot as the ratings (its "
                   "`computed_at`/`age_seconds`); null when the study rates and tags nothing or nothing is computed yet.")
+    ratings_mode = serializers.DictField(
+        required=False,
+        help_text="Whose judgments the ratings and Likert means count: mode (all | exclude_flagged), left_out "
+                  "(annotator ids left out) and the sentence the leaderboard page shows.")
 
 
 class CandidateProgressSerializer(serializers.Serializer):

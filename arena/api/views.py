@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from annotation import access
 from annotation import selectors as annotation_selectors
 
-from .. import selectors
+from .. import modes, selectors
 from ..board import Board
 from ..models import RatingSnapshot
 from ..services import BT
@@ -50,6 +50,8 @@ def leaderboard(request: Request, study_id: int) -> Response:
         "length_bias": board.length_bias,
         "slices": slices,
         "likert": board.likert.to_json() if board.likert and (study.likert_criteria or study.failure_tags) else None,
+        "ratings_mode": {**snapshot.payload.get("ratings_mode", {"mode": "all", "left_out": []}),
+                         "sentence": modes.sentence(snapshot.payload)},
     })
 
 

@@ -60,3 +60,26 @@ def test_summaries_group_by_candidate_and_tag_rates_use_wilson_intervals():
 def test_the_module_imports_without_django():
     code = "import sys, metrics.likert; assert 'django' not in sys.modules, 'django imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_weighted_means_follow_kish_effective_size_and_reduce_to_the_unweighted_ones():
+    # points 1 and 5 weighted 1 and 3: mean 4, n_eff = 4²/10 = 1.6, s_w² = (1·9 + 3·1)/(4 − 10/4) = 8
+    s = likert.criterion_summary([1, 5], 5, weights=[1.0, 3.0])
+    half = stats.t.ppf(0.975, 0.6) * math.sqrt(8) / math.sqrt(1.6)
+    assert s.mean == pytest.approx(4.0) and s.n == 2
+    assert (s.lower, s.upper) == (pytest.approx(4 - half), pytest.approx(4 + half))
+    rng = np.random.default_rng(3)
+    points = [int(p) for p in rng.integers(1, 6, 40)] + [None, None]
+    plain = likert.criterion_summary(points, 5)
+    assert likert.criterion_summary(points, 5, weights=[0.7] * len(points)) == plain  # equal weights: the same
+    # a weight of 0 is the same as leaving the point out; n and the distribution count the rest
+    weights = [0.0 if i % 4 == 0 else 1.0 for i in range(len(points))]
+    kept = [p for p, w in zip(points, weights) if w > 0]
+    assert likert.criterion_summary(points, 5, weights=weights) == likert.criterion_summary(kept, 5)
+    # weighted mean against numpy's, independent of the interval formula
+    w = rng.uniform(0.2, 1.0, len(points))
+    got = likert.criterion_summary(points, 5, weights=list(w))
+    rated = [(p, x) for p, x in zip(points, w) if p is not None]
+    assert got.mean == pytest.approx(np.average([p for p, _ in rated], weights=[x for _, x in rated]))
+    with pytest.raises(ValueError, match="non-negative"):
+        likert.criterion_summary([1, 2], 5, weights=[1.0, -1.0])
