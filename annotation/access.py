@@ -136,3 +136,58 @@ def studies_for_user(user: AbstractBaseUser):
         pk__in=StudyMember.objects.filter(user=user).values("study")
     )
     return [(study, study_roles(user, study)) for study in qs.order_by("-created_at")]
+
+
+def get_output_image_for_user(user: AbstractBaseUser, study_id: int, path: str, *, thumbnail: bool = False):
+    """The output whose image (or thumbnail) is stored at ``path``, if the user may see it; else 404.
+
+    Evaluators and managers of the study see every image of it; an annotator only the images of
+    the tasks leased to them or judged by them (both outputs of a pair, with the other samples of
+    the same prompt and candidate that a pair's grid shows; a Likert task's one output), gold
+    items and attention checks included, and the quiz questions they have reached).  Everyone
+    else gets a 404, as for a study they do not know.  Indexed queries, whatever the study's size:
+    two for evaluators and managers, three for an annotator's task, two more for a quiz question.
+    """
+    from django.db.models import Q
+
+    from .models import Output
+
+    if not user.is_authenticated:
+        raise Http404("No such image")
+    roles = {role for role, excluded in StudyMember.objects.filter(study_id=study_id, user_id=user.pk)
+             .values_list("role", "excluded") if not (role == Role.ANNOTATOR and excluded)}
+    if user.is_superuser:
+        roles.add(Role.EVALUATOR)
+    if not roles:
+        raise Http404("No such image")
+    field = "thumbnail" if thumbnail else "image"
+    output = Output.objects.filter(study_id=study_id, **{field: path}).only(
+        "pk", "study_id", "prompt_id", "candidate_id", field).first()
+    if output is None:
+        raise Http404("No such image")
+    if roles & {Role.EVALUATOR, Role.MANAGER}:
+        return output
+    same_sample = Q(unit__output_a_id=output.pk) | Q(unit__output_b_id=output.pk)
+    grid = Q(unit__kind=Unit.Kind.PAIRWISE) & (
+        Q(unit__output_a__prompt_id=output.prompt_id, unit__output_a__candidate_id=output.candidate_id)
+        | Q(unit__output_b__prompt_id=output.prompt_id, unit__output_b__candidate_id=output.candidate_id))
+    held_or_judged = Q(submitted_at__isnull=False) | Q(released=False)
+    if Assignment.objects.filter(held_or_judged, same_sample | grid, study_id=study_id,
+                                 annotator_id=user.pk).exists():
+        return output
+    if _in_quiz_shown(user, study_id, output.pk):
+        return output
+    raise Http404("No such image")
+
+
+def _in_quiz_shown(user: AbstractBaseUser, study_id: int, output_id: int) -> bool:
+    """Whether a quiz question the annotator has reached (answered, or the one waiting) shows the
+    output: quiz questions are gold items asked outside any lease (annotation.checks)."""
+    from django.db.models import Q
+
+    from .models import QuizAttempt
+
+    reached = [pk for items, answers in QuizAttempt.objects.filter(study_id=study_id, user_id=user.pk)
+               .values_list("items", "answers") for pk in items[:len(answers) + 1]]
+    return bool(reached) and Unit.objects.filter(Q(output_a_id=output_id) | Q(output_b_id=output_id),
+                                                 pk__in=reached, study_id=study_id).exists()

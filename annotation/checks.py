@@ -352,6 +352,8 @@ class QuizItem:
     left_html: str
     right_html: str
     criteria: tuple
+    left_images: tuple = ()  # image outputs: ({url, thumb, alt},), as on a task page
+    right_images: tuple = ()
 
 
 def quiz_item(attempt: QuizAttempt) -> QuizItem | None:
@@ -365,14 +367,21 @@ def quiz_item(attempt: QuizAttempt) -> QuizItem | None:
     def stored_or_render(html: str, text: str) -> str:  # rows written before HTML was stored have none
         return html or markdown.render(text)
 
+    def images(output, label: str) -> tuple:
+        from .services import output_image_item  # services imports nothing of this module's users
+
+        return ((output_image_item(output.study_id, output.image.name, output.thumbnail.name,
+                                            f"Image {label}"),) if output.image else ())
+
     prompt_html = stored_or_render(unit.prompt.html, unit.prompt.text)
     if unit.kind == Unit.Kind.LIKERT:
         return QuizItem(index, len(attempt.items), unit.kind, prompt_html,
                         stored_or_render(unit.output_a.html, unit.output_a.text), "",
-                        tuple(attempt.study.likert_criteria))
+                        tuple(attempt.study.likert_criteria), left_images=images(unit.output_a, "A"))
     first, second = (unit.output_a, unit.output_b) if attempt.sides[index] else (unit.output_b, unit.output_a)
     return QuizItem(index, len(attempt.items), unit.kind, prompt_html, stored_or_render(first.html, first.text),
-                    stored_or_render(second.html, second.text), ())
+                    stored_or_render(second.html, second.text), (), left_images=images(first, "A"),
+                    right_images=images(second, "B"))
 
 
 @dataclass(frozen=True)

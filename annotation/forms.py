@@ -160,7 +160,8 @@ class CandidateForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
         required=False,
         help_text='JSON, e.g. {"model": "/models/my-llm"} (a directory under a model root) or '
-        '{"base_url": "http://127.0.0.1:8001/v1", "model": "llama3", "api_key_env": "EVALSITE_KEY_VLLM"}',
+        '{"base_url": "http://127.0.0.1:8001/v1", "model": "llama3", "api_key_env": "EVALSITE_KEY_VLLM"}; '
+        'text-to-image: {"model": "/models/sd15", "steps": 30, "guidance_scale": 7.5, "width": 512, "height": 512}',
     )
     outputs = UploadField(required=False, help_text="Imported candidates: JSONL with prompt_id, output.")
 

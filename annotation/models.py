@@ -6,6 +6,8 @@ cannot create a second row (see shared/ARCHITECTURE.md, "Invariants").
 from __future__ import annotations
 
 import hashlib
+import uuid
+from pathlib import PurePosixPath
 
 from django.conf import settings
 from django.db import models
@@ -213,6 +215,8 @@ class Candidate(models.Model):
     class Backend(models.TextChoices):
         TRANSFORMERS = "transformers", "Hugging Face transformers"
         OPENAI = "openai", "OpenAI-compatible endpoint"
+        DIFFUSERS = "diffusers", "Diffusers text-to-image pipeline"
+        OPENAI_IMAGES = "openai_images", "OpenAI-compatible images endpoint"
         IMPORTED = "imported", "Imported outputs"
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="candidates")
@@ -247,6 +251,21 @@ class Candidate(models.Model):
         return self.name
 
 
+def output_image_path(instance, filename: str) -> str:
+    """Where an output's image is stored: an opaque random name under the study, so neither the
+    path nor the URL says which candidate made it (blind means blind)."""
+    return f"outputs/{instance.study_id}/{uuid.uuid4().hex}{_image_suffix(filename)}"
+
+
+def output_thumbnail_path(instance, filename: str) -> str:
+    return f"outputs/{instance.study_id}/thumbs/{uuid.uuid4().hex}{_image_suffix(filename)}"
+
+
+def _image_suffix(filename: str) -> str:
+    suffix = PurePosixPath(filename).suffix.lower()
+    return suffix if suffix in (".png", ".jpg", ".jpeg", ".webp") else ".png"
+
+
 class Output(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -275,6 +294,13 @@ class Output(models.Model):
     cost = models.FloatField(null=True, blank=True)
     seed = models.BigIntegerField(null=True, blank=True)
     settings = models.JSONField(default=dict, blank=True)
+    # A text-to-image output: the image through Django's storage (media root, or S3-compatible
+    # storage when several machines share the work) and its thumbnail, made once with it.  Both
+    # are indexed: the image view finds the output from the opaque name in its URL.
+    image = models.FileField(upload_to=output_image_path, max_length=300, blank=True, default="", db_default="",
+                             db_index=True)
+    thumbnail = models.FileField(upload_to=output_thumbnail_path, max_length=300, blank=True, default="",
+                                 db_default="", db_index=True)
     claim = models.CharField(
         max_length=64, blank=True, help_text="Id of the task run that holds this output."
     )

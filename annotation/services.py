@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from itertools import combinations
+from pathlib import PurePosixPath
 
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
+from django.core.files.base import ContentFile
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q
 from django.db.models.functions import Substr
@@ -31,6 +33,7 @@ from arena import outcomes
 
 from . import audit, identity, markdown, neardup, selectors, taskconfig, uploads
 from .generation import base as generation_base
+from .generation import images as generation_images
 from .models import (
     Adjudication,
     Assignment,
@@ -520,6 +523,7 @@ def spec_policy() -> generation_base.SpecPolicy:
         model_roots=tuple(str(root) for root in s.EVALSITE_MODEL_ROOTS),
         allow_hub_ids=bool(s.EVALSITE_ALLOW_HUB_IDS),
         base_urls=tuple(s.EVALSITE_BASE_URLS),
+        diffusers_device=s.EVALSITE_DIFFUSERS_DEVICE,
     )
 
 
@@ -1046,7 +1050,12 @@ def generation_claim(*, output_ids: Sequence[int], claim: str, worker: str = "",
 
 
 def generation_record(*, output_id: int, claim: str, result) -> bool:
-    """Write one generation result onto the output this run claimed."""
+    """Write one generation result onto the output this run claimed.
+
+    An image result's file and its thumbnail (made here, once) are saved through Django's
+    storage under opaque names, then the row is updated by the same conditional UPDATE as a
+    text; if the claim was lost meanwhile, the files just written are deleted again.
+    """
     fields = {
         "latency_ms": result.latency_ms,
         "prompt_tokens": result.prompt_tokens,
@@ -1054,15 +1063,46 @@ def generation_record(*, output_id: int, claim: str, result) -> bool:
         "cost": result.cost,
         "finished_at": timezone.now(),
     }
+    if getattr(result, "settings", None) is not None:
+        fields["settings"] = result.settings
+    held = Output.objects.filter(pk=output_id, claim=claim, status=Output.Status.RUNNING)
+    written: list = []
     if result.error:
         fields.update(status=Output.Status.FAILED, error=result.error, claim="")
+    elif getattr(result, "image", None) is not None:
+        study_id = held.values_list("study_id", flat=True).first()
+        if study_id is None:  # the claim is gone: write nothing
+            return False
+        try:
+            data, suffix, _size = generation_images.normalise(result.image)
+            thumb = generation_images.thumbnail(data)
+        except generation_images.ImageError as exc:
+            fields.update(status=Output.Status.FAILED, error=f"the backend's image: {exc}", claim="")
+        else:
+            stub = Output(pk=output_id, study_id=study_id)
+            try:
+                stub.image.save(f"image{suffix}", ContentFile(data), save=False)
+                written.append(stub.image)
+                stub.thumbnail.save("thumbnail.png", ContentFile(thumb), save=False)
+                written.append(stub.thumbnail)
+            except Exception:
+                for file in written:
+                    file.delete(save=False)
+                raise
+            fields.update(status=Output.Status.DONE, text="", html="", error="",
+                          image=stub.image.name, thumbnail=stub.thumbnail.name)
     else:
         text = result.text or ""
         # rendered here, in the worker, once: the annotate page prints the stored HTML
         fields.update(status=Output.Status.DONE, text=text, html=markdown.render(text), error="")
-    return bool(
-        Output.objects.filter(pk=output_id, claim=claim, status=Output.Status.RUNNING).update(**fields)
-    )
+    updated = False
+    try:
+        updated = bool(held.update(**fields))
+    finally:
+        if not updated:  # a lost claim (or a failed UPDATE) leaves no file behind
+            for file in written:
+                file.delete(save=False)
+    return updated
 
 
 def generation_fail(*, output_ids: Sequence[int], claim: str, error: str) -> int:
@@ -1109,15 +1149,17 @@ def generation_run(*, candidate_id: int, output_ids: Sequence[int], claim: str, 
 
 def _pair_texts(new: Sequence) -> tuple[dict[int, str], set[int]]:
     """The first characters of the outputs of new pairs (what the near-identical rule compares,
-    bounded by EVALSITE_NEAR_IDENTICAL_CHARS), and those the identity guard excluded."""
+    bounded by EVALSITE_NEAR_IDENTICAL_CHARS; image outputs are left out), and those the identity
+    guard excluded."""
     ids = {o for _, (oa, _ca), (ob, _cb) in new for o in (oa, ob)}
     limit = django_settings.EVALSITE_NEAR_IDENTICAL_CHARS * 2  # room for whitespace that normalising drops
     texts, excluded = {}, set()
     ids_list = sorted(ids)
     for i in range(0, len(ids_list), 2000):
-        for pk, text, identity_state in Output.objects.filter(pk__in=ids_list[i:i + 2000]).values_list(
-                "pk", Substr("text", 1, limit), "identity"):
-            texts[pk] = text or ""
+        for pk, text, identity_state, image in Output.objects.filter(pk__in=ids_list[i:i + 2000]).values_list(
+                "pk", Substr("text", 1, limit), "identity", "image"):
+            if not image:  # images (empty texts) are never a tie by the text rule
+                texts[pk] = text or ""
             if identity_state == Output.Identity.EXCLUDED:
                 excluded.add(pk)
     return texts, excluded
@@ -1126,7 +1168,9 @@ def _pair_texts(new: Sequence) -> tuple[dict[int, str], set[int]]:
 def units_build(*, study: Study, prompt_ids: Iterable[int] | None = None) -> int:
     """Create a blind pairwise unit for every pair of finished outputs of a prompt.
 
-    Pairs use the same sample index; idempotent (unique pair constraint).  ``prompt_ids``
+    Pairs use the same sample index; idempotent (unique pair constraint).  Image outputs of a
+    study with several samples per prompt pair once per prompt, on sample 0: the task shows
+    each side's grid of all its samples (a Likert task still rates every image).  ``prompt_ids``
     limits the work to those prompts (a generation batch touches only its own), so a
     large study is not rescanned after every batch.  Each new unit gets its candidate
     pair, a random serving key and its position among its pair's units (whose parity
@@ -1140,9 +1184,13 @@ def units_build(*, study: Study, prompt_ids: Iterable[int] | None = None) -> int
     if prompt_ids is not None:
         done = done.filter(prompt_id__in=prompt_ids)
         existing_units = existing_units.filter(prompt_id__in=prompt_ids)
-    rows = done.values_list("pk", "prompt_id", "sample_index", "candidate_id").order_by("prompt_id", "sample_index", "pk")
+    rows = done.values_list("pk", "prompt_id", "sample_index", "candidate_id", "image").order_by(
+        "prompt_id", "sample_index", "pk")
+    grids = study.samples_per_prompt > 1
     groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for pk, prompt_id, sample, cand in rows:
+    for pk, prompt_id, sample, cand, image in rows:
+        if image and grids and sample != 0:
+            continue  # image pairs show the two grids of all samples: one pair per prompt, on sample 0
         groups.setdefault((prompt_id, sample), []).append((pk, cand))
     existing = set(existing_units.values_list("output_a_id", "output_b_id"))
     new = [
@@ -1166,9 +1214,9 @@ def units_build(*, study: Study, prompt_ids: Iterable[int] | None = None) -> int
             n = seq.get((lo, hi), 0)
             seq[(lo, hi)] = n + 1
             # identical or near-identical outputs are a tie by rule, never served
-            rule_tie = neardup.similarity_at_least(texts.get(oa, ""), texts.get(ob, ""),
-                                                   django_settings.EVALSITE_NEAR_IDENTICAL,
-                                                   django_settings.EVALSITE_NEAR_IDENTICAL_CHARS)
+            rule_tie = oa in texts and ob in texts and neardup.similarity_at_least(
+                texts[oa], texts[ob], django_settings.EVALSITE_NEAR_IDENTICAL,
+                django_settings.EVALSITE_NEAR_IDENTICAL_CHARS)
             # a hidden candidate's pairs, an output excluded by the identity guard and a rule tie stay closed
             closed = lo in hidden or hi in hidden or oa in identity_excluded or ob in identity_excluded or rule_tie
             units.append(Unit(study=study, prompt_id=prompt_id, output_a_id=oa, output_b_id=ob,
@@ -1714,6 +1762,10 @@ class TaskView:
     criteria: tuple = ()
     tags: tuple = ()  # each {key, label, letter}: the letter toggles it
     ask_rationale: str = "optional"
+    # Image outputs: each side's images ({url, thumb, alt}), the grid of the prompt's samples of that
+    # side's candidate in sample order (one image when the study has one sample per prompt).
+    left_images: tuple = ()
+    right_images: tuple = ()
 
 
 def task_view(*, assignment: Assignment, done: int, units_total: int, study: Study | None = None) -> TaskView:
@@ -1729,10 +1781,54 @@ def task_view(*, assignment: Assignment, done: int, units_total: int, study: Stu
                   remaining=max(0, units_total - done - 1), tags=tuple(taskconfig.tag_letters(study.failure_tags)),
                   ask_rationale=study.ask_rationale)
     if unit.kind == Unit.Kind.LIKERT:
+        images = _task_images(unit.output_a, None) if not unit.output_a.text else ((), ())
         return TaskView(left=unit.output_a.text, left_html=unit.output_a.html, right="", kind=Unit.Kind.LIKERT,
-                        criteria=tuple(study.likert_criteria), **common)
+                        criteria=tuple(study.likert_criteria), left_images=images[0], **common)
     first, second = (unit.output_a, unit.output_b) if assignment.left_is_a else (unit.output_b, unit.output_a)
-    return TaskView(left=first.text, right=second.text, left_html=first.html, right_html=second.html, **common)
+    left_images, right_images = _task_images(first, second) if not (first.text or second.text) else ((), ())
+    return TaskView(left=first.text, right=second.text, left_html=first.html, right_html=second.html,
+                    left_images=left_images, right_images=right_images, **common)
+
+
+def _task_images(first: Output, second: Output | None) -> tuple[tuple, tuple]:
+    """The images of a task without text, in one query: a Likert task's one image; for a pair, each
+    side's grid (the finished samples of the prompt by that side's candidate, in sample order).
+    URLs carry only the opaque file names, alt texts only the side ("Image A", "Sample 2 of B")."""
+    shown = [o for o in (first, second) if o is not None]
+    if second is None:
+        match = Q(pk=first.pk)
+    else:
+        match = Q(pk__in=[o.pk for o in shown]) | Q(prompt_id=first.prompt_id,
+                                                     candidate_id__in=[o.candidate_id for o in shown])
+    rows = list(Output.objects.filter(match, study_id=first.study_id, status=Output.Status.DONE)
+                .exclude(image="").order_by("sample_index", "pk")
+                .values_list("pk", "prompt_id", "candidate_id", "image", "thumbnail"))
+    by_pk = {row[0]: row for row in rows}
+    sides = []
+    for label, out in zip("AB", shown):
+        own = by_pk.get(out.pk)
+        if own is None:
+            sides.append(())
+            continue
+        grid = [r for r in rows if r[1] == own[1] and r[2] == own[2]] if second is not None else [own]
+        sides.append(tuple(
+            output_image_item(first.study_id, image, thumb,
+                              f"Image {label}" if len(grid) == 1 else f"Sample {n} of {label}")
+            for n, (_pk, _prompt, _cand, image, thumb) in enumerate(grid, 1)))
+    while len(sides) < 2:
+        sides.append(())
+    return sides[0], sides[1]
+
+
+def output_image_item(study_id: int, image: str, thumbnail: str, alt: str) -> dict:
+    """One image as a page shows it: {url, thumb, alt}; the URLs name only the opaque file names."""
+    from django.urls import reverse
+
+    url = reverse("annotation:output_image", kwargs={"study_id": study_id, "name": PurePosixPath(image).name})
+    thumb = (reverse("annotation:output_thumbnail", kwargs={"study_id": study_id,
+                                                           "name": PurePosixPath(thumbnail).name})
+             if thumbnail else url)
+    return {"url": url, "thumb": thumb, "alt": alt}
 
 
 class AlreadySubmitted(ServiceError):

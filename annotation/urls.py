@@ -20,6 +20,23 @@ register_converter(TaskTokenConverter, "task_token")
 # An invitation link's token is made the same way (its SHA-256 is what is stored).
 register_converter(TaskTokenConverter, "invitation_token")
 
+
+
+class ImageNameConverter:
+    """An output image's file name as ``models.output_image_path`` makes it: 32 hex digits and an
+    image suffix.  Anything else is a 404 before a query is made."""
+
+    regex = "[0-9a-f]{32}\\.(?:png|jpg|jpeg|webp)"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(ImageNameConverter, "image_name")
+
 app_name = "annotation"
 
 urlpatterns = [
@@ -48,6 +65,8 @@ urlpatterns = [
     path("studies/<int:study_id>/outputs/retry-failed/", views.outputs_retry_failed, name="retry_failed"),
     path("studies/<int:study_id>/outputs/<int:output_id>/retry/", views.output_retry, name="output_retry"),
     path("studies/<int:study_id>/annotate/", views.annotate, name="annotate"),
+    path("studies/<int:study_id>/images/<image_name:name>", views.output_image, name="output_image"),
+    path("studies/<int:study_id>/images/thumbs/<image_name:name>", views.output_thumbnail, name="output_thumbnail"),
     path("studies/<int:study_id>/annotate/instructions/", views.annotate_instructions, name="instructions"),
     path("studies/<int:study_id>/instructions/", views.study_instructions, name="instructions_edit"),
     path("studies/<int:study_id>/quality/", views.quality, name="quality"),

@@ -7,7 +7,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -541,6 +541,38 @@ def annotate(request: HttpRequest, study_id: int) -> HttpResponse:
         return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     assignment = services.assignment_next(study=member.study, annotator=request.user)
     return _task_response(request, member.study, assignment, done=member.done)
+
+
+_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+
+
+def _image_response(request: HttpRequest, study_id: int, name: str, *, thumbnail: bool) -> HttpResponse:
+    """An output's image through Django's storage, checked for permission on every request
+    (access.get_output_image_for_user) and never kept by a shared cache."""
+    folder = f"outputs/{study_id}/thumbs/" if thumbnail else f"outputs/{study_id}/"
+    output = access.get_output_image_for_user(request.user, study_id, folder + name, thumbnail=thumbnail)
+    stored = output.thumbnail if thumbnail else output.image
+    try:
+        handle = stored.open("rb")
+    except (FileNotFoundError, OSError):
+        raise Http404("The image file is missing from storage") from None
+    suffix = name[name.rindex("."):]
+    response = FileResponse(handle, content_type=_IMAGE_TYPES[suffix])
+    response["Cache-Control"] = "private, no-store"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@login_required
+@require_safe
+def output_image(request: HttpRequest, study_id: int, name: str) -> HttpResponse:
+    return _image_response(request, study_id, name, thumbnail=False)
+
+
+@login_required
+@require_safe
+def output_thumbnail(request: HttpRequest, study_id: int, name: str) -> HttpResponse:
+    return _image_response(request, study_id, name, thumbnail=True)
 
 
 @never_cache

@@ -379,6 +379,9 @@ EVALSITE_MODEL_ROOTS = envlist("EVALSITE_MODEL_ROOTS", [str(EVALSITE_MODELS_DIR)
 EVALSITE_ALLOW_HUB_IDS = envbool("EVALSITE_ALLOW_HUB_IDS", True)
 # URL prefixes an OpenAI-compatible base_url must fall under (comma list); empty allows any.
 EVALSITE_BASE_URLS = envlist("EVALSITE_BASE_URLS", [])
+# Where a worker runs diffusers pipelines: auto (CUDA when there is one, else CPU), cpu, cuda, cuda:N.
+# float16/bfloat16 specs run in float32 on a CPU (recorded in each output's settings).
+EVALSITE_DIFFUSERS_DEVICE = os.environ.get("EVALSITE_DIFFUSERS_DEVICE", "auto").strip() or "auto"
 
 # --- Invitations --------------------------------------------------------------------
 # An invitation link expires after this many days unless its evaluator picks another span.

@@ -14,13 +14,21 @@ class MetricRunForm(forms.Form):
     threshold = forms.FloatField(required=False, min_value=0.0, max_value=1.0,
                                  help_text="hallucination_rate: an output under this entailment probability counts as a hallucination.")
 
+    reference = forms.CharField(required=False, max_length=100,
+                                help_text="fid, kid: the name of one of the study's reference sets (lower is better).")
+    architecture = forms.CharField(required=False, max_length=100,
+                                   help_text="clip_score: the open_clip architecture of the weights file given as "
+                                             "model (default ViT-B-32).")
+
     def __init__(self, *args, **kwargs):
+        from .services import IMAGE_METRICS
+
         super().__init__(*args, **kwargs)
-        self.fields["metric"].choices = [(m, m) for m in text.TEXT_METRICS]
+        self.fields["metric"].choices = [(m, m) for m in (*text.TEXT_METRICS, *IMAGE_METRICS)]
 
     def options(self) -> dict:
         d = self.cleaned_data
-        return {k: d[k] for k in ("model", "threshold") if d.get(k) not in (None, "")}
+        return {k: d[k] for k in ("model", "threshold", "reference", "architecture") if d.get(k) not in (None, "")}
 
 
 class SummaryBudgetForm(forms.Form):
@@ -28,3 +36,11 @@ class SummaryBudgetForm(forms.Form):
 
     max_cost_per_1000 = forms.FloatField(required=False, min_value=0, label="Most cost per 1,000 outputs")
     max_latency_p95_ms = forms.FloatField(required=False, min_value=0, label="Most p95 latency (ms)")
+
+
+class ReferenceSetForm(forms.Form):
+    """A reference set: a name and a zip of PNG, JPEG or WEBP images."""
+
+    name = forms.CharField(max_length=100, help_text="Letters, digits, spaces, dots, dashes, underscores.")
+    archive = forms.FileField(help_text="A .zip of PNG, JPEG or WEBP images (no folders of other files, no "
+                                        "archives inside).")

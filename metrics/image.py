@@ -322,6 +322,32 @@ def inception_features(images, *, batch_size: int = 32, weights_path: str | None
     return np.concatenate(out).astype(np.float64)
 
 
+def _fid_low_rank(a: np.ndarray, b: np.ndarray) -> float:
+    """The Fréchet distance of the two sets' Gaussians computed from the centred features.
+
+    With A and B the centred (n, d) feature rows, S1 = AᵀA/(n_a-1) and S2 = BᵀB/(n_b-1); the
+    non-zero eigenvalues of S1 S2 are those of (A Bᵀ)(A Bᵀ)ᵀ/((n_a-1)(n_b-1)), so
+    tr((S1 S2)^½) is the sum of the singular values of A Bᵀ over sqrt((n_a-1)(n_b-1)): exact,
+    and an (n_a × n_b) problem instead of a (d × d) one when the sets are smaller than d.
+    """
+    n_a, n_b = a.shape[0], b.shape[0]
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    ca, cb = a - mu_a, b - mu_b
+    tr_a = float((ca * ca).sum()) / (n_a - 1)
+    tr_b = float((cb * cb).sum()) / (n_b - 1)
+    tr_covmean = float(np.linalg.svd(ca @ cb.T, compute_uv=False).sum()) / math.sqrt((n_a - 1) * (n_b - 1))
+    diff = mu_a - mu_b
+    return float(diff @ diff + tr_a + tr_b - 2.0 * tr_covmean)
+
+
+def _fid_of(a: np.ndarray, b: np.ndarray) -> float:
+    if min(a.shape[0], b.shape[0]) < a.shape[1]:
+        if min(a.shape[0], b.shape[0]) < 2:
+            raise ValueError(f"need at least 2 items in each set, got {a.shape[0]} and {b.shape[0]}")
+        return _fid_low_rank(a, b)
+    return frechet_distance(*gaussian_statistics(a), *gaussian_statistics(b))
+
+
 def fid_from_features(
     features_a, features_b, *, rng: np.random.Generator, rounds: int = 50, config: dict | None = None
 ) -> MetricResult:
@@ -334,24 +360,20 @@ def fid_from_features(
     """
     a = np.asarray(features_a, dtype=np.float64)
     b = np.asarray(features_b, dtype=np.float64)
-    mu_a, s_a = gaussian_statistics(a)
-    mu_b, s_b = gaussian_statistics(b)
-    value = frechet_distance(mu_a, s_a, mu_b, s_b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(a.shape[0], b.shape[0]) < 2:
+        raise ValueError(f"need two (n >= 2, d) feature arrays of the same d, got {a.shape} and {b.shape}")
+    value = _fid_of(a, b)
     n_a, n_b = a.shape[0], b.shape[0]
 
     if rounds > 0:
-        boot = [
-            frechet_distance(
-                *gaussian_statistics(a[rng.integers(0, n_a, n_a)]),
-                *gaussian_statistics(b[rng.integers(0, n_b, n_b)]),
-            )
-            for _ in range(rounds)
-        ]
+        boot = [_fid_of(a[rng.integers(0, n_a, n_a)], b[rng.integers(0, n_b, n_b)]) for _ in range(rounds)]
         lower, upper = (float(q) for q in np.quantile(boot, [0.025, 0.975]))
     else:
         lower, upper = math.nan, math.nan
     cfg = dict(config or {})
-    cfg.update({"n_a": n_a, "n_b": n_b, "bootstrap_rounds": rounds, "frechet": "eigh"})
+    low_rank = min(n_a, n_b) < a.shape[1]
+    cfg.update({"n_a": n_a, "n_b": n_b, "bootstrap_rounds": rounds,
+                "frechet": "singular values of the centred cross product (exact, n < d)" if low_rank else "eigh"})
     if min(n_a, n_b) < FID_MIN_RECOMMENDED_N:
         cfg["warning"] = FID_SMALL_N_WARNING
     return MetricResult(name="fid", value=value, lower=lower, upper=upper, n=int(min(n_a, n_b)), config=cfg)

@@ -95,3 +95,63 @@ class SummaryBudget(models.Model):
 
     def __str__(self) -> str:
         return f"budget of {self.study}"
+
+
+def reference_image_path(instance: "ReferenceImage", filename: str) -> str:
+    """An opaque name under ``references/<study id>/``: nothing of the uploaded name is kept but
+    its type's extension."""
+    import os
+    import uuid
+
+    ext = os.path.splitext(filename)[1].lower()
+    return f"references/{instance.set.study_id}/{uuid.uuid4().hex}{ext if ext in ('.png', '.jpg', '.webp') else ''}"
+
+
+def reference_features_path(instance: "ReferenceSet", filename: str) -> str:
+    import uuid
+
+    return f"references/{instance.study_id}/features/{uuid.uuid4().hex}.npz"
+
+
+class ReferenceSet(models.Model):
+    """Real images an evaluator uploaded (a zip) for FID and KID to compare the candidates with.
+
+    Written whole or not at all: a refused archive leaves no row and no file.  ``features``
+    caches the Inception features of its images (an ``.npz``), computed by the first FID or
+    KID run that needs them, with the extractor's configuration in ``features_config``.
+    """
+
+    class Status(models.TextChoices):
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="reference_sets")
+    name = models.CharField(max_length=100)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    n_images = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.READY)
+    error = models.TextField(blank=True)
+    features = models.FileField(upload_to=reference_features_path, max_length=300, blank=True, default="")
+    features_config = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["study", "-created_at", "pk"]
+        constraints = [models.UniqueConstraint(fields=["study", "name"], name="reference_set_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ReferenceImage(models.Model):
+    set = models.ForeignKey(ReferenceSet, on_delete=models.CASCADE, related_name="images")
+    file = models.FileField(upload_to=reference_image_path, max_length=300, db_index=True)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["set", "pk"]
+
+    def __str__(self) -> str:
+        return self.file.name

@@ -27,6 +27,10 @@ CORPUS_METRICS = frozenset({"bleu", "chrf"})
 MODEL_METRICS = frozenset({"bertscore", "perplexity", "nli", "hallucination_rate"})
 # Of those, the ones with no default model (bertscore has the shipped all-MiniLM-L6-v2).
 NEEDS_MODEL = MODEL_METRICS - {"bertscore"}
+# Image metrics (text-to-image studies): over the outputs that have an image.  FID, KID and the
+# Inception Score are per candidate (and slice), CLIP Score per image against its prompt's text.
+IMAGE_METRICS = ("fid", "kid", "clip_score", "inception_score")
+SET_METRICS = frozenset({"fid", "kid", "inception_score"})
 # Counts a metric reports about the items of one call (one batch of a run), not its configuration.
 BATCH_COUNTS = ("scored_tokens", "truncated_items")
 AGGREGATE = ("per candidate and slice: mean of the per-output values, "
@@ -37,18 +41,23 @@ ERROR_LIMIT = generation_base.ERROR_TEXT_LIMIT
 
 def metric_queue(metric: str) -> str:
     """The queue a metric's run goes to: models on ``generation``, the light ones on ``aggregation``."""
-    return settings.QUEUE_GENERATION if metric in MODEL_METRICS else settings.QUEUE_AGGREGATION
+    heavy = metric in MODEL_METRICS or metric in IMAGE_METRICS
+    return settings.QUEUE_GENERATION if heavy else settings.QUEUE_AGGREGATION
 
 
 def _options_hash(options: dict) -> str:
     return hashlib.sha256(json.dumps(options, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _clean_options(metric: str, options: dict | None, *, on_worker: bool = False) -> dict:
+def _clean_options(metric: str, options: dict | None, *, on_worker: bool = False, study_id: int | None = None) -> dict:
     """The options a metric takes, checked: a model path must lie in a model root (the same
     policy candidate specs follow, EVALSITE_MODEL_ROOTS) and is required by the model metrics
     without a default; a threshold lies in [0, 1]."""
     options = dict(options or {})
+    if metric in IMAGE_METRICS:
+        from .image_runs import clean_image_options
+
+        return clean_image_options(metric, options, on_worker=on_worker, study_id=study_id)
     unknown = set(options) - {"model", "threshold"}
     if unknown:
         raise ServiceError(f"unknown metric options: {', '.join(sorted(unknown))}")
@@ -90,9 +99,9 @@ def metric_run_start(*, study: Study, metric: str, options: dict | None = None, 
     again and its task scores only the outputs that have no score yet; a queued or running
     one is left as it is (its task will find the new outputs too, or the next start will).
     """
-    if metric not in text.TEXT_METRICS:
-        raise ServiceError(f"unknown metric {metric!r}; use one of {', '.join(text.TEXT_METRICS)}")
-    options = _clean_options(metric, options)
+    if metric not in text.TEXT_METRICS and metric not in IMAGE_METRICS:
+        raise ServiceError(f"unknown metric {metric!r}; use one of {', '.join((*text.TEXT_METRICS, *IMAGE_METRICS))}")
+    options = _clean_options(metric, options, study_id=study.pk)
     with transaction.atomic():
         run, created = MetricRun.objects.select_for_update().get_or_create(
             study=study, metric=metric, options_hash=_options_hash(options),
@@ -143,6 +152,8 @@ def _outputs(run: MetricRun):
 def _scorable(run: MetricRun):
     """The finished outputs the metric can score: those with a reference, unless it needs none."""
     outputs = _outputs(run)
+    if run.metric in IMAGE_METRICS:
+        return outputs.exclude(image="")
     return outputs if run.metric not in text.NEEDS_REFERENCE else outputs.exclude(prompt__reference="")
 
 
@@ -182,7 +193,7 @@ def metric_run_execute(*, run_id: int, claim: str) -> str:
 
 def _options_for_compute(run: MetricRun) -> dict:
     # the worker checks the model path again under its own policy before loading anything
-    return _clean_options(run.metric, run.options, on_worker=True)
+    return _clean_options(run.metric, run.options, on_worker=True, study_id=run.study_id)
 
 
 def _score(run: MetricRun) -> None:
@@ -191,6 +202,10 @@ def _score(run: MetricRun) -> None:
     n_total = with_ref.count()
     n_skipped = _outputs(run).count() - n_total
     MetricRun.objects.filter(pk=run.pk).update(n_total=n_total, n_skipped=n_skipped)
+    if run.metric in IMAGE_METRICS:
+        from .image_runs import score_images
+
+        return score_images(run, with_ref)
     if run.metric in CORPUS_METRICS:
         MetricRun.objects.filter(pk=run.pk).update(n_done=n_total)
         return
@@ -234,7 +249,11 @@ def _aggregate(run: MetricRun) -> None:
     rows = []
     slices = _slices(run)
     candidates = list(Candidate.objects.filter(study_id=run.study_id).values_list("pk", flat=True))
-    if run.metric in CORPUS_METRICS:
+    if run.metric in SET_METRICS:
+        from .image_runs import aggregate_image_sets
+
+        rows = aggregate_image_sets(run, _options_for_compute(run), _scorable(run), slices, candidates)
+    elif run.metric in CORPUS_METRICS:
         options = _options_for_compute(run)
         items = list(_scorable(run).order_by("pk")
                      .values_list("candidate_id", "prompt_id", "text", "prompt__reference"))

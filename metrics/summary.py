@@ -53,7 +53,7 @@ def summary_marker(study_id: int) -> list:
     """What the summary was computed from, in a handful of aggregates: done outputs, finished
     metric runs, judge verdicts, judgments, candidates and the study's version and criteria.
     Equal markers mean an equal summary, so the worker skips the work."""
-    study = Study.objects.only("version", "likert_criteria", "ratings_mode").get(pk=study_id)
+    study = Study.objects.only("version", "likert_criteria", "ratings_mode", "failure_tags").get(pk=study_id)
     outputs = Output.objects.filter(study_id=study_id, status=Output.Status.DONE).aggregate(
         n=Count("id"), last=Max("finished_at"))
     runs = MetricRun.objects.filter(study_id=study_id, status=MetricRun.Status.DONE).aggregate(
@@ -70,7 +70,7 @@ def summary_marker(study_id: int) -> list:
     counted = RatingSnapshot.objects.filter(study_id=study_id, slice_key="all", method="bt").values_list(
         "payload__ratings_mode", flat=True).first()
     return [study.version, study.ratings_mode, counted, [c.get("key") for c in study.likert_criteria or []],
-            stamp(outputs), stamp(runs),
+            [t.get("key") for t in study.failure_tags or []], stamp(outputs), stamp(runs),
             stamp(verdicts), stamp(judgments), stamp(candidates), stamp(judges)]
 
 
@@ -125,11 +125,20 @@ def summary_compute(study: Study) -> dict:
     latencies: dict[int, list[float]] = {}
     for cid, ms in done.filter(latency_ms__isnull=False).values_list("candidate_id", "latency_ms"):
         latencies.setdefault(cid, []).append(ms)
+    image_seconds = {row["candidate_id"]: row["ms"] / 1000.0 for row in
+                     done.exclude(image="").filter(latency_ms__isnull=False).order_by().values("candidate_id")
+                     .annotate(ms=Avg("latency_ms"))}
+    from .failures import ANY, failure_figures
+
+    failures = failure_figures(study)
+    any_rate = {c["candidate"]: next(r for r in c["rates"] if r["tag"] == ANY) for c in failures["candidates"]}
 
     runs = list(MetricRun.objects.filter(study=study, status=MetricRun.Status.DONE).order_by("metric", "pk"))
     scores = {(s.run_id, s.candidate_id): s for s in
               CandidateScore.objects.filter(run__in=runs, slice_key="all")}
-    metrics = [{"key": f"run{r.pk}", "name": r.metric, "run": r.pk} for r in runs]
+    metrics = [{"key": f"run{r.pk}", "name": r.metric, "run": r.pk,
+                "better": (r.config or {}).get("better", "lower" if r.metric in ("fid", "kid") else "higher"),
+                "warning": (r.config or {}).get("warning", "")} for r in runs]
 
     details = judge_summary(study)
     judged = [j for j in details if j.get("task", "pairwise") == "pairwise" and j["n_done"]]
@@ -161,6 +170,10 @@ def summary_compute(study: Study) -> dict:
             "latency_p50": _num(p50), "latency_p95": _num(p95),
             "tokens": _num(a.get("tokens")),
             "cost_per_1000": None if a.get("cost") is None else float(a["cost"]) * 1000,
+            "failure_rate": _num(f["share"]) if (f := any_rate.get(name)) else None,
+            "failure_lower": _num(f["lower"]) if f else None, "failure_upper": _num(f["upper"]) if f else None,
+            "failure_n": f["of"] if f else 0,
+            "seconds_per_image": _num(image_seconds.get(cid)),
         })
 
     # Which metric and judge to trust: system level against the ratings, output level against
@@ -206,7 +219,7 @@ def summary_compute(study: Study) -> dict:
         "ratings_mode": modes.sentence(snapshot.payload) if snapshot else None,
         "has_ratings": bool(by_rating), "criteria": criteria, "metrics": metrics, "judges": judges, "rows": rows,
         "agreement": agreement, "output_agreement": output_agreement,
-        "judge_details": details,
+        "judge_details": details, "failures": failures,
     }
 
 
@@ -272,7 +285,7 @@ def recommend(rows: list[dict], max_cost: float | None, max_p95: float | None) -
 
 
 EMPTY = {"ratings_computed_at": None, "ratings_mode": None, "has_ratings": False, "criteria": [], "metrics": [], "judges": [], "rows": [],
-         "agreement": [], "output_agreement": [], "judge_details": []}
+         "agreement": [], "output_agreement": [], "judge_details": [], "failures": None}
 
 
 def stored_summary(study: Study) -> tuple[RatingSnapshot | None, dict]:
@@ -297,7 +310,8 @@ def study_summary(study: Study, sort: str = "") -> dict:
 
 
 def sort_key_value(row: dict, key: str):
-    if key in ("candidate", "rating", "latency_p50", "latency_p95", "tokens", "cost_per_1000", "outputs"):
+    if key in ("candidate", "rating", "latency_p50", "latency_p95", "tokens", "cost_per_1000", "outputs",
+               "failure_rate", "seconds_per_image"):
         return row[key]
     kind, _, name = key.partition(":")
     for cell in row.get({"likert": "likert", "metric": "metrics", "judge": "judges"}.get(kind, ""), []):

@@ -78,7 +78,8 @@ def _summary_csv(study, data: dict) -> HttpResponse:
     for j in data["judges"]:
         header += [f"judge_{j['name']}_win_rate"]
     writer.writerow([csv_cell(h) for h in header + ["latency_p50_ms", "latency_p95_ms", "completion_tokens_mean",
-                                                    "cost_per_1000"]])
+                                                    "cost_per_1000", "failure_rate", "failure_rate_lower",
+                                                    "failure_rate_upper", "seconds_per_image"]])
     for r in data["rows"]:
         line = [csv_cell(r["candidate"]), r["outputs"], r["rating"], r["rating_lower"], r["rating_upper"]]
         for cell in r["likert"]:
@@ -86,7 +87,9 @@ def _summary_csv(study, data: dict) -> HttpResponse:
         for cell in r["metrics"]:
             line += [cell["value"], cell["lower"], cell["upper"]]
         line += [cell["win_rate"] for cell in r["judges"]]
-        writer.writerow(line + [r["latency_p50"], r["latency_p95"], r["tokens"], r["cost_per_1000"]])
+        writer.writerow(line + [r["latency_p50"], r["latency_p95"], r["tokens"], r["cost_per_1000"],
+                                r.get("failure_rate"), r.get("failure_lower"), r.get("failure_upper"),
+                                r.get("seconds_per_image")])
     return response
 
 
@@ -97,7 +100,7 @@ def _summary_json(study, data: dict) -> JsonResponse:
         "ratings_computed_at": data["ratings_computed_at"],
         "criteria": data["criteria"], "metrics": data["metrics"], "judges": data["judges"], "rows": data["rows"],
         "budget": data["budget"], "recommendation": data["recommendation"], "agreement": data["agreement"],
-        "output_agreement": data["output_agreement"],
+        "output_agreement": data["output_agreement"], "failures": data.get("failures"),
     }, json_dumps_params={"allow_nan": False})
 
 
@@ -149,3 +152,91 @@ def study_agreement(request: HttpRequest, study_id: int) -> HttpResponse:
                              "competence_note": data["competence_note"], "thresholds": data["thresholds"]},
                             json_dumps_params={"allow_nan": False})
     return render(request, "metrics/agreement.html", {"study": study, "evaluator": evaluator, **data})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def reference_sets(request: HttpRequest, study_id: int) -> HttpResponse:
+    """GET: managers and evaluators read the reference sets; POST: an evaluator uploads a zip of images."""
+    from . import references
+    from .forms import ReferenceSetForm
+
+    if request.method == "GET":
+        study = access.get_study_for_manager(request.user, study_id)
+        form, error, status = ReferenceSetForm(), "", 200
+    else:
+        study = access.get_study_for_evaluator(request.user, study_id)
+        form, error, status = ReferenceSetForm(request.POST, request.FILES), "", 400
+        if form.is_valid():
+            try:
+                references.reference_set_upload(study=study, name=form.cleaned_data["name"],
+                                                 upload=form.cleaned_data["archive"], actor=request.user)
+            except ServiceError as exc:
+                error, status = str(exc), 400
+            else:
+                return redirect(reverse("metrics:references", args=[study.pk]))
+    evaluator = access.Role.EVALUATOR in access.study_roles(request.user, study)
+    return render(request, "metrics/references.html",
+                  {"study": study, "form": form, "error": error, "evaluator": evaluator,
+                   "sets": references.reference_sets_page(study)}, status=status)
+
+
+@login_required
+@require_http_methods(["GET"])
+def reference_image(request: HttpRequest, study_id: int, name: str) -> HttpResponse:
+    """One reference image, for the study's evaluators and managers only; never kept by shared caches."""
+    from django.http import FileResponse
+
+    from . import references
+    from .models import ReferenceImage
+
+    study = access.get_study_for_manager(request.user, study_id)
+    if not references.FILE_NAME.fullmatch(name):
+        raise Http404("No such reference image")
+    image = ReferenceImage.objects.filter(set__study=study, file=f"references/{study.pk}/{name}").first()
+    if image is None:
+        raise Http404("No such reference image")
+    content_type = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}[name.rsplit(".", 1)[1]]
+    response = FileResponse(image.file.open("rb"), content_type=content_type)
+    response["Cache-Control"] = "private, no-store"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@login_required
+@require_http_methods(["GET"])
+def failures(request: HttpRequest, study_id: int) -> HttpResponse:
+    """Managers and evaluators read the failure analysis: the matrix and rates the worker stored
+    with the summary, and a gallery of failing outputs (``?tag=``, ``?candidate=``, ``?page=``)."""
+    from pathlib import PurePosixPath
+
+    from annotation.models import Candidate
+
+    from .failures import failure_gallery
+
+    study = access.get_study_for_manager(request.user, study_id)
+    snapshot, data = summary.stored_summary(study)
+    if snapshot is None:  # never computed: ask the worker
+        from arena.services import ratings_request
+
+        ratings_request(study_id=study.pk)
+    tag, candidate = request.GET.get("tag", "")[:100], request.GET.get("candidate", "")[:200]
+    try:
+        page_number = max(1, int(request.GET.get("page", "1")[:6]))
+    except ValueError:
+        page_number = 1
+    page, tag = failure_gallery(study, tag=tag, candidate=candidate, page=page_number)
+    items = []
+    for out in page.object_list:
+        thumb = (reverse("annotation:output_thumbnail", kwargs={"study_id": study.pk,
+                                                                "name": PurePosixPath(out.thumbnail.name).name})
+                 if out.thumbnail else "")
+        image = (reverse("annotation:output_image", kwargs={"study_id": study.pk,
+                                                            "name": PurePosixPath(out.image.name).name})
+                 if out.image else "")
+        items.append({"output": out, "thumbnail": thumb, "image": image})
+    return render(request, "metrics/failures.html", {
+        "study": study, "snapshot": snapshot, "failures": data.get("failures"), "page": page, "items": items,
+        "tag": tag, "candidate": candidate, "tags": study.failure_tags or [],
+        "candidates": list(Candidate.objects.filter(study=study).order_by("name").values_list("name", flat=True)),
+    })

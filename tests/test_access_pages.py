@@ -86,6 +86,9 @@ PAGES: dict[str, dict[str, tuple]] = {
     "annotation:retry_failed": {"get": NOT_SERVED, "post": evaluator_only(302)},
     "annotation:output_retry": {"get": NOT_SERVED, "post": evaluator_only(302)},
     "annotation:annotate": {"get": annotators_only(200), "post": NOT_SERVED},
+    # an output's image: the study's evaluators and managers, and the annotator whose task shows it
+    "annotation:output_image": {"get": (LOGIN, 200, 404, 200, 200, 404, 404), "post": NOT_SERVED},
+    "annotation:output_thumbnail": {"get": (LOGIN, 200, 404, 200, 200, 404, 404), "post": NOT_SERVED},
     "annotation:instructions": {"get": annotators_only(200), "post": annotators_only(302)},
     "annotation:instructions_edit": {"get": NOT_SERVED, "post": evaluator_only(302)},
     "annotation:quality": {"get": managers(200), "post": NOT_SERVED},
@@ -117,6 +120,11 @@ PAGES: dict[str, dict[str, tuple]] = {
     "metrics:run_retry": {"get": NOT_SERVED, "post": evaluator_only(302)},
     "metrics:summary": {"get": managers(200), "post": evaluator_only(302)},
     "metrics:agreement": {"get": managers(200), "post": NOT_SERVED},
+    # reference sets: managers read them, evaluators upload (no archive in the POST: 400); the image
+    # view checks the role before it looks the (here missing) image up
+    "metrics:references": {"get": managers(200), "post": evaluator_only(400)},
+    "metrics:reference_image": {"get": managers(404), "post": NOT_SERVED},
+    "metrics:failures": {"get": managers(200), "post": NOT_SERVED},
 }
 # Pages another change is adding, with their rows still to be written: each name here is
 # left out of the sweep and must be moved into PAGES with its statuses.
@@ -126,6 +134,16 @@ PENDING: dict[str, str] = {}
 def _page_names() -> set[str]:
     """Every named URL of the site but the admin's and the API's (tests/api/test_access.py)."""
     return {n for n in _url_names(get_resolver().url_patterns) if not n.startswith("api-")}
+
+
+def _image_on_task(token: str) -> tuple[str, str]:
+    """Give the output on the left of the annotator's task an image; its file names."""
+    from annotation.models import Assignment
+    from tests.helpers.images import image_output_save, png_bytes
+
+    output = Assignment.objects.select_related("unit__output_a").get(token=token).unit.output_a
+    image_output_save(output, png_bytes((200, 30, 30)))
+    return output.image.name.rsplit("/", 1)[1], output.thumbnail.name.rsplit("/", 1)[1]
 
 
 @pytest.fixture
@@ -146,12 +164,13 @@ def world(study_factory, evaluator, annotators, manager, make_user):
             clients[role].force_login(user)
     page = clients[A].get(reverse("annotation:annotate", args=[study.pk])).content.decode()
     token = page.split('action="/tasks/', 1)[1].split("/", 1)[0]
+    image_name, thumb_name = _image_on_task(token)
     candidate = services.candidate_create(study=study, name="spare-model", backend="imported", spec={})
     # one link to withdraw, another (a crowd link) that the outsiders open and join by
     revocable, _ = services.invitation_create(study=study, role="annotator", max_uses=None)
     _, invitation_token = services.invitation_create(study=study, role="annotator", max_uses=None)
-    ids = {"study": study.pk, "spare": spare.pk, "output": study.outputs.first().pk, "token": token,
-           "candidate": candidate.pk, "invitation": revocable.pk, "invitation_token": invitation_token,
+    ids = {"study": study.pk, "spare": spare.pk, "image_name": image_name, "thumb_name": thumb_name, "output": study.outputs.first().pk, "token": token,
+           "reference_image": "0" * 32 + ".png", "candidate": candidate.pk, "invitation": revocable.pk, "invitation_token": invitation_token,
            "check": checks.checks_make_attention(study=study, count=1, seed=1)
            and checks.gold_units(study).values_list("pk", flat=True).first(),
            "metric_run": MetricRun.objects.create(study=study, metric="rougeL", options_hash="-", status="failed").pk,
@@ -191,7 +210,7 @@ def _sweep(world, names):
                 else:
                     response = post(client, url, endpoint.post, endpoint.files)
                 got[name, method, role] = _status(response)
-                if role == A and response.status_code == 200:
+                if role == A and response.status_code == 200 and not response.streaming:  # not the images
                     annotator_pages.append((f"{method.upper()} {name}", response.content.decode()))
     for role in ROLES:
         got["logout", "post", role] = _status(world["clients"][role].post(reverse("logout")))

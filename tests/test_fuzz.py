@@ -132,6 +132,8 @@ ENDPOINTS: dict[str, Endpoint] = {
     "annotation:retry_failed": Endpoint(args=("study",), get=False),
     "annotation:output_retry": Endpoint(args=("study", "output"), get=False),
     "annotation:annotate": Endpoint(args=("study",), role="annotator"),
+    "annotation:output_image": Endpoint(args=("study", "image_name"), role="annotator"),
+    "annotation:output_thumbnail": Endpoint(args=("study", "thumb_name"), role="annotator"),
     "annotation:instructions": Endpoint(args=("study",), role="annotator", post={}),
     "annotation:instructions_edit": Endpoint(args=("study",), get=False, post={"instructions": "Judge *fairly*."}),
     "annotation:quality": Endpoint(args=("study",)),
@@ -166,6 +168,9 @@ ENDPOINTS: dict[str, Endpoint] = {
     "metrics:summary": Endpoint(args=("study",), role="evaluator", query=("sort", "format"),
                                 post={"max_cost_per_1000": "2.5", "max_latency_p95_ms": "900"}),
     "metrics:agreement": Endpoint(args=("study",), role="manager", query=("criterion", "format")),
+    "metrics:references": Endpoint(args=("study",), role="evaluator", post={"name": "fuzz-refs"}),
+    "metrics:reference_image": Endpoint(args=("study", "reference_image"), role="manager"),
+    "metrics:failures": Endpoint(args=("study",), role="manager", query=("tag", "candidate", "page")),
     "arena:recompute": Endpoint(args=("study",), get=False, role="manager", post={"slice": "all"}),
     "arena:ratings_mode": Endpoint(args=("study",), get=False, post={"mode": "exclude_flagged"}),
     "annotation:adjudicate": Endpoint(args=("study",), get=False, post={"units": "0", "action": "more", "extra": "2",
@@ -219,6 +224,9 @@ def world(study_factory, evaluator, annotators, manager, make_user):
     client.force_login(annotators[0])
     page = client.get(reverse("annotation:annotate", args=[study.pk])).content.decode()
     token = page.split('action="/tasks/', 1)[1].split("/", 1)[0]
+    from tests.test_access_pages import _image_on_task
+
+    image_name, thumb_name = _image_on_task(token)
     candidate = services.candidate_create(study=study, name="spare-model", backend="imported", spec={})
     invitation, invitation_token = services.invitation_create(study=study, role="annotator", max_uses=None)
     checks.checks_make_attention(study=study, count=1, seed=1)
@@ -227,7 +235,8 @@ def world(study_factory, evaluator, annotators, manager, make_user):
                                  spec={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
     return {
         "users": {"anonymous": None, "annotator": annotators[0], "evaluator": evaluator, "manager": manager},
-        "ids": {"study": study.pk, "spare": spare.pk, "output": study.outputs.first().pk, "token": token,
+        "ids": {"study": study.pk, "spare": spare.pk, "image_name": image_name, "thumb_name": thumb_name, "output": study.outputs.first().pk, "token": token,
+                "reference_image": "0" * 32 + ".png",
                 "check": checks.gold_units(study).values_list("pk", flat=True).first(),
                 "candidate": candidate.pk, "invitation": invitation.pk, "invitation_token": invitation_token,
                 "metric_run": metric_run.pk, "judge": judge.pk},
@@ -293,7 +302,7 @@ def test_no_input_to_any_endpoint_gives_a_server_error(world):
                       f"POST {name} with {key}={label} as {endpoint.role}")
     # Ids beyond any integer column, in every URL that takes an id.
     for name, endpoint in ENDPOINTS.items():
-        ids = [a for a in endpoint.args if not a.endswith("token")]
+        ids = [a for a in endpoint.args if not a.endswith(("token", "_name"))]
         for huge in (2**63, 10**30):
             if ids:
                 args = [huge if a in ids else world["ids"][a] for a in endpoint.args]

@@ -58,9 +58,18 @@ class StudyDetailSerializer(StudySummarySerializer):
 # --- tasks and judgments ---------------------------------------------------------------------
 
 
+class TaskImageSerializer(serializers.Serializer):
+    url = serializers.CharField(help_text="The full image (checked for permission on every request).")
+    thumb = serializers.CharField(help_text="Its thumbnail.")
+    alt = serializers.CharField(help_text='"Image A", or "Sample 2 of A" in a grid of samples.')
+
+
 class TaskOutputSerializer(serializers.Serializer):
     label = serializers.ChoiceField(choices=["A", "B"], help_text="A is shown on the left, B on the right.")
-    text = serializers.CharField()
+    text = serializers.CharField(allow_blank=True, help_text="Empty for an image output (see images).")
+    images = TaskImageSerializer(many=True, required=False,
+                                 help_text="Image outputs only: the image, or the grid of the prompt's samples "
+                                           "of that side (absent for a text output).")
 
 
 class CriterionSerializer(serializers.Serializer):

@@ -100,7 +100,7 @@ def _annotator_detail(request: Request, member) -> dict:
 # --- the annotator's tasks -------------------------------------------------------------------
 
 
-def _task(study, assignment, *, done: int) -> dict:
+def _task(study, assignment, *, done: int, request) -> dict:
     """The task payload; with no task, the same shape with ``token`` null and ``state`` saying why."""
     if assignment is None:
         waiting = selectors.generation_pending(study.pk)
@@ -116,11 +116,19 @@ def _task(study, assignment, *, done: int) -> dict:
     common = {"state": "open", "token": view.token, "kind": view.kind, "prompt": view.prompt, "tags": tags,
               "done": view.done, "remaining": view.remaining}
     reason = " Send a rationale: this study requires one." if view.ask_rationale == "required" else ""
+    def output(label: str, text: str, images) -> dict:  # an image output carries its images' URLs
+        if not images:
+            return {"label": label, "text": text}
+        return {"label": label, "text": text, "images": [
+            {**i, "url": request.build_absolute_uri(i["url"]), "thumb": request.build_absolute_uri(i["thumb"])}
+            for i in images]}
+
     if view.kind == "likert":
         return {**common, "detail": "One output to rate on each criterion." + reason,
-                "outputs": [{"label": "A", "text": view.left}], "criteria": list(view.criteria)}
+                "outputs": [output("A", view.left, view.left_images)], "criteria": list(view.criteria)}
     return {**common, "detail": "A pair to judge: which output answers the prompt better?" + reason,
-            "outputs": [{"label": "A", "text": view.left}, {"label": "B", "text": view.right}], "criteria": []}
+            "outputs": [output("A", view.left, view.left_images), output("B", view.right, view.right_images)],
+            "criteria": []}
 
 
 @method_decorator(never_cache, name="dispatch")
@@ -142,7 +150,7 @@ class TaskNextApi(APIView):
                 "token": None, "kind": None, "prompt": None, "outputs": [], "criteria": [], "tags": [],
                 "done": member.done, "remaining": 0}).data)
         assignment = services.assignment_next(study=member.study, annotator=request.user, promote=False)
-        return Response(s.TaskSerializer(_task(member.study, assignment, done=member.done)).data)
+        return Response(s.TaskSerializer(_task(member.study, assignment, done=member.done, request=request)).data)
 
 
 def _choice(outcome: str, left_is_a: bool) -> str:
@@ -196,7 +204,7 @@ class JudgmentSubmitApi(APIView):
                          "choice": _choice(judgment.outcome, assignment.left_is_a) if judgment.outcome else None,
                          "rationale": judgment.rationale, "active_ms": judgment.active_ms,
                          "submitted_at": judgment.submitted_at},
-            "next": _task(study, nxt, done=done),
+            "next": _task(study, nxt, done=done, request=request),
         }
         return Response(s.JudgmentSubmitResponseSerializer(body).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
@@ -235,7 +243,8 @@ class TaskSkipApi(APIView):
             return Response({"detail": str(exc), "code": "already_submitted"}, status=status.HTTP_409_CONFLICT)
         nxt = services.assignment_next(study=study, annotator=request.user, check_held=not created,
                                        promote=False)
-        return Response(s.SkipResponseSerializer({"created": created, "next": _task(study, nxt, done=done)}).data,
+        return Response(s.SkipResponseSerializer({"created": created,
+                                                  "next": _task(study, nxt, done=done, request=request)}).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
@@ -262,7 +271,7 @@ class JudgmentUndoApi(APIView):
             reopened = services.judgment_undo(assignment=assignment)
         except services.ServiceError as exc:
             return Response({"detail": str(exc), "code": "undo_refused"}, status=status.HTTP_409_CONFLICT)
-        return Response(s.TaskSerializer(_task(study, reopened, done=max(0, done - 1))).data)
+        return Response(s.TaskSerializer(_task(study, reopened, done=max(0, done - 1), request=request)).data)
 
 
 # --- the evaluator's outputs ----------------------------------------------------------------

@@ -119,6 +119,9 @@ class GenerationResult:
     """What a backend reports for one request; exactly one of ``text`` and ``error`` is set.
 
     Token counts, latency and cost are ``None`` where the backend could not know them.
+    A text-to-image backend sets ``text`` to ``""`` and ``image`` to the encoded image
+    (PNG, JPEG or WebP bytes); ``settings`` holds what that one sample was made with (steps,
+    guidance, scheduler, size, seed, device, dtype...), recorded on the output as is.
     """
 
     key: Any
@@ -128,6 +131,8 @@ class GenerationResult:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cost: float | None = None
+    image: bytes | None = None
+    settings: dict[str, Any] | None = None
 
     @classmethod
     def failure(cls, key: Any, error: str) -> GenerationResult:
@@ -166,6 +171,9 @@ class SpecPolicy:
     ``base_urls``
         URL prefixes an OpenAI-compatible ``base_url`` must fall under; empty allows any
         (``EVALSITE_BASE_URLS``).
+    ``diffusers_device``
+        Where this worker runs diffusion pipelines: ``auto`` (CUDA when there is one, else
+        the CPU), ``cpu``, ``cuda`` or ``cuda:N`` (``EVALSITE_DIFFUSERS_DEVICE``).
     """
 
     api_key_envs: tuple[str, ...] = ("EVALSITE_KEY_*",)
@@ -173,6 +181,7 @@ class SpecPolicy:
     model_roots: tuple[str, ...] = ()
     allow_hub_ids: bool = True
     base_urls: tuple[str, ...] = ()
+    diffusers_device: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("api_key_envs", "model_roots", "base_urls"):
@@ -385,6 +394,8 @@ def environment_secrets(
 _BACKENDS: dict[str, str] = {
     "openai": "annotation.generation.openai_backend",
     "transformers": "annotation.generation.transformers_backend",
+    "diffusers": "annotation.generation.diffusers_backend",
+    "openai_images": "annotation.generation.openai_images_backend",
 }
 BACKEND_NAMES: tuple[str, ...] = tuple(_BACKENDS)
 
@@ -522,6 +533,14 @@ def spec_number(minimum: float, *, strict: bool = False) -> Callable[[str, Any],
         return float(value)
 
     return check
+
+
+def spec_image_side(name: str, value: Any) -> int:
+    """An image width or height: a multiple of 8 from 8 to 4096 (latent diffusion works on 8-pixel blocks)."""
+    value = spec_int(8, 4096)(name, value)
+    if value % 8:
+        raise BackendError(name, f"must be a multiple of 8 (the autoencoder works on 8-pixel blocks), got {value}")
+    return value
 
 
 def spec_choice(*choices: str) -> Callable[[str, Any], str]:

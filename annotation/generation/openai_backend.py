@@ -161,17 +161,25 @@ def _check_env_name(name: str, value: Any) -> str:
     return value
 
 
-def _check_extra_body(name: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise BackendError(name, f"must be an object, got {type(value).__name__}")
-    for reserved in ("model", "messages"):
-        if reserved in value:
-            raise BackendError(f"{name}.{reserved}", "cannot be overridden")
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError) as exc:
-        raise BackendError(name, f"must be JSON-serialisable: {exc}") from None
-    return dict(value)
+def extra_body_check(reserved: tuple[str, ...]):
+    """The check of a spec's ``extra_body``: a JSON object that may not set the ``reserved`` keys
+    (the ones the backend itself sends); shared by the chat and the images backends."""
+    def check(name: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise BackendError(name, f"must be an object, got {type(value).__name__}")
+        for key in reserved:
+            if key in value:
+                raise BackendError(f"{name}.{key}", "cannot be overridden")
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise BackendError(name, f"must be JSON-serialisable: {exc}") from None
+        return dict(value)
+
+    return check
+
+
+_check_extra_body = extra_body_check(("model", "messages"))
 
 
 SPEC_FIELDS: dict[str, SpecField] = {

@@ -208,6 +208,8 @@
 
   document.addEventListener("keydown", function (event) {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
+    // the image lightbox (lightbox.js) keeps its keys: nothing votes while it is open
+    if (window.evalsiteLightboxOpen && window.evalsiteLightboxOpen()) return;
     var target = event.target;
     var typing = target && (target.tagName === "TEXTAREA" || (target.tagName === "INPUT" && target.type !== "radio" && target.type !== "checkbox"));
     var panel = document.getElementById("skip-panel");

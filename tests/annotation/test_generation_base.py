@@ -145,11 +145,16 @@ import sys
 import annotation.generation as generation
 import annotation.generation.openai_backend
 import annotation.generation.transformers_backend
+import annotation.generation.diffusers_backend
+import annotation.generation.openai_images_backend
 import annotation.generation.tiny_models
 generation.validate_spec("transformers", {"model": "/models/x"}, generation.SpecPolicy(model_roots=("/models",)))
 generation.check_files("transformers", {"model": "org/name", "tokenizer": None}, generation.SpecPolicy())
 generation.get_backend("openai", {"base_url": "http://127.0.0.1:9/v1", "model": "m"})
-heavy = sorted(m for m in ("torch", "transformers", "tokenizers", "django") if m in sys.modules)
+generation.validate_spec("diffusers", {"model": "/models/sd", "width": 512}, generation.SpecPolicy(model_roots=("/models",)))
+generation.check_files("diffusers", {"model": "org/sd"}, generation.SpecPolicy())
+generation.get_backend("openai_images", {"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+heavy = sorted(m for m in ("torch", "transformers", "tokenizers", "diffusers", "django") if m in sys.modules)
 print(heavy)
 """
     completed = subprocess.run(

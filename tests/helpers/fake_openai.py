@@ -2,7 +2,8 @@
 
 It listens on 127.0.0.1 (port 0 picks a free one) in a background thread and answers
 ``POST /v1/chat/completions`` with the response shape vLLM, Ollama and OpenAI use, and
-``GET /v1/models``. The reply is a pure function of the request, so tests can assert it::
+``GET /v1/models``, and ``POST /v1/images/generations`` (one PNG as ``b64_json``, drawn by
+``image_for`` from the prompt, seed and size). The reply is a pure function of the request, so tests can assert it::
 
     echo: <last user message> (model <model>)
 
@@ -49,6 +50,24 @@ def reply_for(model: str, messages: list[dict[str, Any]], max_tokens: int | None
     if max_tokens is not None and len(words) > max_tokens:
         return " ".join(words[:max_tokens]), "length"
     return " ".join(words), "stop"
+
+
+def image_for(prompt: str, seed: int | None, width: int, height: int) -> bytes:
+    """The deterministic PNG the images route returns: a colour and a diagonal band chosen by a
+    hash of the prompt and seed, so the same request gives the same bytes and another seed others."""
+    import hashlib
+    import io
+
+    from PIL import Image, ImageDraw
+
+    digest = hashlib.sha256(f"{prompt}\x00{seed}".encode()).digest()
+    image = Image.new("RGB", (width, height), tuple(digest[:3]))
+    draw = ImageDraw.Draw(image)
+    offset = digest[3] % max(width, 1)
+    draw.line([(offset, 0), (offset + height, height)], fill=tuple(digest[4:7]), width=max(1, width // 8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def count_tokens(text: str) -> int:
@@ -247,7 +266,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path.rstrip("/") != "/v1/chat/completions":
+        route = self.path.rstrip("/")
+        if route not in ("/v1/chat/completions", "/v1/images/generations"):
             self._send_error(404, f"no route for POST {self.path}", "not_found")
             return
         try:
@@ -264,7 +284,10 @@ class _Handler(BaseHTTPRequestHandler):
             if fake.echo_headers is not None:
                 self._echo(fake.echo_headers, fake.fail_status)
                 return
-            status, payload, extra_headers = self._answer(fake, number, body)
+            if route == "/v1/images/generations":
+                status, payload, extra_headers = self._answer_image(fake, number, body)
+            else:
+                status, payload, extra_headers = self._answer(fake, number, body)
         finally:
             # Leave before replying: once the client has the reply it may send its next
             # request, which must not be counted as overlapping this one.
@@ -316,6 +339,31 @@ class _Handler(BaseHTTPRequestHandler):
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }, {}
+
+    def _answer_image(
+        self, fake: FakeOpenAIServer, number: int, body: Any
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """``POST /v1/images/generations``: one PNG per request, as ``b64_json`` (see ``image_for``)."""
+        import base64
+        import re
+
+        if fake.require_token is not None:
+            if self.headers.get("Authorization") != f"Bearer {fake.require_token}":
+                return 401, _error("Incorrect API key provided.", "invalid_api_key"), {}
+        if number <= fake.fail_first:
+            return fake.fail_status, _error(f"Injected failure {number}.", "fake_failure"), {}
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return 400, _error("'model' is a required property", "invalid_request_error"), {}
+        if not isinstance(body.get("prompt"), str) or not body["prompt"]:
+            return 400, _error("'prompt' must be a non-empty string", "invalid_request_error"), {}
+        if body.get("n", 1) != 1 or body.get("response_format", "url") != "b64_json":
+            return 400, _error("this server returns n=1 images as b64_json only", "invalid_request_error"), {}
+        size = re.fullmatch(r"(\d{1,4})x(\d{1,4})", str(body.get("size", "256x256")))
+        if size is None or not all(0 < int(side) <= 2048 for side in size.groups()):
+            return 400, _error(f"invalid size {body.get('size')!r}", "invalid_request_error"), {}
+        seed = body.get("seed")
+        png = image_for(body["prompt"], seed if isinstance(seed, int) else None, int(size[1]), int(size[2]))
+        return 200, {"created": int(time.time()), "data": [{"b64_json": base64.b64encode(png).decode()}]}, {}
 
     def _echo(self, mode: str, status: int) -> None:
         """Reply with the request's own headers in it, as ``echo_headers`` describes."""

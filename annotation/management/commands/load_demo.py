@@ -1,4 +1,7 @@
-"""Create the demo users and study, build the tiny demo models and queue generation."""
+"""Create the demo users and studies, build the tiny demo models and queue generation.
+
+Two studies: customer-support assistants (text) and "Banner concepts" (text to image, on two
+tiny diffusers pipelines assembled from configs, with a generated reference set)."""
 from __future__ import annotations
 
 from django.conf import settings
@@ -7,6 +10,12 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation import services
 from annotation.demo_data import (
+    BANNER_CRITERIA,
+    BANNER_PIPELINES,
+    BANNER_PROMPTS,
+    BANNER_REFERENCE_IMAGES,
+    BANNER_STUDY_NAME,
+    BANNER_TAGS,
     DEMO_IMPORTED,
     DEMO_MODELS,
     DEMO_PROMPTS,
@@ -26,6 +35,39 @@ def build_demo_models(corpus: list[str]) -> dict[str, str]:
         build_tiny_model(path, kind=kind, seed=seed, corpus=corpus)
         paths[name] = str(path)
     return paths
+
+
+def build_banner_pipelines() -> dict[str, str]:
+    """Build (once) the tiny diffusers pipelines of the banner demo; returns name → path."""
+    from annotation.generation.tiny_models import build_tiny_diffusion_pipeline
+
+    return {name: str(build_tiny_diffusion_pipeline(settings.EVALSITE_MODELS_DIR / name, seed=seed, size=32))
+            for name, seed in BANNER_PIPELINES}
+
+
+def reference_zip(n: int, seed: int = 0) -> bytes:
+    """A zip of ``n`` small PNG "real banners": seeded flat backgrounds with a few coloured shapes."""
+    import io
+    import random
+    import zipfile
+
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for k in range(n):
+            image = Image.new("RGB", (64, 32), tuple(rng.randrange(256) for _ in range(3)))
+            draw = ImageDraw.Draw(image)
+            for _ in range(3):
+                x, y = rng.randrange(48), rng.randrange(20)
+                box = (x, y, x + rng.randrange(8, 16), y + rng.randrange(6, 12))
+                colour = tuple(rng.randrange(256) for _ in range(3))
+                (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+            png = io.BytesIO()
+            image.save(png, format="PNG")
+            archive.writestr(f"banner-{k:02d}.png", png.getvalue())
+    return buffer.getvalue()
 
 
 class Command(BaseCommand):
@@ -79,3 +121,41 @@ class Command(BaseCommand):
             queued = services.generation_start(study=study, actor=actor)
             done = study.outputs.filter(status=Output.Status.DONE).count()
             self.stdout.write(f"Demo study {study.pk}: {done} outputs ready, {queued} queued for generation.")
+        self._banner_study(users, actor, no_generate)
+
+    def _banner_study(self, users: dict, actor, no_generate: bool) -> None:
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        from metrics.models import ReferenceSet
+        from metrics.references import reference_set_upload
+
+        study = Study.objects.filter(name=BANNER_STUDY_NAME).first()
+        if study is None:
+            study = services.study_create(
+                name=BANNER_STUDY_NAME,
+                description="Is a diffusion model fit to draft marketing banners? 12 briefs, 3 images each from "
+                "two tiny demo pipelines (their images are noise), rated on relevance, creativity and style.",
+                created_by=users["evaluator"],
+                prompts_data=BANNER_PROMPTS.read_bytes(),
+                prompts_filename=BANNER_PROMPTS.name,
+                overlap=1,
+                samples_per_prompt=3,
+                generation_settings={"seed": 0},
+                annotators=[u for name, u in users.items() if name.startswith("annotator")],
+                managers=[users["manager"]],
+                tasks={"task_kinds": "both", "likert_criteria": BANNER_CRITERIA, "failure_tags": BANNER_TAGS,
+                       "ask_rationale": "optional"},
+            )
+            self.stdout.write(f"Created study {study.pk}: {study.name}")
+        paths = build_banner_pipelines()
+        for name, _seed in BANNER_PIPELINES:
+            if not study.candidates.filter(name=name).exists():
+                services.candidate_create(study=study, name=name, backend="diffusers", actor=actor,
+                                          spec={"model": paths[name], "steps": 4, "guidance_scale": 3.0,
+                                                "width": 32, "height": 32, "batch_size": 6})
+        if not ReferenceSet.objects.filter(study=study, name="real-banners").exists():
+            reference_set_upload(study=study, name="real-banners", actor=actor, upload=SimpleUploadedFile(
+                "real-banners.zip", reference_zip(BANNER_REFERENCE_IMAGES), content_type="application/zip"))
+        if not no_generate:
+            queued = services.generation_start(study=study, actor=actor)
+            self.stdout.write(f"Banner study {study.pk}: {queued} images queued for generation.")

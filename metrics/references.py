@@ -1,0 +1,141 @@
+"""Reference image sets: an evaluator's zip of real images, checked whole before anything is kept.
+
+The archive goes through :mod:`annotation.archives` (limits, paths, zip bombs) into a temporary
+directory; every member must then decode with Pillow as a PNG, JPEG or WEBP image, and no member
+may be an archive itself.  Only then are the images written through Django's storage and the rows
+created; on any failure the files already written are removed again, so a refused upload leaves
+no row and no file.
+"""
+from __future__ import annotations
+
+import io
+import re
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+
+from annotation import archives
+from annotation.models import Study
+from annotation.services import ServiceError
+
+from .models import ReferenceImage, ReferenceSet
+
+FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".jar", ".zst")
+ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"7z\xbc\xaf\x27\x1c", b"Rar!", b"BZh",
+                 b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+MIN_IMAGES = 2
+NAME = re.compile(r"^[\w .\-]{1,100}$")
+# the file part of a reference image URL: the opaque name upload_to gives
+FILE_NAME = re.compile(r"^[0-9a-f]{32}\.(png|jpg|webp)$")
+
+
+def _ignored(path: PurePosixPath) -> bool:
+    """Folders and files archivers add by themselves (macOS resource forks, hidden files)."""
+    return any(part == "__MACOSX" or part.startswith(".") for part in path.parts)
+
+
+def _check_image(member: str, data: bytes) -> tuple[str, int, int]:
+    """The image's format and size, or ``ServiceError`` naming the member."""
+    from PIL import Image
+
+    if member.lower().endswith(ARCHIVE_SUFFIXES) or data.startswith(ARCHIVE_MAGIC):
+        raise ServiceError(f"member {member!r} is an archive inside the archive; nested archives are not accepted")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt = image.format
+            image.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            width, height = image.size
+    except Exception as exc:  # Pillow raises many kinds (OSError, SyntaxError, DecompressionBombError...)
+        raise ServiceError(f"member {member!r} is not a readable image ({type(exc).__name__}: {exc})") from None
+    if fmt not in FORMATS:
+        raise ServiceError(f"member {member!r} is a {fmt} image; only PNG, JPEG and WEBP images are accepted")
+    return fmt, width, height
+
+
+def reference_set_upload(*, study: Study, name: str, upload, actor=None) -> ReferenceSet:
+    """Check a zip of reference images and keep it as the study's reference set ``name``.
+
+    ``upload`` is a seekable binary file (an ``UploadedFile``).  Raises ``ServiceError`` with
+    a message naming the member at fault; nothing is kept then.
+    """
+    name = (name or "").strip()
+    if not NAME.fullmatch(name):
+        raise ServiceError("name: 1 to 100 letters, digits, spaces, dots, dashes or underscores")
+    if ReferenceSet.objects.filter(study=study, name=name).exists():
+        raise ServiceError(f"name: the study already has a reference set called {name!r}")
+    source = getattr(upload, "file", upload)
+    try:
+        source.seek(0)
+    except (AttributeError, OSError):
+        pass
+    images: list[tuple[str, bytes, str, int, int]] = []
+    with tempfile.TemporaryDirectory(prefix="evalsite-refs-") as tmp:
+        try:
+            written = archives.extract_archive(source, tmp, max_members=settings.EVALSITE_ARCHIVE_MAX_MEMBERS,
+                                               max_total_bytes=settings.EVALSITE_ARCHIVE_MAX_BYTES)
+        except archives.ArchiveError as exc:
+            raise ServiceError(f"archive: {exc}") from None
+        for rel in sorted(written, key=str):
+            if _ignored(rel):
+                continue
+            data = (Path(tmp) / rel).read_bytes()
+            fmt, width, height = _check_image(str(rel), data)
+            images.append((str(rel), data, fmt, width, height))
+    if len(images) < MIN_IMAGES:
+        raise ServiceError(f"archive: it holds {len(images)} image(s); a reference set needs at least {MIN_IMAGES}")
+    saved: list[str] = []
+    try:
+        with transaction.atomic():
+            ref = ReferenceSet.objects.create(study=study, name=name, n_images=len(images),
+                                              created_by=actor if actor and actor.is_authenticated else None)
+            rows = []
+            for _member, data, fmt, width, height in images:
+                row = ReferenceImage(set=ref, width=width, height=height)
+                row.file.save(f"image{FORMATS[fmt]}", ContentFile(data), save=False)
+                saved.append(row.file.name)
+                rows.append(row)
+            ReferenceImage.objects.bulk_create(rows)
+    except IntegrityError:
+        _remove(saved)
+        raise ServiceError(f"name: the study already has a reference set called {name!r}") from None
+    except BaseException:
+        _remove(saved)
+        raise
+    return ref
+
+
+def _remove(names: list[str]) -> None:
+    for name in names:
+        default_storage.delete(name)
+
+
+def reference_set_for_option(study_id: int, value) -> ReferenceSet:
+    """The reference set an option names (its name or id), of this study only."""
+    qs = ReferenceSet.objects.filter(study_id=study_id, status=ReferenceSet.Status.READY)
+    ref = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        ref = qs.filter(pk=value).first()
+    elif isinstance(value, str) and value.strip():
+        ref = qs.filter(name=value.strip()).first()
+    if ref is None:
+        names = ", ".join(qs.values_list("name", flat=True)[:20]) or "none yet: upload one on the references page"
+        raise ServiceError(f"reference: no reference set {value!r} in this study (its sets: {names})")
+    return ref
+
+
+def reference_sets_page(study: Study, thumbnails: int = 4) -> list[dict]:
+    """The study's reference sets, newest first, each with its first few images' names."""
+    sets = list(ReferenceSet.objects.filter(study=study).order_by("-created_at", "-pk"))
+    out = []
+    for ref in sets:
+        names = [PurePosixPath(n).name for n in
+                 ReferenceImage.objects.filter(set=ref).order_by("pk").values_list("file", flat=True)[:thumbnails]]
+        out.append({"set": ref, "thumbnails": names})
+    return out

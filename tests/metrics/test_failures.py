@@ -1,0 +1,91 @@
+"""The failure-analysis page: prompt intent × failure tag matrix and per-candidate rates with Wilson
+intervals (checked against counts made here and statsmodels), the gallery's filters, and roles."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from django.urls import reverse
+from statsmodels.stats.proportion import proportion_confint
+
+from annotation import services
+from annotation.models import Judgment, PromptTag
+from metrics.failures import ANY
+from metrics.summary import summary_recompute
+from tests.conftest import client_for
+from tests.helpers.images import make_image_study
+
+pytestmark = pytest.mark.django_db
+TAG_CYCLE = ([], ["hands"], ["hands", "text_rendering"], ["artifacts"], [])
+
+
+@pytest.fixture
+def rated(evaluator, annotators, manager):
+    study = make_image_study(evaluator, annotators=annotators, managers=[manager], task_kinds="likert",
+                             n_prompts=8, overlap=2)
+    cycle = itertools.cycle(TAG_CYCLE)
+    for annotator in annotators[:2]:
+        while (a := services.assignment_next(study=study, annotator=annotator)) is not None:
+            tags = ["hands"] if a.unit.output_a.candidate.name == "alpha-model" and a.unit.prompt_id % 2 else next(cycle)
+            services.judgment_submit(assignment=a, ratings={"relevance": 3, "creativity": 4}, tags=tags)
+    summary_recompute(study_id=study.pk, force=True)
+    return study
+
+
+def _recount(study):
+    rows = [(j.unit.output_a.candidate.name, j.unit.prompt_id, set(j.tags or []))
+            for j in Judgment.objects.filter(study=study, ratings__isnull=False).select_related("unit__output_a__candidate")]
+    intents = {}
+    for p, t in PromptTag.objects.filter(study=study).values_list("prompt_id", "tag"):
+        intents.setdefault(p, set()).add(t)
+    return rows, intents
+
+
+def test_matrix_and_rates_equal_a_recount_with_wilson_intervals(rated, manager):
+    rows, intents = _recount(rated)
+    assert len(rows) >= 16 and any(t for _, _, t in rows)
+    data = client_for(manager).get(reverse("metrics:summary", args=[rated.pk]) + "?format=json").json()
+    fig = data["failures"]
+    assert fig["n_rated"] == len(rows)
+    matrix = {r["intent"]: r for r in fig["matrix"]}
+    for intent in {t for ts in intents.values() for t in ts}:
+        chosen = [t for _, p, t in rows if intent in intents.get(p, set())]
+        row = matrix[intent]
+        assert row["n"] == len(chosen)
+        for cell in row["cells"]:
+            expected = sum(1 for t in chosen if (t if cell["tag"] == ANY else cell["tag"] in t))
+            assert cell["count"] == expected and cell["rate"] == pytest.approx(expected / len(chosen))
+    for cand in fig["candidates"]:
+        mine = [t for c, _, t in rows if c == cand["candidate"]]
+        for rate in cand["rates"]:
+            k = sum(1 for t in mine if (t if rate["tag"] == ANY else rate["tag"] in t))
+            lo, hi = proportion_confint(k, len(mine), alpha=0.05, method="wilson")
+            assert (rate["n"], rate["of"]) == (k, len(mine))
+            assert rate["lower"] == pytest.approx(lo, abs=1e-9) and rate["upper"] == pytest.approx(hi, abs=1e-9)
+    # the summary row carries the any-failure rate and seconds per image (helper latencies: 1.0 s, 1.1 s)
+    by_name = {r["candidate"]: r for r in data["rows"]}
+    alpha = next(c for c in fig["candidates"] if c["candidate"] == "alpha-model")
+    assert by_name["alpha-model"]["failure_rate"] == pytest.approx(alpha["rates"][-1]["share"])
+    assert by_name["alpha-model"]["seconds_per_image"] == pytest.approx(1.0)
+    assert by_name["beta-model"]["seconds_per_image"] == pytest.approx(1.1)
+
+
+def test_gallery_filters_by_tag_and_candidate(rated, evaluator):
+    rows = Judgment.objects.filter(study=rated, ratings__isnull=False).select_related("unit__output_a__candidate")
+    url = reverse("metrics:failures", args=[rated.pk])
+    client = client_for(evaluator)
+    for tag, cand in (("hands", ""), ("artifacts", ""), ("hands", "beta-model"), ("", "alpha-model")):
+        expected = {j.unit.output_a_id for j in rows if (tag in (j.tags or []) if tag else j.tags)
+                    and (not cand or j.unit.output_a.candidate.name == cand)}
+        page = client.get(url, {"tag": tag, "candidate": cand}).content.decode()
+        shown = {int(x.split('"')[0]) for x in page.split('data-output="')[1:]}
+        assert shown == expected, (tag, cand)
+    page = client.get(url, {"tag": "hands"}).content.decode()
+    assert "/images/thumbs/" in page and 'id="failure-matrix"' in page
+
+
+def test_roles(rated, evaluator, manager, annotators):
+    url = reverse("metrics:failures", args=[rated.pk])
+    assert client_for(evaluator).get(url).status_code == 200
+    assert client_for(manager).get(url).status_code == 200
+    assert client_for(annotators[0]).get(url).status_code == 403

@@ -1,0 +1,170 @@
+"""FID and KID runs per candidate against a reference set, equal to metrics.image called directly on
+the same images; the reference set's features are computed once and reused."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from django.core.files.storage import default_storage
+
+from annotation.models import Output
+from annotation.services import ServiceError
+from metrics import image, services
+from metrics.image_runs import load_rgb
+from metrics.models import CandidateScore, ReferenceSet
+from metrics.references import reference_set_upload
+from metrics.tasks import compute_metric_run
+from tests.helpers.images import make_image_study
+from tests.metrics.test_reference_sets import zip_of
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def study(evaluator, annotators, manager):
+    study = make_image_study(evaluator, annotators=annotators, managers=[manager], n_prompts=4, samples=1)
+    rng = np.random.default_rng(3)
+    members = {}
+    for i in range(6):
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(buf, format="PNG")
+        members[f"r{i}.png"] = buf.getvalue()
+    reference_set_upload(study=study, name="real", upload=zip_of(members), actor=evaluator)
+    return study
+
+
+def test_options_are_checked_at_start_naming_the_option(study):
+    with pytest.raises(ServiceError, match="reference: fid needs a reference set"):
+        services.metric_run_start(study=study, metric="fid", options={})
+    with pytest.raises(ServiceError, match="reference: no reference set 'nope'"):
+        services.metric_run_start(study=study, metric="kid", options={"reference": "nope"})
+    with pytest.raises(ServiceError, match="model: clip_score needs the path"):
+        services.metric_run_start(study=study, metric="clip_score", options={})
+    with pytest.raises(ServiceError, match="not inside a model root"):
+        services.metric_run_start(study=study, metric="clip_score", options={"model": "/etc/passwd"})
+    assert services.metric_queue("fid") == services.metric_queue("bertscore")
+
+
+def test_fid_and_kid_per_candidate_equal_the_module_on_the_same_images(study, django_capture_on_commit_callbacks):
+    ref = ReferenceSet.objects.get(study=study)
+    fid_run = services.metric_run_start(study=study, metric="fid", options={"reference": "real", "rounds": 3})
+    assert compute_metric_run(fid_run.pk) == "done"
+    ref.refresh_from_db()
+    assert ref.features and ref.features_config["weights_sha256"]
+    cached_name, cached_mtime = ref.features.name, default_storage.get_modified_time(ref.features.name)
+    ref_feats = image.inception_features([load_rgb(n) for n in ref.images.order_by("pk").values_list("file", flat=True)])
+    fid_run.refresh_from_db()
+    assert "FID is biased for small n" in fid_run.config["warning"] and fid_run.config["better"] == "lower"
+    for score in CandidateScore.objects.filter(run=fid_run, slice_key="all"):
+        names = list(Output.objects.filter(candidate_id=score.candidate_id).order_by("pk").values_list("image", flat=True))
+        feats = image.inception_features([load_rgb(n) for n in names])
+        direct = image.fid_from_features(feats, ref_feats, rng=np.random.default_rng(0), rounds=0)
+        assert score.value == pytest.approx(direct.value, rel=1e-6)
+        assert score.n == len(names) == 4 and score.lower <= score.upper
+    kid_run = services.metric_run_start(study=study, metric="kid", options={"reference": "real", "subsets": 5})
+    assert compute_metric_run(kid_run.pk) == "done"
+    ref.refresh_from_db()
+    assert ref.features.name == cached_name  # the cached features were read, not computed again
+    assert default_storage.get_modified_time(ref.features.name) == cached_mtime
+    for score in CandidateScore.objects.filter(run=kid_run, slice_key="all"):
+        names = list(Output.objects.filter(candidate_id=score.candidate_id).order_by("pk").values_list("image", flat=True))
+        feats = image.inception_features([load_rgb(n) for n in names])
+        direct = image.kid(feats, ref_feats, subsets=5, subset_size=1000,
+                           rng=services._rng(kid_run.pk, score.candidate_id, "all"))
+        assert score.value == pytest.approx(direct.value, rel=1e-6)
+        assert score.lower == pytest.approx(direct.lower, rel=1e-6)
+    slices = set(CandidateScore.objects.filter(run=kid_run).values_list("slice_key", flat=True))
+    assert "tag:people" in slices
+
+
+@pytest.mark.parametrize("n_a,n_b,d", [(4, 6, 64), (12, 5, 40), (30, 50, 64)])
+def test_the_small_n_fid_path_equals_the_covariance_formula(n_a, n_b, d):
+    rng = np.random.default_rng(n_a * n_b)
+    a, b = rng.standard_normal((n_a, d)), 1.3 * rng.standard_normal((n_b, d)) + 0.2
+    fast = image.fid_from_features(a, b, rng=np.random.default_rng(0), rounds=0)
+    general = image.frechet_distance(*image.gaussian_statistics(a), *image.gaussian_statistics(b))
+    assert fast.value == pytest.approx(general, rel=1e-7)
+    assert "exact, n < d" in fast.config["frechet"]
+
+
+def test_clip_score_per_image_against_its_prompt_with_a_local_tiny_clip(study, tmp_path):
+    import json
+
+    import open_clip
+    import torch
+
+    from metrics.models import OutputScore
+    from tests.metrics.test_image import TINY_CLIP
+
+    (tmp_path / "evalsite-tiny-clip-run.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(tmp_path / "evalsite-tiny-clip-run.json")
+    torch.manual_seed(1)
+    weights = tmp_path / "tiny-clip.pt"
+    torch.save(open_clip.create_model("evalsite-tiny-clip-run", pretrained=None).state_dict(), weights)
+    with pytest.raises(ServiceError, match="model: no such weights file"):
+        services.metric_run_start(study=study, metric="clip_score", options={"model": str(tmp_path / "missing.pt")})
+    run = services.metric_run_start(study=study, metric="clip_score",
+                                    options={"model": str(weights), "architecture": "evalsite-tiny-clip-run"})
+    assert compute_metric_run(run.pk) == "done"
+    outs = list(Output.objects.filter(study=study).select_related("prompt").order_by("pk"))
+    emb = image.clip_embeddings("evalsite-tiny-clip-run", weights, [load_rgb(o.image.name) for o in outs],
+                                [o.prompt.text for o in outs])
+    direct = dict(zip([o.pk for o in outs], image.clip_score_per_item(emb.images, emb.texts)))
+    got = dict(OutputScore.objects.filter(run=run).values_list("output_id", "value"))
+    assert set(got) == set(direct)
+    for pk, value in direct.items():
+        assert got[pk] == pytest.approx(value, rel=1e-5, abs=1e-6)
+    for score in CandidateScore.objects.filter(run=run, slice_key="all"):
+        mine = [direct[o.pk] for o in outs if o.candidate_id == score.candidate_id]
+        assert score.value == pytest.approx(np.mean(mine), rel=1e-5, abs=1e-6) and score.n == len(mine)
+    run.refresh_from_db()
+    assert run.config["weights_sha256"] and run.n_done == len(outs)
+
+
+def test_inception_score_from_a_configured_local_classifier(study, tmp_path):
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(2)
+    path = tmp_path / "tiny-classifier"
+    config = ViTConfig(image_size=32, patch_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, num_labels=5)
+    ViTForImageClassification(config).save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    with pytest.raises(ServiceError, match="model: inception_score needs the path"):
+        services.metric_run_start(study=study, metric="inception_score", options={})
+    run = services.metric_run_start(study=study, metric="inception_score", options={"model": str(path), "splits": 2})
+    assert compute_metric_run(run.pk) == "done"
+    model = ViTForImageClassification.from_pretrained(path).eval()
+    processor = ViTImageProcessor.from_pretrained(path)
+    for score in CandidateScore.objects.filter(run=run, slice_key="all"):
+        names = list(Output.objects.filter(candidate_id=score.candidate_id).order_by("pk").values_list("image", flat=True))
+        with torch.inference_mode():
+            logits = model(**processor(images=[load_rgb(n) for n in names], return_tensors="pt")).logits.numpy()
+        direct = image.inception_score(logits.astype(np.float64), splits=2)
+        assert score.value == pytest.approx(direct.value, rel=1e-5) and score.n == len(names)
+        assert score.lower <= score.upper
+
+
+def test_the_metrics_page_starts_fid_by_reference_name_and_shows_the_warning(study, evaluator,
+                                                                              django_capture_on_commit_callbacks):
+    from django.urls import reverse
+
+    from metrics.models import MetricRun
+    from tests.conftest import client_for
+
+    url = reverse("metrics:runs", args=[study.pk])
+    client = client_for(evaluator)
+    bad = client.post(url, {"metric": "fid", "reference": "missing"})
+    assert bad.status_code == 409 and "reference: no reference set" in bad.content.decode()
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        assert client.post(url, {"metric": "fid", "reference": "real"}).status_code == 302
+    assert len(sent) == 1
+    run = MetricRun.objects.get(study=study, metric="fid")
+    assert run.options == {"reference": ReferenceSet.objects.get(study=study).pk, "rounds": 50}
+    assert compute_metric_run(run.pk) == "done"
+    page = client.get(url).content.decode()
+    assert "FID is biased for small n" in page and "lower is better" in page and "against the reference set real" in page

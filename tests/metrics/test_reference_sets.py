@@ -1,0 +1,144 @@
+"""Reference image sets: upload validation (each refusal names the member, nothing is kept), the
+happy path with six PNGs, and who may see the images."""
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+
+import pytest
+from django.conf import settings
+from django.urls import reverse
+
+from annotation.services import ServiceError
+from metrics.models import ReferenceImage, ReferenceSet
+from metrics.references import reference_set_upload
+from tests.conftest import client_for
+from tests.helpers.images import make_image_study, png_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+def zip_of(members: dict[str, bytes]) -> io.BytesIO:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    buf.seek(0)
+    return buf
+
+
+def pngs(n: int) -> dict[str, bytes]:
+    return {f"real/banner{i}.png": png_bytes((10 * i, 200 - 10 * i, 90), size=40, mark=i % 4) for i in range(n)}
+
+
+def storage_files() -> set[str]:
+    root = settings.MEDIA_ROOT
+    return {os.path.join(d, f) for d, _, files in os.walk(root) for f in files} if os.path.isdir(root) else set()
+
+
+@pytest.fixture
+def study(evaluator, annotators, manager):
+    return make_image_study(evaluator, annotators=annotators, managers=[manager])
+
+
+def gif_bytes() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format="GIF")
+    return buf.getvalue()
+
+
+def bomb() -> io.BytesIO:
+    """A member that inflates to more than its header says (the archives module's zip bomb)."""
+    buf = zip_of({**pngs(2), "big.png": b"\0" * 200_000})
+    data = bytearray(buf.getvalue())
+    # shrink the declared size in the central directory and the local header of big.png
+    name = b"big.png"
+    for sig, size_off in ((b"PK\x01\x02", 24), (b"PK\x03\x04", 22)):
+        pos = 0
+        while (pos := data.find(sig, pos)) != -1:
+            name_off = 46 if sig == b"PK\x01\x02" else 30
+            if data[pos + name_off:pos + name_off + len(name)] == name:
+                data[pos + size_off:pos + size_off + 4] = (1000).to_bytes(4, "little")
+            pos += 4
+    return io.BytesIO(bytes(data))
+
+
+REFUSED = {
+    "corrupt zip": (lambda: io.BytesIO(b"PK\x03\x04 this is not a zip at all"), "zip"),
+    "not an image": (lambda: zip_of({**pngs(2), "notes/readme.png": b"hello, not a picture"}), "notes/readme.png"),
+    "truncated image": (lambda: zip_of({**pngs(2), "cut.png": png_bytes((1, 2, 3), size=40)[:60]}), "cut.png"),
+    "wrong type": (lambda: zip_of({**pngs(2), "anim.gif": gif_bytes()}), "anim.gif"),
+    "nested archive": (lambda: zip_of({**pngs(2), "more.zip": zip_of(pngs(2)).getvalue()}), "more.zip"),
+    "nested archive by content": (lambda: zip_of({**pngs(2), "sneaky.png": zip_of(pngs(2)).getvalue()}),
+                                  "sneaky.png"),
+    "zip bomb": (bomb, "big.png"),
+    "absolute path": (lambda: zip_of({**pngs(2), "/etc/x.png": png_bytes((1, 1, 1))}), "/etc/x.png"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_a_refused_archive_names_the_member_and_keeps_nothing(study, case):
+    make, named = REFUSED[case]
+    before = storage_files()
+    with pytest.raises(ServiceError) as err:
+        reference_set_upload(study=study, name="real banners", upload=make(), actor=study.created_by)
+    assert named in str(err.value), str(err.value)
+    assert not ReferenceSet.objects.exists() and not ReferenceImage.objects.exists()
+    assert storage_files() == before
+
+
+def test_an_oversized_archive_is_refused_by_the_settings_limits(study, settings):
+    before = storage_files()
+    settings.EVALSITE_ARCHIVE_MAX_BYTES = 5_000
+    with pytest.raises(ServiceError, match="EVALSITE_ARCHIVE_MAX_BYTES"):
+        reference_set_upload(study=study, name="big", upload=zip_of(pngs(6) | {"x.png": b"\0" * 6000}))
+    settings.EVALSITE_ARCHIVE_MAX_BYTES = 10**9
+    settings.EVALSITE_ARCHIVE_MAX_MEMBERS = 3
+    with pytest.raises(ServiceError, match="EVALSITE_ARCHIVE_MAX_MEMBERS"):
+        reference_set_upload(study=study, name="many", upload=zip_of(pngs(6)))
+    assert not ReferenceSet.objects.exists() and storage_files() == before
+
+
+def test_six_pngs_make_a_set_whose_images_only_evaluators_and_managers_see(study, evaluator, manager, annotators):
+    client = client_for(evaluator)
+    url = reverse("metrics:references", args=[study.pk])
+    members = {**pngs(6), "__MACOSX/._banner0.png": b"junk"}
+    response = client.post(url, {"name": "real banners", "archive": _upload(zip_of(members))})
+    assert response.status_code == 302
+    ref = ReferenceSet.objects.get(study=study)
+    assert ref.n_images == 6 and ref.images.count() == 6
+    stored = sorted(ref.images.values_list("width", "height"))
+    assert stored == [(40, 40)] * 6
+    for img in ref.images.all():
+        assert img.file.name.startswith(f"references/{study.pk}/") and "banner" not in img.file.name
+    page = client.get(url).content.decode()
+    assert "real banners" in page and ">6<" in page
+    name = os.path.basename(ref.images.first().file.name)
+    image_url = reverse("metrics:reference_image", args=[study.pk, name])
+    assert image_url in page
+    original = sorted(pngs(6).values())
+    for user in (evaluator, manager):
+        got = client_for(user).get(image_url)
+        assert got.status_code == 200 and got["Cache-Control"] == "private, no-store"
+        assert b"".join(got.streaming_content) in original
+    assert client_for(annotators[0]).get(image_url).status_code == 403
+    # the same name again is refused, naming the field
+    again = client.post(url, {"name": "real banners", "archive": _upload(zip_of(pngs(2)))})
+    assert again.status_code == 400 and "already has a reference set" in again.content.decode()
+
+
+def test_the_page_shows_the_refusal(study, evaluator):
+    response = client_for(evaluator).post(reverse("metrics:references", args=[study.pk]),
+                                          {"name": "x", "archive": _upload(zip_of({**pngs(2), "a.gif": gif_bytes()}))})
+    assert response.status_code == 400
+    assert "a.gif" in response.content.decode() and "only PNG, JPEG and WEBP" in response.content.decode()
+    assert not ReferenceSet.objects.exists()
+
+
+def _upload(buf: io.BytesIO):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return SimpleUploadedFile("refs.zip", buf.getvalue(), content_type="application/zip")
