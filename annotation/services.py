@@ -1656,19 +1656,23 @@ def _lease_check(study: Study, annotator, now: datetime, *, slot: int = 0) -> As
         row = cur.fetchone()
         if row is None:
             return None
-        (unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text, text_a, text_b, cand_a, cand_b,
-         kind, prompt_html, html_a, html_b) = row
-        cur.execute(_CHECK_TAKE_SQL, [unit_id])
-        left_is_a = secrets.randbelow(2) == 0  # nothing to balance: a check measures the annotator
-        cur.execute(_LEASE_SQL, [study.pk, unit_id, annotator.pk, token, left_is_a, *stamps, False, slot])
-        inserted = cur.fetchone()
-        if inserted is None:
-            raise _LeaseClash()
-        (assignment_id,) = inserted
-    return _leased(study, annotator, (unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text,
-                                      text_a, text_b, cand_a, cand_b, kind, prompt_html, html_a, html_b),
-                   assignment_id=assignment_id, token=token, left_is_a=left_is_a, now=now, expires=expires,
-                   is_gold=True, slot=slot)
+        assignment_id, left_is_a = _take_picked(cur, study, annotator, row, token=token, stamps=stamps, slot=slot)
+    return _leased(study, annotator, row, assignment_id=assignment_id, token=token, left_is_a=left_is_a, now=now,
+                   expires=expires, is_gold=True, slot=slot)
+
+
+def _take_picked(cur, study: Study, annotator, row, *, token: str, stamps: list, slot: int) -> tuple[int, bool]:
+    """Lease a picked unit the way checks and an expert's reserved units are leased: ``taken``
+    counts the lease without the ``taken < needed`` test, and the screen side is a fair coin
+    (nothing to balance: such a task measures or decides, it is not one of the pair's votes).
+    Returns (assignment id, left_is_a); raises ``_LeaseClash`` when another lease won the row."""
+    cur.execute(_CHECK_TAKE_SQL, [row[0]])
+    left_is_a = secrets.randbelow(2) == 0
+    cur.execute(_LEASE_SQL, [study.pk, row[0], annotator.pk, token, left_is_a, *stamps, False, slot])
+    inserted = cur.fetchone()
+    if inserted is None:
+        raise _LeaseClash()
+    return inserted[0], left_is_a
 
 
 # Units reserved for this annotator as an expert (annotation.adjudication), oldest request first;
@@ -1713,19 +1717,9 @@ def _lease_reserved(study: Study, annotator, now: datetime, *, slot: int = 0) ->
                 Study.objects.filter(pk=study.pk, adjudications_open__gte=cur.rowcount).update(
                     adjudications_open=F("adjudications_open") - cur.rowcount)
             return None
-        (unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text, text_a, text_b, cand_a, cand_b,
-         kind, prompt_html, html_a, html_b) = row
-        cur.execute(_CHECK_TAKE_SQL, [unit_id])
-        left_is_a = secrets.randbelow(2) == 0
-        cur.execute(_LEASE_SQL, [study.pk, unit_id, annotator.pk, token, left_is_a, *stamps, False, slot])
-        inserted = cur.fetchone()
-        if inserted is None:
-            raise _LeaseClash()
-        (assignment_id,) = inserted
-    return _leased(study, annotator, (unit_id, taken, pair_seq, a_is_lo, prompt_id, out_a, out_b, prompt_text,
-                                      text_a, text_b, cand_a, cand_b, kind, prompt_html, html_a, html_b),
-                   assignment_id=assignment_id, token=token, left_is_a=left_is_a, now=now, expires=expires,
-                   slot=slot)
+        assignment_id, left_is_a = _take_picked(cur, study, annotator, row, token=token, stamps=stamps, slot=slot)
+    return _leased(study, annotator, row, assignment_id=assignment_id, token=token, left_is_a=left_is_a, now=now,
+                   expires=expires, slot=slot)
 
 
 def _adaptive_pairs(study: Study) -> list[tuple[int, int] | None]:
