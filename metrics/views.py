@@ -225,6 +225,10 @@ def failures(request: HttpRequest, study_id: int) -> HttpResponse:
         page_number = max(1, int(request.GET.get("page", "1")[:6]))
     except ValueError:
         page_number = 1
+    candidates = list(Candidate.objects.filter(study=study).order_by("name").values_list("name", flat=True))
+    error, status = "", 200
+    if candidate and candidate not in candidates:  # checked here: an unknown name never reaches the database
+        error, status, candidate = f"candidate: no candidate named {candidate[:60]!r} in this study", 400, ""
     page, tag = failure_gallery(study, tag=tag, candidate=candidate, page=page_number)
     items = []
     for out in page.object_list:
@@ -237,6 +241,6 @@ def failures(request: HttpRequest, study_id: int) -> HttpResponse:
         items.append({"output": out, "thumbnail": thumb, "image": image})
     return render(request, "metrics/failures.html", {
         "study": study, "snapshot": snapshot, "failures": data.get("failures"), "page": page, "items": items,
-        "tag": tag, "candidate": candidate, "tags": study.failure_tags or [],
-        "candidates": list(Candidate.objects.filter(study=study).order_by("name").values_list("name", flat=True)),
-    })
+        "tag": tag, "candidate": candidate, "tags": study.failure_tags or [], "candidates": candidates,
+        "error": error,
+    }, status=status)

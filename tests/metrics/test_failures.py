@@ -82,6 +82,11 @@ def test_gallery_filters_by_tag_and_candidate(rated, evaluator):
         assert shown == expected, (tag, cand)
     page = client.get(url, {"tag": "hands"}).content.decode()
     assert "/images/thumbs/" in page and 'id="failure-matrix"' in page
+    # an unknown candidate (a NUL character among them: PostgreSQL refuses it in a query) is named, not a 500
+    for bad in ("gamma-model", "a\x00b"):
+        response = client.get(url, {"candidate": bad})
+        assert response.status_code == 400 and 'id="failures-error"' in response.content.decode()
+        assert "no candidate named" in response.content.decode()
 
 
 def test_roles(rated, evaluator, manager, annotators):
