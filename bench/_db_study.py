@@ -331,9 +331,13 @@ def load_study(url: str, *, n_models: int, n_judgments: int, seed: int) -> tuple
                              for u in range(A))]))
         copy("annotation_study",
              ("id", "name", "description", "created_at", "overlap", "samples_per_prompt", "generation_settings",
-              "adaptive_sampling", "created_by_id", "units_total", "version", "lease_sweep_at"),
+              "adaptive_sampling", "created_by_id", "units_total", "version", "lease_sweep_at",
+              # the task settings at their defaults: blind pairs, no checks, no quiz
+              "task_kinds", "likert_criteria", "failure_tags", "ask_rationale", "instructions", "check_rate",
+              "gold_pass", "quiz_size", "quiz_pass", "quiz_attempts"),
              iter([f"{study_id}\t{STUDY_NAME}\tSynthetic study written by bench/ratings_bench.py --db.\t{created}\t"
-                   f"{OVERLAP}\t1\t{json.dumps(settings)}\tf\t{owner}\t{n_units}\t0\t\\N\n"]))
+                   f"{OVERLAP}\t1\t{json.dumps(settings)}\tf\t{owner}\t{n_units}\t0\t\\N\t"
+                   "pairwise\t[]\t[]\toptional\t\t0\t70\t0\t80\t2\n"]))
         copy("annotation_studymember", ("id", "role", "group", "excluded", "study_id", "user_id", "done"),
              iter([f"1\tevaluator\t\tf\t{study_id}\t{owner}\t0\n"
                    + "".join(f"{u + 2}\tannotator\t{GROUPS[u % len(GROUPS)]}\tf\t{study_id}\t{u + 2}\t{done}\n"
@@ -347,17 +351,19 @@ def load_study(url: str, *, n_models: int, n_judgments: int, seed: int) -> tuple
         tag_rows = [(p + 1, t) for p in range(P) for t in tags[p]]
         copy("annotation_prompttag", ("id", "tag", "prompt_id", "study_id"),
              iter(["".join(f"{k + 1}\t{t}\t{p}\t{study_id}\n" for k, (p, t) in enumerate(tag_rows))]))
-        copy("annotation_candidate", ("id", "name", "backend", "spec", "created_at", "study_id"),
-             iter(["".join(f"{k + 1}\t{names[k]}\timported\t{{}}\t{created}\t{study_id}\n" for k in range(M))]))
+        copy("annotation_candidate", ("id", "name", "backend", "spec", "created_at", "study_id", "check_state",
+                                      "check_error", "hidden"),
+             iter(["".join(f"{k + 1}\t{names[k]}\timported\t{{}}\t{created}\t{study_id}\t\t\tf\n"
+                           for k in range(M))]))
 
         flat_len, flat_off = length.ravel(), text_off.ravel()
         flat_cand, flat_tok, flat_lat = perm.ravel() + 1, tokens.ravel(), latency.ravel()
         copy("annotation_output",
              ("id", "study_id", "prompt_id", "candidate_id", "sample_index", "status", "text", "error",
               "latency_ms", "prompt_tokens", "completion_tokens", "cost", "seed", "settings", "claim",
-              "claimed_at", "attempts", "created_at", "finished_at"),
+              "claimed_at", "attempts", "created_at", "finished_at", "claimed_by", "identity"),
              _rows("{}\t" + str(study_id) + "\t{}\t{}\t0\tdone\t{}\t\t{}\t{}\t{}\t{}\t\\N\t{{}}\t\t\\N\t1\t"
-                   + created + "\t" + created, P * M,
+                   + created + "\t" + created + "\t\t", P * M,
                    lambda lo, hi: (range(lo + 1, hi + 1),
                                    (np.arange(lo, hi) // M + 1).tolist(),
                                    flat_cand[lo:hi].tolist(),
@@ -369,9 +375,9 @@ def load_study(url: str, *, n_models: int, n_judgments: int, seed: int) -> tuple
                                    (flat_tok[lo:hi] * 6e-7).round(8).tolist())))
         copy("annotation_unit",
              ("id", "kind", "needed", "is_gold", "created_at", "output_a_id", "output_b_id", "prompt_id", "study_id",
-              "taken", "cand_lo_id", "cand_hi_id", "a_is_lo", "pair_seq", "shuffle"),
+              "taken", "cand_lo_id", "cand_hi_id", "a_is_lo", "pair_seq", "shuffle", "rule_tie"),
              _rows("{}\tpairwise\t" + str(OVERLAP) + "\tf\t" + created + "\t{}\t{}\t{}\t" + str(study_id)
-                   + "\t{}\t{}\t{}\t{}\t{}\t{}", n_units,
+                   + "\t{}\t{}\t{}\t{}\t{}\t{}\tf", n_units,
                    lambda lo, hi: (range(lo + 1, hi + 1), unit_out_a[lo:hi].tolist(), unit_out_b[lo:hi].tolist(),
                                    (unit_prompt[lo:hi] + 1).tolist(), unit_taken[lo:hi].tolist(),
                                    (unit_lo[lo:hi] + 1).tolist(), (unit_hi[lo:hi] + 1).tolist(),
