@@ -203,6 +203,13 @@ def validate_spec(spec: Mapping[str, Any], policy: SpecPolicy) -> dict[str, Any]
     """
     normalised = check_spec(spec, SPEC_FIELDS)
     check_prices(normalised)
+    check_endpoint_policy(normalised, policy)
+    return normalised
+
+
+def check_endpoint_policy(normalised: Mapping[str, Any], policy: SpecPolicy) -> None:
+    """The operator's key-variable and endpoint policy for a spec's ``api_key_env`` and
+    ``base_url``; shared by the chat and the images backends."""
     key_env = normalised["api_key_env"]
     if key_env is not None and not policy.key_env_allowed(key_env):
         allowed = ", ".join(policy.api_key_envs) or "no variable"
@@ -216,7 +223,6 @@ def validate_spec(spec: Mapping[str, Any], policy: SpecPolicy) -> dict[str, Any]
             f"{normalised['base_url']} is not under an allowed endpoint; the operator allows "
             f"{', '.join(policy.base_urls)} (setting EVALSITE_BASE_URLS)",
         )
-    return normalised
 
 
 def make_backend(spec: dict[str, Any], policy: SpecPolicy | None = None) -> OpenAIBackend:

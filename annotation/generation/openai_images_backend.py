@@ -34,7 +34,6 @@ import httpx
 from . import openai_backend
 from .base import (
     REQUIRED,
-    BackendError,
     GenerationRequest,
     GenerationResult,
     GenerationSettings,
@@ -70,19 +69,7 @@ SPEC_FIELDS: dict[str, SpecField] = {
 def validate_spec(spec: Mapping[str, Any], policy: SpecPolicy) -> dict[str, Any]:
     """Normalise an images-endpoint spec; the key and endpoint policies of the ``openai`` backend."""
     normalised = check_spec(spec, SPEC_FIELDS)
-    key_env = normalised["api_key_env"]
-    if key_env is not None and not policy.key_env_allowed(key_env):
-        allowed = ", ".join(policy.api_key_envs) or "no variable"
-        raise BackendError(
-            "api_key_env",
-            f"{key_env} is not an allowed key variable; the operator allows {allowed} (setting EVALSITE_API_KEY_ENVS)",
-        )
-    if not openai_backend.url_allowed(normalised["base_url"], policy.base_urls):
-        raise BackendError(
-            "base_url",
-            f"{normalised['base_url']} is not under an allowed endpoint; the operator allows "
-            f"{', '.join(policy.base_urls)} (setting EVALSITE_BASE_URLS)",
-        )
+    openai_backend.check_endpoint_policy(normalised, policy)
     return normalised
 
 
