@@ -228,7 +228,10 @@ def checks_make_attention(*, study: Study, count: int, criterion: str = "", at_m
                              f"{scales[criterion] - 1}, got {at_most!r}")
     prompt_ids = sorted(by_prompt)
     made: list[Unit] = []
-    seen = set(gold_units(study).values_list("kind", "prompt_id", "output_a_id", "output_b_id"))
+    # keyed as the database's unique constraint on units is (study, kind, output_a, output_b):
+    # the same two outputs shown under the other one's prompt would be refused by it
+    seen = {(kind, a, b if kind == Unit.Kind.PAIRWISE else p) for kind, p, a, b in
+            gold_units(study).values_list("kind", "prompt_id", "output_a_id", "output_b_id")}
     tries = 0
     while len(made) < count and tries < count * 20:
         tries += 1
@@ -237,9 +240,9 @@ def checks_make_attention(*, study: Study, count: int, criterion: str = "", at_m
         expected = {"kind": "attention", "note": "The answer was written for another prompt."}
         if likert_only:
             expected["ratings"] = {criterion: [1, at_most]}
-            if (Unit.Kind.LIKERT, p, off, None) in seen:
+            if (Unit.Kind.LIKERT, off, p) in seen:
                 continue
-            seen.add((Unit.Kind.LIKERT, p, off, None))
+            seen.add((Unit.Kind.LIKERT, off, p))
             made.append(Unit(study=study, kind=Unit.Kind.LIKERT, prompt_id=p, output_a_id=off, output_b_id=None,
                              cand_lo_id=off_cand, cand_hi_id=None, a_is_lo=True))
         else:
@@ -248,9 +251,9 @@ def checks_make_attention(*, study: Study, count: int, criterion: str = "", at_m
                 continue
             on, on_cand = rng.choice(mates)
             lo_out, hi_out = sorted((on, off))
-            if (Unit.Kind.PAIRWISE, p, lo_out, hi_out) in seen:
+            if (Unit.Kind.PAIRWISE, lo_out, hi_out) in seen:
                 continue
-            seen.add((Unit.Kind.PAIRWISE, p, lo_out, hi_out))
+            seen.add((Unit.Kind.PAIRWISE, lo_out, hi_out))
             lo, hi = sorted((on_cand, off_cand))
             expected["better"] = "a" if lo_out == on else "b"
             made.append(Unit(study=study, kind=Unit.Kind.PAIRWISE, prompt_id=p, output_a_id=lo_out,

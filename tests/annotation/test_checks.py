@@ -314,6 +314,19 @@ def test_an_annotator_out_of_tries_is_told_so_and_gets_no_task(client, study_fac
     assert client.get(reverse("annotation:annotate", args=[study.pk])).status_code == 302
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_asked_attention_check_is_made_while_distinct_pairs_are_left(study_factory, seed):
+    # 4 prompts x 2 candidates: 6 prompt pairs x 2 ways to split the candidates = 12 distinct
+    # pairs of outputs.  Each pair could be shown under either of its two prompts, but the
+    # database holds a pair of outputs once, so 12 is the most there can be, and asking for
+    # all 12 must make all 12 (it once made fewer, at random, and the page said so).
+    study = study_factory(candidates=("alpha-model", "beta-model"))
+    assert checks.checks_make_attention(study=study, count=12, seed=seed) == 12
+    assert checks.checks_make_attention(study=study, count=3, seed=seed + 10) == 0
+    pairs = Unit.objects.filter(study=study, is_gold=True).values_list("output_a", "output_b")
+    assert len(set(pairs)) == 12
+
+
 def test_only_the_studys_evaluator_manages_checks(client, study_factory, evaluator, annotators, manager):
     study = study_factory()
     for user in (annotators[0], manager):
