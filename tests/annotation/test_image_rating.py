@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import random
 import re
 
 import pytest
@@ -245,6 +246,10 @@ def test_a_gold_item_served_among_the_tasks_shows_its_images(evaluator, annotato
     checks.checks_settings_update(study=study, check_rate=50, gold_pass=70, quiz_size=0, quiz_pass=80,
                                   quiz_attempts=2)
     client = client_for(annotators[0])
+    # A check is offered at 50% per lease, and with 2 ordinary pairs the run can end before one
+    # comes up; the lease draws from the module's generator, so seed it (0.134 < 0.5: the first
+    # lease offers the check) for a test that does not fail one run in eight.
+    random.seed(1)
     seen_gold = False
     for _ in range(6):
         html = on_screen(client.get(reverse("annotation:annotate", args=[study.pk])).content.decode())
