@@ -652,6 +652,8 @@ class AuditEntry(models.Model):
         UNITS_SENT_FOR_MORE = "units_sent_for_more", "Units sent to more annotators"
         UNITS_SENT_TO_EXPERT = "units_sent_to_expert", "Units sent to an expert"
         RATINGS_MODE_CHANGED = "ratings_mode_changed", "Ratings mode changed"
+        REFERENCE_SET_ADDED = "reference_set_added", "Reference image set added"
+        REFERENCE_SET_REMOVED = "reference_set_removed", "Reference image set removed"
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="audit_entries")
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,

@@ -18,11 +18,11 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 
-from annotation import archives
+from annotation import archives, audit
 from annotation.models import Study
 from annotation.services import ServiceError
 
-from .models import ReferenceImage, ReferenceSet
+from .models import MetricRun, ReferenceImage, ReferenceSet
 
 FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".jar", ".zst")
@@ -102,6 +102,7 @@ def reference_set_upload(*, study: Study, name: str, upload, actor=None) -> Refe
                 saved.append(row.file.name)
                 rows.append(row)
             ReferenceImage.objects.bulk_create(rows)
+            audit.record(study, actor, audit.Action.REFERENCE_SET_ADDED, name, {"images": len(images)})
     except IntegrityError:
         _remove(saved)
         raise ServiceError(f"name: the study already has a reference set called {name!r}") from None
@@ -114,6 +115,33 @@ def reference_set_upload(*, study: Study, name: str, upload, actor=None) -> Refe
 def _remove(names: list[str]) -> None:
     for name in names:
         default_storage.delete(name)
+
+
+def reference_set_remove(*, ref: ReferenceSet, actor=None) -> int:
+    """Delete a reference set, its rows and, once that has committed, its image and feature files.
+
+    Refused (``ServiceError`` naming the runs) while a FID or KID run that compares with it is
+    queued or running.  Finished runs keep their figures; their configuration names the set.
+    Returns how many images went with it.
+    """
+    with transaction.atomic():
+        ref = ReferenceSet.objects.select_for_update().filter(pk=ref.pk).first()
+        if ref is None:
+            raise ServiceError("reference: that reference set was already removed")
+        busy = list(MetricRun.objects.filter(study_id=ref.study_id, options__reference=ref.pk,
+                                             status__in=[MetricRun.Status.QUEUED, MetricRun.Status.RUNNING])
+                    .order_by("pk").values_list("metric", "pk"))
+        if busy:
+            runs = ", ".join(f"{metric} (run {pk})" for metric, pk in busy)
+            raise ServiceError(f"reference: {ref.name!r} is in use by {runs}; remove it when they have finished")
+        files = list(ReferenceImage.objects.filter(set=ref).values_list("file", flat=True))
+        if ref.features:
+            files.append(ref.features.name)
+        n_images = len(files) - bool(ref.features)
+        audit.record(ref.study, actor, audit.Action.REFERENCE_SET_REMOVED, ref.name, {"images": n_images})
+        ref.delete()
+        transaction.on_commit(lambda: _remove(files))
+    return n_images
 
 
 def reference_set_for_option(study_id: int, value) -> ReferenceSet:
@@ -131,11 +159,13 @@ def reference_set_for_option(study_id: int, value) -> ReferenceSet:
 
 
 def reference_sets_page(study: Study, thumbnails: int = 4) -> list[dict]:
-    """The study's reference sets, newest first, each with its first few images' names."""
-    sets = list(ReferenceSet.objects.filter(study=study).order_by("-created_at", "-pk"))
-    out = []
-    for ref in sets:
-        names = [PurePosixPath(n).name for n in
-                 ReferenceImage.objects.filter(set=ref).order_by("pk").values_list("file", flat=True)[:thumbnails]]
-        out.append({"set": ref, "thumbnails": names})
-    return out
+    """The study's reference sets, newest first, each with its first few images' names.
+
+    Two queries however many sets: the thumbnails come in one sliced prefetch (a window query).
+    """
+    from django.db.models import Prefetch
+
+    first = Prefetch("images", queryset=ReferenceImage.objects.order_by("pk")[:thumbnails], to_attr="first_images")
+    sets = ReferenceSet.objects.filter(study=study).order_by("-created_at", "-pk").prefetch_related(first)
+    return [{"set": ref, "thumbnails": [PurePosixPath(img.file.name).name for img in ref.first_images]}
+            for ref in sets]

@@ -10,6 +10,7 @@ urlpatterns = [
     path("studies/<int:study_id>/summary/", views.study_summary, name="summary"),
     path("studies/<int:study_id>/agreement/", views.study_agreement, name="agreement"),
     path("studies/<int:study_id>/references/", views.reference_sets, name="references"),
+    path("studies/<int:study_id>/references/<int:set_id>/remove/", views.reference_remove, name="reference_remove"),
     path("studies/<int:study_id>/references/<str:name>", views.reference_image, name="reference_image"),
     path("studies/<int:study_id>/failures/", views.failures, name="failures"),
 ]

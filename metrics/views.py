@@ -182,6 +182,30 @@ def reference_sets(request: HttpRequest, study_id: int) -> HttpResponse:
 
 
 @login_required
+@require_POST
+def reference_remove(request: HttpRequest, study_id: int, set_id: int) -> HttpResponse:
+    """POST: an evaluator removes a reference set (refused while a run compares with it)."""
+    from django.contrib import messages
+
+    from . import references
+    from .forms import ReferenceSetForm
+    from .models import ReferenceSet
+
+    study = access.get_study_for_evaluator(request.user, study_id)
+    ref = ReferenceSet.objects.filter(study=study, pk=set_id).first()
+    if ref is None:
+        raise Http404("No such reference set in this study")
+    try:
+        removed = references.reference_set_remove(ref=ref, actor=request.user)
+    except ServiceError as exc:
+        return render(request, "metrics/references.html",
+                      {"study": study, "form": ReferenceSetForm(), "error": str(exc), "evaluator": True,
+                       "sets": references.reference_sets_page(study)}, status=400)
+    messages.success(request, f"Reference set {ref.name!r} removed, with its {removed} images.")
+    return redirect(reverse("metrics:references", args=[study.pk]))
+
+
+@login_required
 @require_http_methods(["GET"])
 def reference_image(request: HttpRequest, study_id: int, name: str) -> HttpResponse:
     """One reference image, for the study's evaluators and managers only; never kept by shared caches."""

@@ -123,6 +123,7 @@ PAGES: dict[str, dict[str, tuple]] = {
     # reference sets: managers read them, evaluators upload (no archive in the POST: 400); the image
     # view checks the role before it looks the (here missing) image up
     "metrics:references": {"get": managers(200), "post": evaluator_only(400)},
+    "metrics:reference_remove": {"get": NOT_SERVED, "post": evaluator_only(302)},
     "metrics:reference_image": {"get": managers(404), "post": NOT_SERVED},
     "metrics:failures": {"get": managers(200), "post": NOT_SERVED},
 }
@@ -170,13 +171,20 @@ def world(study_factory, evaluator, annotators, manager, make_user):
     revocable, _ = services.invitation_create(study=study, role="annotator", max_uses=None)
     _, invitation_token = services.invitation_create(study=study, role="annotator", max_uses=None)
     ids = {"study": study.pk, "spare": spare.pk, "image_name": image_name, "thumb_name": thumb_name, "output": study.outputs.first().pk, "token": token,
-           "reference_image": "0" * 32 + ".png", "candidate": candidate.pk, "invitation": revocable.pk, "invitation_token": invitation_token,
+           "reference_image": "0" * 32 + ".png", "reference_set": _reference_set(study), "candidate": candidate.pk, "invitation": revocable.pk, "invitation_token": invitation_token,
            "check": checks.checks_make_attention(study=study, count=1, seed=1)
            and checks.gold_units(study).values_list("pk", flat=True).first(),
            "metric_run": MetricRun.objects.create(study=study, metric="rougeL", options_hash="-", status="failed").pk,
            "judge": Judge.objects.create(study=study, name="spare-judge", backend="openai", rubric=DEFAULT_RUBRIC,
                                          spec={"base_url": "http://127.0.0.1:9/v1", "model": "m"}).pk}
     return {"study": study, "clients": clients, "ids": ids}
+
+
+def _reference_set(study) -> int:
+    from metrics.references import reference_set_upload
+    from tests.helpers.images import pngs, zip_of
+
+    return reference_set_upload(study=study, name="spare-refs", upload=zip_of(pngs(2))).pk
 
 
 def _status(response) -> int | str:

@@ -169,6 +169,7 @@ ENDPOINTS: dict[str, Endpoint] = {
                                 post={"max_cost_per_1000": "2.5", "max_latency_p95_ms": "900"}),
     "metrics:agreement": Endpoint(args=("study",), role="manager", query=("criterion", "format")),
     "metrics:references": Endpoint(args=("study",), role="evaluator", post={"name": "fuzz-refs"}),
+    "metrics:reference_remove": Endpoint(args=("study", "reference_set"), get=False),
     "metrics:reference_image": Endpoint(args=("study", "reference_image"), role="manager"),
     "metrics:failures": Endpoint(args=("study",), role="manager", query=("tag", "candidate", "page")),
     "arena:recompute": Endpoint(args=("study",), get=False, role="manager", post={"slice": "all"}),
@@ -224,7 +225,7 @@ def world(study_factory, evaluator, annotators, manager, make_user):
     client.force_login(annotators[0])
     page = client.get(reverse("annotation:annotate", args=[study.pk])).content.decode()
     token = page.split('action="/tasks/', 1)[1].split("/", 1)[0]
-    from tests.test_access_pages import _image_on_task
+    from tests.test_access_pages import _image_on_task, _reference_set
 
     image_name, thumb_name = _image_on_task(token)
     candidate = services.candidate_create(study=study, name="spare-model", backend="imported", spec={})
@@ -236,7 +237,7 @@ def world(study_factory, evaluator, annotators, manager, make_user):
     return {
         "users": {"anonymous": None, "annotator": annotators[0], "evaluator": evaluator, "manager": manager},
         "ids": {"study": study.pk, "spare": spare.pk, "image_name": image_name, "thumb_name": thumb_name, "output": study.outputs.first().pk, "token": token,
-                "reference_image": "0" * 32 + ".png",
+                "reference_image": "0" * 32 + ".png", "reference_set": _reference_set(study),
                 "check": checks.gold_units(study).values_list("pk", flat=True).first(),
                 "candidate": candidate.pk, "invitation": invitation.pk, "invitation_token": invitation_token,
                 "metric_run": metric_run.pk, "judge": judge.pk},

@@ -8,6 +8,7 @@ builds the units.  Other test modules may reuse it (failure pages, metrics).
 from __future__ import annotations
 
 import io
+import zipfile
 from collections.abc import Sequence
 
 from django.core.files.base import ContentFile
@@ -53,6 +54,21 @@ def png_bytes(colour: tuple[int, int, int], *, size: int = 64, mark: int = 0) ->
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def zip_of(members: dict[str, bytes]) -> io.BytesIO:
+    """A zip archive of ``members`` (name -> bytes), rewound."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    buf.seek(0)
+    return buf
+
+
+def pngs(n: int) -> dict[str, bytes]:
+    """``n`` distinct 40-pixel PNGs under ``real/``, as a reference set's members."""
+    return {f"real/banner{i}.png": png_bytes((10 * i, 200 - 10 * i, 90), size=40, mark=i % 4) for i in range(n)}
 
 
 def prompts_csv(n_prompts: int, prompt_tags: Sequence[str] | None = None) -> bytes:

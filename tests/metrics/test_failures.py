@@ -94,3 +94,30 @@ def test_roles(rated, evaluator, manager, annotators):
     assert client_for(evaluator).get(url).status_code == 200
     assert client_for(manager).get(url).status_code == 200
     assert client_for(annotators[0]).get(url).status_code == 403
+
+
+def test_the_page_costs_the_same_whatever_the_study_holds(rated, evaluator, annotators, manager):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = client_for(evaluator)
+
+    def cost(study) -> tuple[int, int]:
+        url, counts = reverse("metrics:failures", args=[study.pk]), []
+        for params in ({}, {"tag": "hands", "candidate": "alpha-model"}):
+            with CaptureQueriesContext(connection) as queries:
+                assert client.get(url, params).status_code == 200
+            counts.append(len(queries))
+        return tuple(counts)
+
+    # three times the prompts, three raters each, every output tagged: a bigger matrix and gallery
+    big = make_image_study(evaluator, annotators=annotators, managers=[manager], task_kinds="likert",
+                           n_prompts=24, overlap=3)
+    for annotator in annotators[:3]:
+        while (a := services.assignment_next(study=big, annotator=annotator)) is not None:
+            services.judgment_submit(assignment=a, ratings={"relevance": 1, "creativity": 2},
+                                     tags=["hands", "artifacts"])
+    summary_recompute(study_id=big.pk, force=True)
+    n_small = Judgment.objects.filter(study=rated, ratings__isnull=False).count()
+    assert Judgment.objects.filter(study=big, ratings__isnull=False).count() > 4 * n_small
+    assert cost(big) == cost(rated), cost(rated)

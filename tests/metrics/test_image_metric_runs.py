@@ -15,8 +15,7 @@ from metrics.image_runs import load_rgb
 from metrics.models import CandidateScore, ReferenceSet
 from metrics.references import reference_set_upload
 from metrics.tasks import compute_metric_run
-from tests.helpers.images import make_image_study
-from tests.metrics.test_reference_sets import zip_of
+from tests.helpers.images import make_image_study, zip_of
 
 pytestmark = pytest.mark.django_db
 

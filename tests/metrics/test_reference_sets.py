@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import zipfile
 
 import pytest
 from django.conf import settings
@@ -14,22 +13,9 @@ from annotation.services import ServiceError
 from metrics.models import ReferenceImage, ReferenceSet
 from metrics.references import reference_set_upload
 from tests.conftest import client_for
-from tests.helpers.images import make_image_study, png_bytes
+from tests.helpers.images import make_image_study, png_bytes, pngs, zip_of
 
 pytestmark = pytest.mark.django_db
-
-
-def zip_of(members: dict[str, bytes]) -> io.BytesIO:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    buf.seek(0)
-    return buf
-
-
-def pngs(n: int) -> dict[str, bytes]:
-    return {f"real/banner{i}.png": png_bytes((10 * i, 200 - 10 * i, 90), size=40, mark=i % 4) for i in range(n)}
 
 
 def storage_files() -> set[str]:
@@ -142,3 +128,85 @@ def _upload(buf: io.BytesIO):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     return SimpleUploadedFile("refs.zip", buf.getvalue(), content_type="application/zip")
+
+
+def _set_with_features(study, name: str, n: int = 3) -> ReferenceSet:
+    from django.core.files.base import ContentFile
+
+    ref = reference_set_upload(study=study, name=name, upload=zip_of(pngs(n)), actor=study.created_by)
+    ref.features.save("features.npz", ContentFile(b"cached features"), save=True)
+    return ref
+
+
+def test_an_evaluator_removes_a_set_with_its_files_and_the_audit_says_so(study, evaluator, manager, annotators,
+                                                                         django_capture_on_commit_callbacks):
+    from annotation.models import AuditEntry
+
+    before = storage_files()
+    ref = _set_with_features(study, "old banners")
+    assert len(storage_files() - before) == 4  # three images and the cached features
+    url = reverse("metrics:reference_remove", args=[study.pk, ref.pk])
+    for user in (manager, annotators[0]):
+        assert client_for(user).post(url).status_code == 403
+    assert ReferenceSet.objects.filter(pk=ref.pk).exists()
+    client = client_for(evaluator)
+    page = client.get(reverse("metrics:references", args=[study.pk])).content.decode()
+    assert url in page
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:  # the files go once the rows have
+        response = client.post(url, follow=True)
+    assert response.redirect_chain[-1][1] == 302 and len(callbacks) == 1
+    assert "Reference set &#x27;old banners&#x27; removed, with its 3 images." in response.content.decode()
+    assert not ReferenceSet.objects.exists() and not ReferenceImage.objects.exists()
+    assert storage_files() == before
+    entries = list(AuditEntry.objects.filter(study=study).order_by("pk").values_list("action", "target", "detail"))
+    assert entries[-2:] == [("reference_set_added", "old banners", {"images": 3}),
+                            ("reference_set_removed", "old banners", {"images": 3})]
+    # removed twice, or another study's set: a 404, nothing else touched
+    assert client.post(url).status_code == 404
+    other = make_image_study(evaluator, n_prompts=2)
+    theirs = reference_set_upload(study=other, name="theirs", upload=zip_of(pngs(2)))
+    assert client.post(reverse("metrics:reference_remove", args=[study.pk, theirs.pk])).status_code == 404
+    assert ReferenceSet.objects.filter(pk=theirs.pk).exists()
+
+
+def test_a_set_a_queued_or_running_run_compares_with_stays(study, evaluator):
+    from metrics.models import MetricRun
+
+    ref = _set_with_features(study, "in use")
+    files = storage_files()
+    client = client_for(evaluator)
+    url = reverse("metrics:reference_remove", args=[study.pk, ref.pk])
+    for status in ("queued", "running"):
+        run = MetricRun.objects.create(study=study, metric="fid", options={"reference": ref.pk},
+                                       options_hash=status, status=status)
+        response = client.post(url)
+        assert response.status_code == 400
+        assert f"in use by fid (run {run.pk})" in response.content.decode()
+        assert ReferenceSet.objects.filter(pk=ref.pk).exists() and ref.images.count() == 3
+        assert storage_files() == files
+        run.status = "done"
+        run.config = {"reference_set": "in use"}
+        run.save()
+    # finished runs keep their figures and the set's name; starting one again names the missing set
+    assert client.post(url).status_code == 302
+    assert MetricRun.objects.filter(study=study, config__reference_set="in use").count() == 2
+    from metrics.references import reference_set_for_option
+
+    with pytest.raises(ServiceError, match="no reference set 'in use'"):
+        reference_set_for_option(study.pk, "in use")
+
+
+def test_the_page_costs_the_same_whatever_the_number_of_sets(study, evaluator):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = client_for(evaluator)
+    url = reverse("metrics:references", args=[study.pk])
+    counts = []
+    for n in range(3):
+        reference_set_upload(study=study, name=f"set {n}", upload=zip_of(pngs(5)))
+        with CaptureQueriesContext(connection) as queries:
+            page = client.get(url).content.decode()
+        counts.append(len(queries))
+        assert page.count('alt="reference image') == 4 * (n + 1)  # the first 4 images of each set
+    assert counts[0] == counts[1] == counts[2], counts
