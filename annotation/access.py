@@ -175,19 +175,22 @@ def get_output_image_for_user(user: AbstractBaseUser, study_id: int, path: str, 
     if Assignment.objects.filter(held_or_judged, same_sample | grid, study_id=study_id,
                                  annotator_id=user.pk).exists():
         return output
-    if _in_quiz_shown(user, study_id, output.pk):
+    if _in_quiz_shown(user, study_id, output):
         return output
     raise Http404("No such image")
 
 
-def _in_quiz_shown(user: AbstractBaseUser, study_id: int, output_id: int) -> bool:
+def _in_quiz_shown(user: AbstractBaseUser, study_id: int, output) -> bool:
     """Whether a quiz question the annotator has reached (answered, or the one waiting) shows the
-    output: quiz questions are gold items asked outside any lease (annotation.checks)."""
+    output, a pair's grid of samples included as on a task: quiz questions are gold items asked
+    outside any lease (annotation.checks)."""
     from django.db.models import Q
 
     from .models import QuizAttempt
 
     reached = [pk for items, answers in QuizAttempt.objects.filter(study_id=study_id, user_id=user.pk)
                .values_list("items", "answers") for pk in items[:len(answers) + 1]]
-    return bool(reached) and Unit.objects.filter(Q(output_a_id=output_id) | Q(output_b_id=output_id),
-                                                 pk__in=reached, study_id=study_id).exists()
+    shown = Q(output_a_id=output.pk) | Q(output_b_id=output.pk) | (Q(kind=Unit.Kind.PAIRWISE) & (
+        Q(output_a__prompt_id=output.prompt_id, output_a__candidate_id=output.candidate_id)
+        | Q(output_b__prompt_id=output.prompt_id, output_b__candidate_id=output.candidate_id)))
+    return bool(reached) and Unit.objects.filter(shown, pk__in=reached, study_id=study_id).exists()

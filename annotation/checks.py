@@ -370,21 +370,19 @@ def quiz_item(attempt: QuizAttempt) -> QuizItem | None:
     def stored_or_render(html: str, text: str) -> str:  # rows written before HTML was stored have none
         return html or markdown.render(text)
 
-    def images(output, label: str) -> tuple:
-        from .services import output_image_item  # services imports nothing of this module's users
-
-        return ((output_image_item(output.study_id, output.image.name, output.thumbnail.name,
-                                            f"Image {label}"),) if output.image else ())
+    from .services import task_images  # services imports nothing of this module's users
 
     prompt_html = stored_or_render(unit.prompt.html, unit.prompt.text)
     if unit.kind == Unit.Kind.LIKERT:
+        left, _ = task_images(unit.output_a, None) if not unit.output_a.text else ((), ())
         return QuizItem(index, len(attempt.items), unit.kind, prompt_html,
                         stored_or_render(unit.output_a.html, unit.output_a.text), "",
-                        tuple(attempt.study.likert_criteria), left_images=images(unit.output_a, "A"))
+                        tuple(attempt.study.likert_criteria), left_images=left)
     first, second = (unit.output_a, unit.output_b) if attempt.sides[index] else (unit.output_b, unit.output_a)
+    # as on a task page: each side's grid of the prompt's samples when the study makes several
+    left, right = task_images(first, second) if not (first.text or second.text) else ((), ())
     return QuizItem(index, len(attempt.items), unit.kind, prompt_html, stored_or_render(first.html, first.text),
-                    stored_or_render(second.html, second.text), (), left_images=images(first, "A"),
-                    right_images=images(second, "B"))
+                    stored_or_render(second.html, second.text), (), left_images=left, right_images=right)
 
 
 @dataclass(frozen=True)

@@ -1775,16 +1775,16 @@ def task_view(*, assignment: Assignment, done: int, units_total: int, study: Stu
                   remaining=max(0, units_total - done - 1), tags=tuple(taskconfig.tag_letters(study.failure_tags)),
                   ask_rationale=study.ask_rationale)
     if unit.kind == Unit.Kind.LIKERT:
-        images = _task_images(unit.output_a, None) if not unit.output_a.text else ((), ())
+        images = task_images(unit.output_a, None) if not unit.output_a.text else ((), ())
         return TaskView(left=unit.output_a.text, left_html=unit.output_a.html, right="", kind=Unit.Kind.LIKERT,
                         criteria=tuple(study.likert_criteria), left_images=images[0], **common)
     first, second = (unit.output_a, unit.output_b) if assignment.left_is_a else (unit.output_b, unit.output_a)
-    left_images, right_images = _task_images(first, second) if not (first.text or second.text) else ((), ())
+    left_images, right_images = task_images(first, second) if not (first.text or second.text) else ((), ())
     return TaskView(left=first.text, right=second.text, left_html=first.html, right_html=second.html,
                     left_images=left_images, right_images=right_images, **common)
 
 
-def _task_images(first: Output, second: Output | None) -> tuple[tuple, tuple]:
+def task_images(first: Output, second: Output | None) -> tuple[tuple, tuple]:
     """The images of a task without text, in one query: a Likert task's one image; for a pair, each
     side's grid (the finished samples of the prompt by that side's candidate, in sample order).
     URLs carry only the opaque file names, alt texts only the side ("Image A", "Sample 2 of B")."""

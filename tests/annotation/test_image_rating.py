@@ -238,6 +238,29 @@ def test_a_quiz_question_shows_its_images_to_the_annotator_who_reached_it(evalua
     assert first.prompt_id != second.prompt_id
 
 
+def test_a_quiz_question_in_a_study_of_several_samples_shows_both_grids(evaluator, annotators):
+    from annotation import checks
+
+    study = make_image_study(evaluator, annotators=annotators[:2], candidates=CANDIDATES, samples=3)
+    checks.checks_import(study=study, data=b"prompt,a,b,better\ni1,alpha-model,beta-model,a\n", filename="g.csv")
+    checks.checks_settings_update(study=study, check_rate=0, gold_pass=70, quiz_size=1, quiz_pass=50,
+                                  quiz_attempts=1)
+    taker, bystander = client_for(annotators[0]), client_for(annotators[1])
+    taker.post(reverse("annotation:quiz_start", args=[study.pk]))
+    html = taker.get(reverse("annotation:quiz", args=[study.pk])).content.decode()
+    alts = re.findall(r'class="task-image"[^>]*alt="([^"]+)"', html)
+    assert alts == [f"Sample {n} of {side}" for side in "AB" for n in (1, 2, 3)]  # as on a task page
+    urls = re.findall(r'(?:src|data-full)="(/studies/[^"]+)"', html)
+    expected = {u for out in Output.objects.filter(study=study, prompt__external_id="i1") for u in _urls(study, out)}
+    assert set(urls) == expected and len(expected) == 12  # 2 candidates x 3 samples, image and thumbnail
+    for url in urls:
+        assert taker.get(url).status_code == 200, url
+        assert bystander.get(url).status_code == 404  # not their quiz
+    # another prompt's samples stay closed to the taker
+    other = Output.objects.filter(study=study).exclude(prompt__external_id="i1").first()
+    assert taker.get(_urls(study, other)[0]).status_code == 404
+
+
 def test_a_gold_item_served_among_the_tasks_shows_its_images(evaluator, annotators):
     from annotation import checks
 
