@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from django.conf import settings
-from django.core.files.base import ContentFile
+from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 
@@ -75,40 +75,44 @@ def reference_set_upload(*, study: Study, name: str, upload, actor=None) -> Refe
         source.seek(0)
     except (AttributeError, OSError):
         pass
-    images: list[tuple[str, bytes, str, int, int]] = []
+    # one image in memory at a time: each is checked, then streamed into storage from the
+    # extracted copy, so an archive near the size limit does not need its size in memory
     with tempfile.TemporaryDirectory(prefix="evalsite-refs-") as tmp:
         try:
             written = archives.extract_archive(source, tmp, max_members=settings.EVALSITE_ARCHIVE_MAX_MEMBERS,
                                                max_total_bytes=settings.EVALSITE_ARCHIVE_MAX_BYTES)
         except archives.ArchiveError as exc:
             raise ServiceError(f"archive: {exc}") from None
+        images: list[tuple[Path, str, int, int]] = []
         for rel in sorted(written, key=str):
             if _ignored(rel):
                 continue
-            data = (Path(tmp) / rel).read_bytes()
-            fmt, width, height = _check_image(str(rel), data)
-            images.append((str(rel), data, fmt, width, height))
-    if len(images) < MIN_IMAGES:
-        raise ServiceError(f"archive: it holds {len(images)} image(s); a reference set needs at least {MIN_IMAGES}")
-    saved: list[str] = []
-    try:
-        with transaction.atomic():
-            ref = ReferenceSet.objects.create(study=study, name=name, n_images=len(images),
-                                              created_by=actor if actor and actor.is_authenticated else None)
-            rows = []
-            for _member, data, fmt, width, height in images:
-                row = ReferenceImage(set=ref, width=width, height=height)
-                row.file.save(f"image{FORMATS[fmt]}", ContentFile(data), save=False)
-                saved.append(row.file.name)
-                rows.append(row)
-            ReferenceImage.objects.bulk_create(rows)
-            audit.record(study, actor, audit.Action.REFERENCE_SET_ADDED, name, {"images": len(images)})
-    except IntegrityError:
-        _remove(saved)
-        raise ServiceError(f"name: the study already has a reference set called {name!r}") from None
-    except BaseException:
-        _remove(saved)
-        raise
+            path = Path(tmp) / rel
+            fmt, width, height = _check_image(str(rel), path.read_bytes())
+            images.append((path, fmt, width, height))
+        if len(images) < MIN_IMAGES:
+            raise ServiceError(f"archive: it holds {len(images)} image(s); a reference set needs at least "
+                               f"{MIN_IMAGES}")
+        saved: list[str] = []
+        try:
+            with transaction.atomic():
+                ref = ReferenceSet.objects.create(study=study, name=name, n_images=len(images),
+                                                  created_by=actor if actor and actor.is_authenticated else None)
+                rows = []
+                for path, fmt, width, height in images:
+                    row = ReferenceImage(set=ref, width=width, height=height)
+                    with path.open("rb") as fh:
+                        row.file.save(f"image{FORMATS[fmt]}", File(fh), save=False)
+                    saved.append(row.file.name)
+                    rows.append(row)
+                ReferenceImage.objects.bulk_create(rows)
+                audit.record(study, actor, audit.Action.REFERENCE_SET_ADDED, name, {"images": len(images)})
+        except IntegrityError:
+            _remove(saved)
+            raise ServiceError(f"name: the study already has a reference set called {name!r}") from None
+        except BaseException:
+            _remove(saved)
+            raise
     return ref
 
 
