@@ -8,6 +8,7 @@ prompt, the verdict format and the agreement statistics are in :mod:`metrics.jud
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import numpy as np
 from django.conf import settings
@@ -240,26 +241,28 @@ def _ask_missing_likert(judge: Judge) -> tuple[int, str]:
 # --- reads ------------------------------------------------------------------------------
 
 
-def _human_majorities(study_id: int) -> dict[int, int]:
+def _human_majorities(study_id: int, left_out: Collection[int] = ()) -> dict[int, int]:
     """Unit id -> the human majority outcome code, over pairwise judgments of annotators who
-    are not excluded (units with at least one such judgment)."""
+    are not excluded nor in ``left_out`` (units with at least one such judgment)."""
     excluded = StudyMember.objects.filter(study_id=study_id, excluded=True).values("user")
     by_unit: dict[int, list[int]] = {}
     rows = (Judgment.objects.filter(study_id=study_id, unit__is_gold=False).exclude(outcome="")
-            .exclude(annotator__in=excluded).values_list("unit_id", "outcome"))
+            .exclude(annotator__in=excluded).exclude(annotator__in=list(left_out)).values_list("unit_id", "outcome"))
     for unit_id, outcome in rows:
         by_unit.setdefault(unit_id, []).append(outcomes.STORED_CODE[outcome])
     return {unit_id: judge_math.majority(codes) for unit_id, codes in by_unit.items()}
 
 
-def _human_likert(study_id: int) -> dict[tuple[int, str], list[int]]:
+def _human_likert(study_id: int, left_out: Collection[int] = ()) -> dict[tuple[int, str], list[int]]:
     """(output id, criterion key) -> the human points it got, over Likert judgments of
-    annotators who are not excluded, gold units left out; "not applicable" (null) left out."""
+    annotators who are not excluded nor in ``left_out``, gold units left out; "not applicable"
+    (null) left out."""
     excluded = StudyMember.objects.filter(study_id=study_id, excluded=True).values("user")
     points: dict[tuple[int, str], list[int]] = {}
     rows = (Judgment.objects.filter(study_id=study_id, unit__kind=Unit.Kind.LIKERT, unit__is_gold=False,
                                     ratings__isnull=False)
-            .exclude(annotator__in=excluded).values_list("unit__output_a_id", "ratings"))
+            .exclude(annotator__in=excluded).exclude(annotator__in=list(left_out))
+            .values_list("unit__output_a_id", "ratings"))
     for output_id, ratings in rows:
         for key, value in (ratings or {}).items():
             if isinstance(value, int) and not isinstance(value, bool):
@@ -336,8 +339,12 @@ def judges_page_rows(study: Study) -> tuple[list[dict], object]:
     return rows, snapshot.computed_at if snapshot else None
 
 
-def judge_summary(study: Study) -> list[dict]:
+def judge_summary(study: Study, mode: dict | None = None) -> list[dict]:
     """Each judge of the study as plain data (JSON-ready).
+
+    ``mode`` is the ratings snapshot's ``ratings_mode``: the annotators it left out (flagged
+    ones, or a competence weight of 0) are left out of the human side of the agreement too;
+    the others count once each (competence weights move the ratings and Likert means only).
 
     Every entry has the run state and the pairwise keys: inconsistency rate, win rate per
     candidate (a tie counts half) and agreement with the human majority per unit.  A Likert
@@ -350,8 +357,11 @@ def judge_summary(study: Study) -> list[dict]:
     names = dict(Candidate.objects.filter(study=study).values_list("pk", "name"))
     judges = list(Judge.objects.filter(study=study).order_by("name"))
     kinds = {j.kind for j in judges}
-    humans = _human_majorities(study.pk) if Judge.Kind.PAIRWISE in kinds else {}
-    likert_humans = _human_likert(study.pk) if Judge.Kind.LIKERT in kinds else {}
+    mode = mode if isinstance(mode, dict) else {}
+    left_out = {*(mode.get("left_out") or []),
+                *(int(k) for k, w in (mode.get("weights") or {}).items() if float(w) <= 0)}
+    humans = _human_majorities(study.pk, left_out) if Judge.Kind.PAIRWISE in kinds else {}
+    likert_humans = _human_likert(study.pk, left_out) if Judge.Kind.LIKERT in kinds else {}
     criteria = list(study.likert_criteria or [])
     summary = []
     for judge in judges:

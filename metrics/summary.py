@@ -74,19 +74,29 @@ def summary_marker(study_id: int) -> list:
             stamp(verdicts), stamp(judgments), stamp(candidates), stamp(judges)]
 
 
-def _human_output_means(study_id: int, criteria: list[dict]) -> dict[str, dict[int, float]]:
+def _human_output_means(study_id: int, criteria: list[dict], mode: dict | None = None) -> dict[str, dict[int, float]]:
     """Criterion key -> {output id: mean human Likert point}; excluded annotators, checks and
-    'not applicable' left out (the leaderboard's own judgment set)."""
+    'not applicable' left out (the leaderboard's own judgment set), and counted as the ratings
+    snapshot's mode counted them (``mode``: its ``ratings_mode``): flagged annotators left out,
+    or each point weighted by its annotator's competence (Σw·x / Σw; weight 1 when unrated)."""
     from arena.selectors import slice_judgments
 
-    sums: dict[str, dict[int, list[float]]] = {c["key"]: {} for c in criteria}
-    for output_id, ratings in (slice_judgments(study_id).filter(ratings__isnull=False)
-                               .values_list("unit__output_a_id", "ratings")):
+    mode = mode if isinstance(mode, dict) else {}
+    left_out = set(mode.get("left_out") or [])
+    weights = {int(k): float(v) for k, v in (mode.get("weights") or {}).items()}
+    sums: dict[str, dict[int, list[float]]] = {c["key"]: {} for c in criteria}  # output -> [Σw·x, Σw]
+    for annotator_id, output_id, ratings in (slice_judgments(study_id).filter(ratings__isnull=False)
+                                             .values_list("annotator_id", "unit__output_a_id", "ratings")):
+        w = weights.get(annotator_id, 1.0)
+        if annotator_id in left_out or w <= 0:
+            continue
         for key, per in sums.items():
             point = (ratings or {}).get(key)
             if isinstance(point, (int, float)) and not isinstance(point, bool):
-                per.setdefault(output_id, []).append(float(point))
-    return {key: {o: sum(v) / len(v) for o, v in per.items()} for key, per in sums.items()}
+                acc = per.setdefault(output_id, [0.0, 0.0])
+                acc[0] += w * float(point)
+                acc[1] += w
+    return {key: {o: sw / w for o, (sw, w) in per.items()} for key, per in sums.items()}
 
 
 def _judge_system_rows(judge_ids: list[int]) -> dict[int, list[tuple[str, int, float]]]:
@@ -140,7 +150,7 @@ def summary_compute(study: Study) -> dict:
                 "better": (r.config or {}).get("better", "lower" if r.metric in ("fid", "kid") else "higher"),
                 "warning": (r.config or {}).get("warning", "")} for r in runs]
 
-    details = judge_summary(study)
+    details = judge_summary(study, snapshot.payload.get("ratings_mode") if snapshot else None)
     judged = [j for j in details if j.get("task", "pairwise") == "pairwise" and j["n_done"]]
     judges = [{"key": f"judge{j['id']}", "name": j["name"], "judge": j["id"]} for j in judged]
     win_rates = {(j["id"], w["candidate"]): w for j in judged for w in j["win_rates"]}
@@ -199,7 +209,8 @@ def summary_compute(study: Study) -> dict:
         agreement.append({"kind": "judge", "metric": f"judge: {j['name']}", "judge": j["judge"],
                           **{k: _result(v) for k, v in res.items()}, "definition": res["kendall_tau"].config["bootstrap"]})
 
-    humans = _human_output_means(study.pk, criteria) if criteria and runs else {}
+    humans = (_human_output_means(study.pk, criteria, snapshot.payload.get("ratings_mode") if snapshot else None)
+              if criteria and runs else {})
     output_agreement = []
     for m in metrics:
         values = per_output.get(m["run"], {})

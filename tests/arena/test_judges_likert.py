@@ -270,3 +270,19 @@ def test_the_page_shows_the_figures_and_polls_only_while_a_judge_is_busy(study, 
     busy = mg.get(url + "?poll=1", HTTP_HX_REQUEST="true")
     assert busy.status_code == 200 and 'data-status="running"' in busy.content.decode()
     assert f'{row["criteria"][0]["kappa"]:.3f}' in busy.content.decode()
+
+
+def test_annotators_the_ratings_mode_leaves_out_are_left_out_of_the_agreement_too(study, annotators):
+    """A flagged annotator (or one of competence 0) left out by the mode counts as if excluded by hand."""
+    _rate_all(study, annotators)
+    with FakeOpenAIServer(reply=scripted_judge) as server:
+        judge = judging.judge_create(study=study, name="lj", kind="likert", backend="openai", rubric=RUBRIC,
+                                     spec=_spec(server))
+        assert _run(judge) == "done"
+    everyone = judging.judge_summary(study)
+    flagged = judging.judge_summary(study, {"mode": "exclude_flagged", "left_out": [annotators[0].pk], "weights": {}})
+    zero = judging.judge_summary(study, {"mode": "competence", "left_out": [], "weights": {str(annotators[0].pk): 0.0}})
+    services.member_exclude(study=study, user=annotators[0])
+    by_hand = judging.judge_summary(study)
+    assert flagged == zero == by_hand
+    assert flagged != everyone  # their points moved the agreement: the test tells the two apart

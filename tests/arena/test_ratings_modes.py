@@ -192,3 +192,57 @@ def test_competence_weights_the_likert_means_too(likert_study, annotators):  # n
         x = [j.ratings["style"] for j in judged]
         assert row["criteria"]["style"]["mean"] == pytest.approx(sum(a * b for a, b in zip(w, x)) / sum(w), abs=1e-4)
     assert "in the ratings and the Likert means" in snapshot.payload["ratings_mode"]["sentence"]
+
+
+@pytest.mark.parametrize("mode", ["exclude_flagged", "competence"])
+def test_the_summarys_output_level_agreement_counts_people_as_the_mode_says(likert_study, annotators, mode):  # noqa: F811
+    """Kendall tau / Spearman rho of a metric with the human mean per output use the mode's means:
+    the flagged annotator left out, or every point weighted by its annotator's competence."""
+    import numpy as np
+    from scipy import stats
+
+    from annotation.models import Judgment, Output
+    from metrics.models import MetricRun, OutputScore
+    from metrics.summary import stored_summary
+
+    study = likert_study(kinds="likert", overlap=3, n_prompts=4)
+    for n, annotator in enumerate(annotators[:3]):
+        k = 0
+        while (a := services.assignment_next(study=study, annotator=annotator)) is not None:
+            # the second annotator rates against the others: leaving them out changes the ranks
+            point = 1 + (a.unit.output_a_id * 3 + k) % 5 if n == 1 else 1 + a.unit.output_a_id % 5
+            services.judgment_submit(assignment=a, ratings={"factuality": 2, "style": point})
+            k += 1
+    run = MetricRun.objects.create(study=study, metric="rougeL", options_hash="m", status="done",
+                                   finished_at=timezone.now())
+    for out in Output.objects.filter(study=study):
+        OutputScore.objects.create(run=run, output=out, value=(out.pk * 7 % 5) / 10 + out.pk / 100)
+    weights = {annotators[0]: 0.9, annotators[1]: 0.2, annotators[2]: 0.6}
+    _agreement(study, {u: (["flagged"] if u == annotators[1] else [], w) for u, w in weights.items()})
+
+    def tau_of(summary_data) -> dict:
+        return next(a for a in summary_data["output_agreement"] if a["criterion"] == "Style consistency")
+
+    ratings_recompute(study_id=study.pk, force=True)
+    summary_recompute(study_id=study.pk, force=True)
+    everyone = tau_of(stored_summary(study)[1])
+    _set_mode(study, mode)
+    ratings_recompute(study_id=study.pk, force=True)
+    summary_recompute(study_id=study.pk, force=True)
+    got = tau_of(stored_summary(study)[1])
+
+    sums: dict[int, list[float]] = {}
+    for j in Judgment.objects.filter(study=study, ratings__isnull=False).select_related("unit"):
+        w = (0.0 if j.annotator_id == annotators[1].pk else 1.0) if mode == "exclude_flagged" else \
+            {u.pk: w for u, w in weights.items()}[j.annotator_id]
+        acc = sums.setdefault(j.unit.output_a_id, [0.0, 0.0])
+        acc[0] += w * j.ratings["style"]
+        acc[1] += w
+    outputs = sorted(sums)
+    metric = [OutputScore.objects.get(run=run, output_id=o).value for o in outputs]
+    means = [sums[o][0] / sums[o][1] for o in outputs]
+    assert got["kendall_tau"]["n"] == len(outputs) == 8
+    assert got["kendall_tau"]["value"] == pytest.approx(stats.kendalltau(metric, means).statistic)
+    assert got["spearman_rho"]["value"] == pytest.approx(stats.spearmanr(metric, means).statistic)
+    assert got["kendall_tau"]["value"] != pytest.approx(everyone["kendall_tau"]["value"])
+    assert not np.isnan(got["kendall_tau"]["value"])
