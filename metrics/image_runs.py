@@ -227,6 +227,8 @@ def aggregate_image_sets(run: MetricRun, options: dict, outputs, slices: dict, c
                                  "a candidate (or slice) or in the reference set; compare FIDs only at equal n")
     if run.metric == "kid":
         config["interval"] = "95% range of the per-subset unbiased MMD^2 estimates"
-    config["better"] = "higher" if run.metric == "inception_score" else "lower"
+    from .services import better
+
+    config["better"] = better(run.metric)
     MetricRun.objects.filter(pk=run.pk).update(config=config)
     return rows

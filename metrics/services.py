@@ -31,6 +31,16 @@ NEEDS_MODEL = MODEL_METRICS - {"bertscore"}
 # Inception Score are per candidate (and slice), CLIP Score per image against its prompt's text.
 IMAGE_METRICS = ("fid", "kid", "clip_score", "inception_score")
 SET_METRICS = frozenset({"fid", "kid", "inception_score"})
+# Metrics where a lower value is the better one (every other metric: higher is better).  The one
+# place that says so: runs store it in their config, the summary sorts and labels columns by it.
+LOWER_IS_BETTER = frozenset({"fid", "kid", "perplexity", "hallucination_rate"})
+
+
+def better(metric: str) -> str:
+    """"lower" or "higher": which direction of ``metric`` is the better one."""
+    return "lower" if metric in LOWER_IS_BETTER else "higher"
+
+
 # Counts a metric reports about the items of one call (one batch of a run), not its configuration.
 BATCH_COUNTS = ("scored_tokens", "truncated_items")
 AGGREGATE = ("per candidate and slice: mean of the per-output values, "

@@ -28,6 +28,7 @@ from arena import modes
 from arena.models import Judge, JudgeVerdict, RatingSnapshot
 from arena.services import SUMMARY  # the snapshot's method and its refresh request's key
 
+from . import services as metric_services
 from . import trust
 from .models import CandidateScore, MetricRun, OutputScore, SummaryBudget
 
@@ -147,7 +148,7 @@ def summary_compute(study: Study) -> dict:
     scores = {(s.run_id, s.candidate_id): s for s in
               CandidateScore.objects.filter(run__in=runs, slice_key="all")}
     metrics = [{"key": f"run{r.pk}", "name": r.metric, "run": r.pk,
-                "better": (r.config or {}).get("better", "lower" if r.metric in ("fid", "kid") else "higher"),
+                "better": (r.config or {}).get("better", metric_services.better(r.metric)),
                 "warning": (r.config or {}).get("warning", "")} for r in runs]
 
     details = judge_summary(study, snapshot.payload.get("ratings_mode") if snapshot else None)
