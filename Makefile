@@ -21,7 +21,7 @@ install: $(STAMP) $(HTMX)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[ml,crowd,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[ml,crowd,s3,dev]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

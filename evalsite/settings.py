@@ -247,8 +247,24 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 MEDIA_URL = "media/"
 MEDIA_ROOT = VAR_DIR / "media"
+# Media (generated images, thumbnails, reference sets, cached features) go through Django's
+# storage API. When several machines share the work, EVALSITE_S3_BUCKET puts them on
+# S3-compatible storage (the `s3` extra: django-storages); credentials come from the usual AWS_*
+# variables or the machine's role, AWS_S3_ENDPOINT_URL points at MinIO, Ceph, R2... The bucket
+# stays private: pages stream images through Evalsite's own views, which check access each time.
+EVALSITE_S3_BUCKET = os.environ.get("EVALSITE_S3_BUCKET", "").strip()
+if EVALSITE_S3_BUCKET:
+    _MEDIA_STORAGE = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
+        "bucket_name": EVALSITE_S3_BUCKET,
+        "location": os.environ.get("EVALSITE_S3_PREFIX", "media").strip("/"),
+        "endpoint_url": os.environ.get("AWS_S3_ENDPOINT_URL", "").strip() or None,
+        "region_name": os.environ.get("AWS_S3_REGION_NAME", "").strip() or None,
+        "default_acl": None, "file_overwrite": False, "querystring_auth": True,
+    }}
+else:
+    _MEDIA_STORAGE = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": _MEDIA_STORAGE,
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 

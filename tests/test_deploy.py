@@ -165,3 +165,24 @@ def test_start_up_refuses_a_throttle_that_would_never_lock(tmp_path, variable):
     result = _manage(_production(tmp_path, **{variable: "0"}), "check")
     assert result.returncode != 0, result.stdout
     assert "AXES_FAILURE_LIMIT and AXES_COOLOFF_MINUTES must each be at least 1" in result.stderr, result.stderr
+
+
+def test_media_go_to_a_private_s3_bucket_when_one_is_named(tmp_path):
+    """EVALSITE_S3_BUCKET switches the media storage to django-storages' S3 backend (nothing is
+    sent: building the storage contacts no server); without it media stay on the filesystem."""
+    code = ("import django; django.setup(); from django.core.files.storage import storages; s = storages['default']; "
+            "import json; print(json.dumps([type(s).__module__ + '.' + type(s).__name__, "
+            "getattr(s, 'bucket_name', None), getattr(s, 'location', None), getattr(s, 'endpoint_url', None), "
+            "getattr(s, 'default_acl', 'n/a'), getattr(s, 'querystring_auth', None)]))")
+
+    def storage(env) -> list:
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    s3 = storage(_production(tmp_path, EVALSITE_S3_BUCKET="evalsite-media", AWS_S3_ENDPOINT_URL="http://minio:9000",
+                             AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s"))
+    assert s3 == ["storages.backends.s3.S3Storage", "evalsite-media", "media", "http://minio:9000", None, True]
+    local = storage(_production(tmp_path))
+    assert local[0] == "django.core.files.storage.filesystem.FileSystemStorage"
