@@ -358,6 +358,8 @@ EVALSITE_GENERATION_MAX_ATTEMPTS = envint("EVALSITE_GENERATION_MAX_ATTEMPTS", 3)
 # Archives (reference image sets) are checked before anything is extracted.
 EVALSITE_ARCHIVE_MAX_MEMBERS = envint("EVALSITE_ARCHIVE_MAX_MEMBERS", 10_000)
 EVALSITE_ARCHIVE_MAX_BYTES = envint("EVALSITE_ARCHIVE_MAX_BYTES", 2 * 1024**3)
+# a reference image's width × height, read from its header before any decoding
+EVALSITE_REFERENCE_MAX_PIXELS = envint("EVALSITE_REFERENCE_MAX_PIXELS", 4096 * 4096)
 
 # --- Evalsite -----------------------------------------------------------------------
 EVALSITE_MODELS_DIR = Path(os.environ.get("EVALSITE_MODELS_DIR", VAR_DIR / "models"))

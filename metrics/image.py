@@ -20,6 +20,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -101,6 +102,62 @@ def _polynomial_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     return float(sum_xx + sum_yy - 2.0 * k_xy.mean())
 
 
+# kernel entries held at once by the blockwise sums (32 MB of float64)
+KERNEL_BLOCK_ENTRIES = 4_000_000
+
+
+def _kernel_sums(x: np.ndarray, y: np.ndarray, *, same: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column sums of K = (x·y/d + 1)³, the diagonal left out when ``same``, computed in
+    blocks of rows so that memory stays at ``KERNEL_BLOCK_ENTRIES`` whatever the sizes."""
+    n_x, d = x.shape
+    block = max(1, KERNEL_BLOCK_ENTRIES // max(1, y.shape[0]))
+    rows, cols = np.empty(n_x), np.zeros(y.shape[0])
+    for start in range(0, n_x, block):
+        stop = min(start + block, n_x)
+        k = (x[start:stop] @ y.T / d + 1.0) ** 3
+        if same:
+            k[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        rows[start:stop] = k.sum(axis=1)
+        cols += k.sum(axis=0)
+    return rows, cols
+
+
+def kernel_row_sums(features) -> np.ndarray:
+    """Each item's summed cubic-kernel value with every other item of its own set (length n).
+
+    What :func:`kid` needs of a set on its own; a run comparing many candidates with one
+    reference set computes it once and passes it as ``row_sums_b``.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"need an (n, d) feature array, got shape {x.shape}")
+    return _kernel_sums(x, x, same=True)[0]
+
+
+def _mmd2_jackknife(a: np.ndarray, b: np.ndarray, row_sums_b: np.ndarray | None) -> tuple[float, float]:
+    """The unbiased MMD² over all pairs of the two sets and its delete-one jackknife variance.
+
+    Two-sample jackknife (Arvesen 1969): delete each item of A, then each of B, and add the two
+    sets' ``(n - 1)/n · Σ (U₍₋ᵢ₎ - mean)²``.  The deleted-item estimates follow from the kernel's
+    row sums (r: within the set, c: against the other set), so the whole is one blockwise pass
+    over the kernel matrices; deviations are formed directly from the row sums, not as
+    differences of large totals.  Needs at least 3 items in each set.
+    """
+    n_a, n_b = a.shape[0], b.shape[0]
+    r_a = _kernel_sums(a, a, same=True)[0]
+    r_b = row_sums_b if row_sums_b is not None else _kernel_sums(b, b, same=True)[0]
+    c_a, c_b = _kernel_sums(a, b, same=False)
+    s_aa, s_bb, s_ab = float(r_a.sum()), float(r_b.sum()), float(c_a.sum())
+    value = s_aa / (n_a * (n_a - 1)) + s_bb / (n_b * (n_b - 1)) - 2.0 * s_ab / (n_a * n_b)
+    if min(n_a, n_b) < 3:
+        return value, math.nan
+    # U without item i of A:  (S_aa - 2 r_i)/((n_a-1)(n_a-2)) + S_bb/(n_b(n_b-1)) - 2 (S_ab - c_i)/((n_a-1) n_b)
+    dev_a = -2.0 * (r_a - r_a.mean()) / ((n_a - 1) * (n_a - 2)) + 2.0 * (c_a - c_a.mean()) / ((n_a - 1) * n_b)
+    dev_b = -2.0 * (r_b - r_b.mean()) / ((n_b - 1) * (n_b - 2)) + 2.0 * (c_b - c_b.mean()) / (n_a * (n_b - 1))
+    variance = (n_a - 1) / n_a * float(dev_a @ dev_a) + (n_b - 1) / n_b * float(dev_b @ dev_b)
+    return value, variance
+
+
 def kid(
     features_a,
     features_b,
@@ -109,15 +166,25 @@ def kid(
     subset_size: int = 1000,
     rng: np.random.Generator,
     level: float = 0.95,
+    row_sums_b: np.ndarray | None = None,
 ) -> MetricResult:
     """Kernel Inception Distance (Bińkowski et al. 2018).
 
-    The unbiased MMD² estimate with the cubic polynomial kernel ``k(x, y) = (x·y/d + 1)³``,
-    averaged over ``subsets`` random subsets of ``subset_size`` items drawn without
-    replacement from each set (the procedure of the paper's code, torch-fidelity and
-    torchmetrics).  ``subset_size`` is capped at the smaller set (the size used is in the
-    config).  The interval is the central ``level`` range of the per-subset estimates,
-    which is what varies from one draw of images to another at that subset size.
+    The value is the unbiased MMD² estimate with the cubic polynomial kernel
+    ``k(x, y) = (x·y/d + 1)³``, averaged over ``subsets`` random subsets of ``subset_size``
+    items drawn without replacement from each set (the procedure of the paper's code,
+    torch-fidelity and torchmetrics); ``subset_size`` is capped at the smaller set.  When both
+    sets fit in one subset every subset is the whole of both sets, so the value is the
+    unbiased MMD² over all pairs, computed once.
+
+    The interval is a normal interval, value ± z·SE, for the sampling variability of the
+    value: the variance is the delete-one jackknife variance of the unbiased MMD² over all
+    pairs of both sets (Arvesen 1969), plus, when subsets are drawn, the variance their
+    average adds (the subsets' variance / ``subsets``; the subset average has the all-pairs
+    U-statistic as its expectation given the images).  It needs at least 3 items in each set
+    (NaN otherwise).  The kernel is never held whole: it is summed in blocks of rows.
+    ``row_sums_b`` (from :func:`kernel_row_sums` of ``features_b``) saves recomputing the
+    reference set's own kernel sums for each candidate.
     """
     a = np.asarray(features_a, dtype=np.float64)
     b = np.asarray(features_b, dtype=np.float64)
@@ -128,26 +195,41 @@ def kid(
         raise ValueError("KID needs at least 2 items in each set")
     if subsets < 1:
         raise ValueError(f"subsets must be positive, got {subsets}")
-    values = np.empty(subsets)
-    for s in range(subsets):
-        ia = rng.choice(a.shape[0], m, replace=False)
-        ib = rng.choice(b.shape[0], m, replace=False)
-        values[s] = _polynomial_mmd2_unbiased(a[ia], b[ib])
-    alpha = (1.0 - level) / 2.0
-    lower, upper = np.quantile(values, [alpha, 1.0 - alpha]) if subsets > 1 else (math.nan, math.nan)
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie between 0 and 1, got {level}")
+    if row_sums_b is not None and np.shape(row_sums_b) != (b.shape[0],):
+        raise ValueError(f"row_sums_b must have one value per item of features_b ({b.shape[0]})")
+    all_pairs, jack_var = _mmd2_jackknife(a, b, None if row_sums_b is None else np.asarray(row_sums_b, float))
+    whole = m == a.shape[0] and m == b.shape[0]
+    if whole:
+        value, subset_var = all_pairs, 0.0
+    else:
+        values = np.empty(subsets)
+        for s in range(subsets):
+            ia = rng.choice(a.shape[0], m, replace=False)
+            ib = rng.choice(b.shape[0], m, replace=False)
+            values[s] = _polynomial_mmd2_unbiased(a[ia], b[ib])
+        value = float(values.mean())
+        subset_var = float(values.var(ddof=1)) if subsets > 1 else math.nan
+    se = math.sqrt(jack_var + subset_var / subsets) if math.isfinite(jack_var + subset_var) else math.nan
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
     return MetricResult(
         name="kid",
-        value=float(values.mean()),
-        lower=float(lower),
-        upper=float(upper),
+        value=float(value),
+        lower=value - z * se,
+        upper=value + z * se,
         n=int(min(a.shape[0], b.shape[0])),
         config={
             "kernel": "(x.y/d + 1)^3",
             "estimator": "unbiased MMD^2",
-            "subsets": subsets,
+            "subsets": 1 if whole else subsets,
             "subset_size": m,
-            "subset_std": float(values.std(ddof=1)) if subsets > 1 else math.nan,
-            "interval": f"{level:.0%} range of the per-subset estimates",
+            "subset_std": math.sqrt(subset_var) if math.isfinite(subset_var) else math.nan,
+            "mmd2_all_pairs": all_pairs,
+            "standard_error": se,
+            "interval": (f"{level:.0%} normal interval: value ± z·SE, SE² = the delete-one jackknife variance of "
+                         "the unbiased MMD^2 over all pairs of both sets"
+                         + ("" if whole else " + the variance of the subset estimates / subsets")),
             "n_a": int(a.shape[0]),
             "n_b": int(b.shape[0]),
             "dim": int(a.shape[1]),
@@ -348,31 +430,94 @@ def _fid_of(a: np.ndarray, b: np.ndarray) -> float:
     return frechet_distance(*gaussian_statistics(a), *gaussian_statistics(b))
 
 
-def fid_from_features(
-    features_a, features_b, *, rng: np.random.Generator, rounds: int = 50, config: dict | None = None
-) -> MetricResult:
-    """FID between two feature sets, with a bootstrap interval over images.
+def _scatter(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return x.sum(axis=0), x.T @ x
 
-    Each bootstrap round resamples both sets with replacement and recomputes the distance
-    (a 2048-d eigendecomposition per round, hence the modest default ``rounds``).  Below
-    2048 images per set the config carries ``warning: "FID is biased for small n"``: the
-    estimate is biased upwards and depends on n, so only compare FIDs at equal n.
+
+def _fid_jackknife_se(a: np.ndarray, b: np.ndarray, groups: int, rng: np.random.Generator) -> float:
+    """Delete-a-group jackknife standard error of the FID over both sets.
+
+    From each set, ``G = groups`` disjoint random groups of exactly ``k = n // G`` items; the FID
+    is recomputed with each group of A left out (B whole), then each group of B (A whole), and
+    the variance is ``(n - k)/(k G) · Σ (θ₍₋g₎ - mean)²`` summed over the two sets: the delete-k
+    jackknife with G of its subsets (Shao & Wu 1989; Shao & Tu 1995, §2.3), which is the grouped
+    jackknife ``(G - 1)/G · Σ ...`` when G divides n (Efron & Tibshirani 1993, §11.5), two-sample
+    as in Arvesen 1969.  Every replicate leaves out the same number of items, so the FID's
+    small-sample bias moves by the same amount in each and does not enter the variance.  When a set and its leave-group-out copies keep at least d items, each replicate's
+    covariance is the whole set's scatter less the group's (n_g·d² instead of n·d² work).
+    Returns NaN when a set is too small to leave a group out (fewer than 3 items).
+    """
+    d = a.shape[1]
+    total = 0.0
+    for this, other, first in ((a, b, True), (b, a, False)):
+        n = this.shape[0]
+        g = min(groups, n)
+        size = n // g
+        if n - size < 2:
+            return math.nan
+        # g disjoint groups of exactly ``size`` items (a remainder is never left out): equal sizes,
+        # because at n < d the FID's bias moves a lot with n, and unequal groups would add that
+        parts = rng.permutation(n)[:g * size].reshape(g, size)
+        replicates = np.empty(g)
+        fast = n - size >= d and other.shape[0] >= d
+        if fast:
+            centre = this.mean(axis=0)  # shift-invariant; centring keeps the downdates accurate
+            x = this - centre
+            s_all, m_all = _scatter(x)
+            mu_o, cov_o = gaussian_statistics(other)
+        for k, part in enumerate(parts):
+            if fast:
+                s_g, m_g = _scatter(x[part])
+                n_k = n - len(part)
+                mu = (s_all - s_g) / n_k
+                cov = (m_all - m_g - n_k * np.outer(mu, mu)) / (n_k - 1)
+                mu = mu + centre
+                replicates[k] = (frechet_distance(mu, cov, mu_o, cov_o) if first
+                                 else frechet_distance(mu_o, cov_o, mu, cov))
+            else:
+                keep = np.delete(this, part, axis=0)
+                replicates[k] = _fid_of(keep, other) if first else _fid_of(other, keep)
+        total += (n - size) / (size * g) * float(((replicates - replicates.mean()) ** 2).sum())
+    return math.sqrt(total)
+
+
+def fid_from_features(
+    features_a, features_b, *, rng: np.random.Generator, rounds: int = 50, config: dict | None = None,
+    level: float = 0.95,
+) -> MetricResult:
+    """FID between two feature sets, with an interval for its sampling variability at this n.
+
+    The interval is value ± z·SE with SE the delete-a-group jackknife standard error over both
+    sets (:func:`_fid_jackknife_se`), ``rounds`` recomputations of the distance in all
+    (``rounds // 2`` groups of each set, at least 2; ``rounds=0``: no interval), lower end
+    clipped at 0.  It describes how much the FID of two new draws of the same sizes would
+    vary; it is not an interval for the population FID, from which a small-n FID is biased
+    upwards.  (A bootstrap that resamples with replacement does not work here: duplicated
+    images shrink the covariance, so every replicate lies above the estimate.)  In simulations
+    with Gaussian features its width is close to the spread of FIDs over independent draws, a
+    little wider (the jackknife variance is conservative).  Below 2048 images per set the
+    config carries ``warning: "FID is biased for small n"``: only compare FIDs at equal n.
     """
     a = np.asarray(features_a, dtype=np.float64)
     b = np.asarray(features_b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(a.shape[0], b.shape[0]) < 2:
         raise ValueError(f"need two (n >= 2, d) feature arrays of the same d, got {a.shape} and {b.shape}")
+    if rounds < 0:
+        raise ValueError(f"rounds must not be negative, got {rounds}")
     value = _fid_of(a, b)
     n_a, n_b = a.shape[0], b.shape[0]
-
+    groups = max(2, rounds // 2)
     if rounds > 0:
-        boot = [_fid_of(a[rng.integers(0, n_a, n_a)], b[rng.integers(0, n_b, n_b)]) for _ in range(rounds)]
-        lower, upper = (float(q) for q in np.quantile(boot, [0.025, 0.975]))
+        se = _fid_jackknife_se(a, b, groups, rng)
+        z = NormalDist().inv_cdf(0.5 + level / 2.0)
+        lower, upper = max(0.0, value - z * se), value + z * se
     else:
-        lower, upper = math.nan, math.nan
+        se, lower, upper = math.nan, math.nan, math.nan
     cfg = dict(config or {})
     low_rank = min(n_a, n_b) < a.shape[1]
-    cfg.update({"n_a": n_a, "n_b": n_b, "bootstrap_rounds": rounds,
+    cfg.update({"n_a": n_a, "n_b": n_b, "rounds": rounds, "standard_error": se,
+                "interval": (f"{level:.0%} normal interval, value ± z·SE (lower end at least 0), SE the "
+                             f"delete-a-group jackknife over both sets ({groups} groups each)") if rounds else "none",
                 "frechet": "singular values of the centred cross product (exact, n < d)" if low_rank else "eigh"})
     if min(n_a, n_b) < FID_MIN_RECOMMENDED_N:
         cfg["warning"] = FID_SMALL_N_WARNING
@@ -439,6 +584,11 @@ def load_clip(model_name: str, weights_path: str | os.PathLike, *, device: str =
     path = os.fspath(weights_path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CLIP weights file not found: {path}")
+    # an architecture open_clip does not ship (the demo's tiny CLIP): <name>.json beside the weights
+    config = os.path.join(os.path.dirname(path), f"{model_name}.json")
+    if model_name not in open_clip.list_models() and os.path.basename(model_name) == model_name \
+            and os.path.isfile(config):
+        open_clip.add_model_config(config)
     model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=path, device=device)
     model.eval()
     tokenizer = open_clip.get_tokenizer(model_name)
@@ -458,35 +608,22 @@ def _to_pil(image):
     return Image.fromarray(arr, mode="RGB")
 
 
-def clip_embeddings(
-    model_name: str,
-    weights_path: str | os.PathLike,
-    images: Sequence,
-    texts: Sequence[str],
-    *,
-    batch_size: int = 32,
-    device: str = "cpu",
-) -> ClipEmbeddings:
-    """L2-normalised open_clip embeddings of images (PIL or uint8 (H, W, 3)) and texts.
+@dataclass(frozen=True)
+class ClipModel:
+    """A loaded open_clip model with its eval transform, tokenizer and exact configuration."""
 
-    Images go through the model's own eval transform (resize, centre crop, normalise);
-    texts through its tokenizer (open_clip's bundled BPE for the OpenAI-style models).
-    """
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    device: str
+    config: dict[str, Any]
+
+
+def clip_model(model_name: str, weights_path: str | os.PathLike, *, device: str = "cpu") -> ClipModel:
+    """Load an open_clip model once (see :func:`load_clip`), to embed many batches with."""
     import open_clip
-    import torch
 
     model, preprocess, tokenizer = load_clip(model_name, weights_path, device=device)
-    image_out, text_out = [], []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = torch.stack([preprocess(_to_pil(im)) for im in images[start:start + batch_size]])
-            image_out.append(model.encode_image(batch.to(device)).float().cpu().numpy())
-        for start in range(0, len(texts), batch_size):
-            tokens = tokenizer(list(texts[start:start + batch_size]))
-            text_out.append(model.encode_text(tokens.to(device)).float().cpu().numpy())
-    dim = int(model.text_projection.shape[-1]) if getattr(model, "text_projection", None) is not None else 0
-    img = np.concatenate(image_out).astype(np.float64) if image_out else np.zeros((0, dim))
-    txt = np.concatenate(text_out).astype(np.float64) if text_out else np.zeros((0, dim))
     path = os.fspath(weights_path)
     config = {
         "library": f"open_clip {open_clip.__version__}",
@@ -496,4 +633,40 @@ def clip_embeddings(
         "tokenizer": f"{type(tokenizer).__name__}(context_length={getattr(tokenizer, 'context_length', None)})",
         "preprocess": repr(preprocess).replace("\n", " "),
     }
-    return ClipEmbeddings(images=_normalise(img), texts=_normalise(txt), config=config)
+    return ClipModel(model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, config=config)
+
+
+def clip_embed(clip: ClipModel, images: Sequence, texts: Sequence[str], *, batch_size: int = 32) -> ClipEmbeddings:
+    """L2-normalised embeddings of images (PIL or uint8 (H, W, 3)) and texts with a loaded model.
+
+    Images go through the model's own eval transform (resize, centre crop, normalise);
+    texts through its tokenizer (open_clip's bundled BPE for the OpenAI-style models).
+    """
+    import torch
+
+    model, device = clip.model, clip.device
+    image_out, text_out = [], []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([clip.preprocess(_to_pil(im)) for im in images[start:start + batch_size]])
+            image_out.append(model.encode_image(batch.to(device)).float().cpu().numpy())
+        for start in range(0, len(texts), batch_size):
+            tokens = clip.tokenizer(list(texts[start:start + batch_size]))
+            text_out.append(model.encode_text(tokens.to(device)).float().cpu().numpy())
+    dim = int(model.text_projection.shape[-1]) if getattr(model, "text_projection", None) is not None else 0
+    img = np.concatenate(image_out).astype(np.float64) if image_out else np.zeros((0, dim))
+    txt = np.concatenate(text_out).astype(np.float64) if text_out else np.zeros((0, dim))
+    return ClipEmbeddings(images=_normalise(img), texts=_normalise(txt), config=dict(clip.config))
+
+
+def clip_embeddings(
+    model_name: str,
+    weights_path: str | os.PathLike,
+    images: Sequence,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> ClipEmbeddings:
+    """Load the model (:func:`clip_model`) and embed ``images`` and ``texts`` (:func:`clip_embed`)."""
+    return clip_embed(clip_model(model_name, weights_path, device=device), images, texts, batch_size=batch_size)

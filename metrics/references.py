@@ -1,7 +1,8 @@
 """Reference image sets: an evaluator's zip of real images, checked whole before anything is kept.
 
 The archive goes through :mod:`annotation.archives` (limits, paths, zip bombs) into a temporary
-directory; every member must then decode with Pillow as a PNG, JPEG or WEBP image, and no member
+directory; every member must then decode with Pillow as a PNG, JPEG or WEBP image of at most
+``EVALSITE_REFERENCE_MAX_PIXELS`` pixels (checked from its header, before decoding), and no member
 may be an archive itself.  Only then are the images written through Django's storage and the rows
 created; on any failure the files already written are removed again, so a refused upload leaves
 no row and no file.
@@ -39,19 +40,38 @@ def _ignored(path: PurePosixPath) -> bool:
     return any(part == "__MACOSX" or part.startswith(".") for part in path.parts)
 
 
+class _TooLarge(Exception):
+    def __init__(self, width: int, height: int):
+        super().__init__(width, height)
+        self.width, self.height = width, height
+
+
 def _check_image(member: str, data: bytes) -> tuple[str, int, int]:
-    """The image's format and size, or ``ServiceError`` naming the member."""
+    """The image's format and size, or ``ServiceError`` naming the member.
+
+    The pixel count is checked from the header (``Image.open`` reads no pixel data) against
+    ``EVALSITE_REFERENCE_MAX_PIXELS`` before the image is decoded: a small file can declare a
+    huge image, costly to decode, well under Pillow's own decompression-bomb limit.
+    """
     from PIL import Image
 
     if member.lower().endswith(ARCHIVE_SUFFIXES) or data.startswith(ARCHIVE_MAGIC):
         raise ServiceError(f"member {member!r} is an archive inside the archive; nested archives are not accepted")
+    max_pixels = settings.EVALSITE_REFERENCE_MAX_PIXELS
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only: the size is known, nothing decoded
             fmt = image.format
+            width, height = image.size
+            if width * height > max_pixels:
+                raise _TooLarge(width, height)
             image.verify()
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             width, height = image.size
+    except _TooLarge as big:
+        raise ServiceError(f"member {member!r} is {big.width}×{big.height} pixels ({big.width * big.height:,}); "
+                           f"reference images may have at most {max_pixels:,} pixels "
+                           "(EVALSITE_REFERENCE_MAX_PIXELS)") from None
     except Exception as exc:  # Pillow raises many kinds (OSError, SyntaxError, DecompressionBombError...)
         raise ServiceError(f"member {member!r} is not a readable image ({type(exc).__name__}: {exc})") from None
     if fmt not in FORMATS:

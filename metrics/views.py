@@ -221,7 +221,11 @@ def reference_image(request: HttpRequest, study_id: int, name: str) -> HttpRespo
     if image is None:
         raise Http404("No such reference image")
     content_type = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}[name.rsplit(".", 1)[1]]
-    response = FileResponse(image.file.open("rb"), content_type=content_type)
+    try:
+        handle = image.file.open("rb")
+    except (FileNotFoundError, OSError):
+        raise Http404("The reference image file is missing from storage") from None
+    response = FileResponse(handle, content_type=content_type)
     response["Cache-Control"] = "private, no-store"
     response["X-Content-Type-Options"] = "nosniff"
     return response

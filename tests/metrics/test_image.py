@@ -117,6 +117,136 @@ def test_kid_averages_subsets_and_is_near_zero_for_one_distribution():
     assert again == same
 
 
+def _direct_u(x, y):
+    # the unbiased MMD² over all pairs for sets of any sizes, by explicit loops (Gretton et al. 2012, eq. 3)
+    d = x.shape[1]
+
+    def k(a, b):
+        return (float(np.dot(a, b)) / d + 1.0) ** 3
+
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return xx + yy - 2 * xy
+
+
+def test_kid_standard_error_is_the_delete_one_jackknife_recomputed_by_hand():
+    rng = np.random.default_rng(11)
+    x, y = rng.standard_normal((7, 3)), rng.standard_normal((9, 3)) + 0.3
+    # delete each item of x, then each of y, and recompute from scratch (two-sample jackknife, Arvesen 1969)
+    va = np.array([_direct_u(np.delete(x, i, 0), y) for i in range(7)])
+    vb = np.array([_direct_u(x, np.delete(y, j, 0)) for j in range(9)])
+    se = np.sqrt(6 / 7 * ((va - va.mean()) ** 2).sum() + 8 / 9 * ((vb - vb.mean()) ** 2).sum())
+    result = kid(x, y, subsets=10, subset_size=1000, rng=np.random.default_rng(0))
+    assert result.config["mmd2_all_pairs"] == pytest.approx(_direct_u(x, y), rel=1e-12)
+    # 7 vs 9 items: subsets of 7 are drawn from y, and their average adds its own variance
+    assert result.config["subset_size"] == 7 and result.config["subsets"] == 10
+    total_se = np.sqrt(se**2 + result.config["subset_std"] ** 2 / 10)
+    assert result.config["standard_error"] == pytest.approx(total_se, rel=1e-10)
+    assert result.lower == pytest.approx(result.value - 1.959963984540054 * total_se, rel=1e-10)
+    assert result.upper == pytest.approx(result.value + 1.959963984540054 * total_se, rel=1e-10)
+    # equal sizes: one subset is the whole of both sets, the value is the all-pairs estimate
+    x9 = np.vstack([x, rng.standard_normal((2, 3))])
+    vx = np.array([_direct_u(np.delete(x9, i, 0), y) for i in range(9)])
+    vy = np.array([_direct_u(x9, np.delete(y, j, 0)) for j in range(9)])
+    se9 = np.sqrt(8 / 9 * ((vx - vx.mean()) ** 2).sum() + 8 / 9 * ((vy - vy.mean()) ** 2).sum())
+    whole = kid(x9, y, subsets=10, subset_size=1000, rng=np.random.default_rng(0))
+    assert whole.value == pytest.approx(_direct_u(x9, y), rel=1e-12)
+    assert whole.config["standard_error"] == pytest.approx(se9, rel=1e-10)
+
+
+def test_kid_sums_the_kernel_in_blocks_with_the_same_result(monkeypatch):
+    import metrics.image
+
+    rng = np.random.default_rng(12)
+    x, y = rng.standard_normal((50, 6)), rng.standard_normal((70, 6)) + 0.2
+    whole = kid(x, y, subsets=5, subset_size=30, rng=np.random.default_rng(0))
+    monkeypatch.setattr(metrics.image, "KERNEL_BLOCK_ENTRIES", 100)  # one or two rows at a time
+    blocks = kid(x, y, subsets=5, subset_size=30, rng=np.random.default_rng(0))
+    assert blocks.value == whole.value
+    assert blocks.config["standard_error"] == pytest.approx(whole.config["standard_error"], rel=1e-12)
+    row_sums = metrics.image.kernel_row_sums(y)
+    given = kid(x, y, subsets=5, subset_size=30, rng=np.random.default_rng(0), row_sums_b=row_sums)
+    assert given.lower == pytest.approx(whole.lower, rel=1e-12)
+
+
+def test_kid_has_a_real_interval_when_both_sets_are_smaller_than_the_subset_size():
+    # 300 vs 300 with the default subset size 1000: every "subset" is the whole of both sets
+    rng = np.random.default_rng(13)
+    x, y = rng.standard_normal((300, 16)), rng.standard_normal((300, 16)) * 1.1 + 0.15
+    result = kid(x, y, rng=np.random.default_rng(0))
+    assert result.lower < result.value < result.upper
+    assert result.upper - result.lower > 0.1 * abs(result.value)
+    assert result.config["subsets"] == 1 and result.config["subset_size"] == 300
+
+
+def _kid_draw(rng, n_a, n_b, d=16):
+    return rng.standard_normal((n_a, d)), rng.standard_normal((n_b, d)) * 1.1 + 0.15
+
+
+@pytest.mark.parametrize("n_a,n_b,subset_size", [(200, 200, 1000), (60, 300, 60), (40, 40, 1000)])
+def test_the_kid_interval_is_as_wide_as_the_spread_over_independent_draws(n_a, n_b, subset_size):
+    # Simulation: KID of many independent draws of the same sizes from the same two Gaussians; the
+    # 2.5-97.5 percentile spread is what a 95% interval should span.  The jackknife is somewhat
+    # conservative (Efron & Stein 1981), so a little wider is expected, never much narrower.
+    rng = np.random.default_rng(n_a + n_b)
+    sims = [kid(*_kid_draw(rng, n_a, n_b), subsets=10, subset_size=subset_size, rng=rng).value for _ in range(200)]
+    spread = np.subtract(*np.percentile(sims, [97.5, 2.5]))
+    widths = []
+    for _ in range(8):
+        result = kid(*_kid_draw(rng, n_a, n_b), subsets=10, subset_size=subset_size, rng=rng)
+        assert result.lower < result.value < result.upper
+        widths.append(result.upper - result.lower)
+    assert 0.8 < np.mean(widths) / spread < 1.5, (np.mean(widths), spread)
+
+
+def _fid_draw(rng, n_a, n_b, d, scales, shift):
+    return rng.standard_normal((n_a, d)), rng.standard_normal((n_b, d)) * scales + shift
+
+
+@pytest.mark.parametrize("n_a,n_b,d", [(300, 300, 64), (80, 300, 128), (60, 60, 32)])
+def test_the_fid_interval_is_as_wide_as_the_spread_over_independent_draws_and_holds_the_estimate(n_a, n_b, d):
+    # Gaussian features with known parameters: A ~ N(0, I), B ~ N(mu, diag(s²)).  The FID of many
+    # independent draws of the same n spreads over some range; the interval from one draw should be
+    # about that wide and contain its own estimate (the old bootstrap with replacement gave
+    # intervals lying entirely above the estimate).  (80, 300, 128) takes the n < d path.
+    rng = np.random.default_rng(d)
+    scales, shift = np.sqrt(rng.uniform(0.5, 2.0, d)), rng.normal(0, 0.15, d)
+    sims = [fid_from_features(*_fid_draw(rng, n_a, n_b, d, scales, shift), rng=rng, rounds=0).value
+            for _ in range(200)]
+    spread = np.subtract(*np.percentile(sims, [97.5, 2.5]))
+    widths = []
+    for _ in range(8):
+        result = fid_from_features(*_fid_draw(rng, n_a, n_b, d, scales, shift), rng=rng, rounds=50)
+        assert result.lower < result.value < result.upper
+        widths.append(result.upper - result.lower)
+    assert 0.8 < np.mean(widths) / spread < 1.5, (np.mean(widths), spread)
+    assert "jackknife" in result.config["interval"]
+
+
+def test_the_fid_jackknife_downdate_equals_recomputing_each_replicate():
+    # the fast path (covariance minus the left-out group's scatter) against np.cov of each replicate
+    import metrics.image
+
+    rng = np.random.default_rng(21)
+    a, b = rng.standard_normal((120, 10)) + 3.0, rng.standard_normal((90, 10)) * 1.4
+    se = metrics.image._fid_jackknife_se(a, b, 6, np.random.default_rng(5))
+    order = np.random.default_rng(5)
+    total = 0.0
+    for this, other, first in ((a, b, True), (b, a, False)):
+        parts = np.array_split(order.permutation(len(this)), 6)
+        reps = []
+        for part in parts:
+            keep = np.delete(this, part, axis=0)
+            pair = (keep, other) if first else (other, keep)
+            reps.append(_sqrtm_frechet(pair[0].mean(0), np.cov(pair[0], rowvar=False),
+                                       pair[1].mean(0), np.cov(pair[1], rowvar=False)))
+        reps = np.array(reps)
+        total += 5 / 6 * ((reps - reps.mean()) ** 2).sum()
+    assert se == pytest.approx(np.sqrt(total), rel=1e-6)
+
+
 def test_inception_score_of_uniform_predictions_is_one():
     result = inception_score(np.zeros((100, 10)), splits=10)
     assert result.value == pytest.approx(1.0)

@@ -167,3 +167,139 @@ def test_the_metrics_page_starts_fid_by_reference_name_and_shows_the_warning(stu
     assert compute_metric_run(run.pk) == "done"
     page = client.get(url).content.decode()
     assert "FID is biased for small n" in page and "lower is better" in page and "against the reference set real" in page
+
+
+def _add_candidate(study, name: str, colour: tuple[int, int, int]):
+    from django.utils import timezone
+
+    from annotation.models import Candidate
+    from tests.helpers.images import image_output_save, png_bytes
+
+    cand = Candidate.objects.create(study=study, name=name, backend=Candidate.Backend.IMPORTED, spec={})
+    for k, prompt in enumerate(study.prompts.order_by("pk")):
+        out = Output.objects.create(study=study, prompt=prompt, candidate=cand, sample_index=0, status=Output.Status.DONE,
+                                    text="", finished_at=timezone.now(), seed=0, settings={})
+        image_output_save(out, png_bytes(colour, mark=k + 1))
+    return cand
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Every call of the Inception extractor: how many images, and the run's n_done when it came."""
+    from metrics import image_runs
+    from metrics.models import MetricRun
+
+    monkeypatch.setattr(image_runs, "BATCH", 3)
+    calls: list[tuple[int, list[int]]] = []
+    real = image.inception_features
+
+    def counting(images, **kwargs):
+        images = list(images)
+        calls.append((len(images), list(MetricRun.objects.values_list("n_done", flat=True))))
+        return real(images, **kwargs)
+
+    monkeypatch.setattr(image, "inception_features", counting)
+    return calls
+
+
+def test_features_stream_a_batch_at_a_time_and_are_never_extracted_twice(study, counted,
+                                                                         django_capture_on_commit_callbacks):
+    from metrics.models import MetricRun
+
+    n_outputs = Output.objects.filter(study=study).count()
+    fid_run = services.metric_run_start(study=study, metric="fid", options={"reference": "real", "rounds": 4})
+    assert compute_metric_run(fid_run.pk) == "done"
+    sizes = [n for n, _ in counted]
+    assert max(sizes) <= 3  # one batch of decoded images at a time
+    assert sum(sizes) == 6 + n_outputs  # the reference set's six, then each output image once
+    # progress advanced per batch while the outputs were featurised, not set to the total beforehand
+    seen = [done[0] for _, done in counted]
+    assert seen[:2] == [0, 0]  # reference set first (two batches of three), nothing counted yet
+    assert seen[2:] == list(range(0, n_outputs, 3))
+    fid_run.refresh_from_db()
+    assert fid_run.n_done == fid_run.n_total == n_outputs
+
+    counted.clear()
+    kid_run = services.metric_run_start(study=study, metric="kid", options={"reference": "real", "subsets": 5})
+    assert compute_metric_run(kid_run.pk) == "done"
+    assert counted == []  # a second set metric reads every feature from the caches
+    assert CandidateScore.objects.filter(run=kid_run, slice_key="all").count() == 2
+
+    # a candidate added later: rerunning FID featurises its four images only, and scores it
+    new = _add_candidate(study, "gamma-model", (90, 90, 90))
+    services.metric_run_start(study=study, metric="fid", options={"reference": "real", "rounds": 4})
+    assert compute_metric_run(fid_run.pk) == "done"
+    assert sum(n for n, _ in counted) == 4
+    fid_run.refresh_from_db()
+    assert fid_run.n_done == fid_run.n_total == n_outputs + 4
+    score = CandidateScore.objects.get(run=fid_run, candidate=new, slice_key="all")
+    names = list(Output.objects.filter(candidate=new).order_by("pk").values_list("image", flat=True))
+    ref = ReferenceSet.objects.get(study=study)
+    ref_feats = image.inception_features([load_rgb(n) for n in ref.images.order_by("pk").values_list("file", flat=True)])
+    direct = image.fid_from_features(image.inception_features([load_rgb(n) for n in names]), ref_feats,
+                                     rng=services._rng(fid_run.pk, new.pk, "all"), rounds=4)
+    assert score.value == pytest.approx(direct.value, rel=1e-6)
+    assert score.lower == pytest.approx(direct.lower, rel=1e-6) and score.upper == pytest.approx(direct.upper, rel=1e-6)
+    assert score.lower <= score.value <= score.upper
+    assert "jackknife" in MetricRun.objects.get(pk=fid_run.pk).config["interval"]
+
+
+def test_a_lost_cache_file_is_computed_again(study, counted):
+    from metrics import image_runs
+
+    run = services.metric_run_start(study=study, metric="fid", options={"reference": "real", "rounds": 0})
+    assert compute_metric_run(run.pk) == "done"
+    before = dict(CandidateScore.objects.filter(run=run).values_list("candidate_id", "value"))
+    name = Output.objects.filter(study=study).order_by("pk").values_list("image", flat=True).first()
+    default_storage.delete(image_runs.feature_cache_name(study.pk, image_runs.inception_extractor(), name))
+    counted.clear()
+    services.metric_run_start(study=study, metric="fid", options={"reference": "real", "rounds": 0})
+    assert compute_metric_run(run.pk) == "done"
+    assert [n for n, _ in counted] == [1]
+    assert dict(CandidateScore.objects.filter(run=run).values_list("candidate_id", "value")) == before
+
+
+def test_the_clip_model_and_the_classifier_load_once_per_run(study, tmp_path, monkeypatch):
+    import json
+
+    import open_clip
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from metrics import image_runs
+    from tests.metrics.test_image import TINY_CLIP
+
+    monkeypatch.setattr(image_runs, "BATCH", 3)
+    (tmp_path / "evalsite-tiny-clip-once.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(tmp_path / "evalsite-tiny-clip-once.json")
+    weights = tmp_path / "tiny-clip.pt"
+    torch.save(open_clip.create_model("evalsite-tiny-clip-once", pretrained=None).state_dict(), weights)
+    loads = {"clip": 0, "classifier": 0}
+    real_clip, real_classifier = image.clip_model, image_runs._load_classifier
+
+    def clip_model(*args, **kwargs):
+        loads["clip"] += 1
+        return real_clip(*args, **kwargs)
+
+    def load_classifier(path):
+        loads["classifier"] += 1
+        return real_classifier(path)
+
+    monkeypatch.setattr(image, "clip_model", clip_model)
+    monkeypatch.setattr(image_runs, "_load_classifier", load_classifier)
+    run = services.metric_run_start(study=study, metric="clip_score",
+                                    options={"model": str(weights), "architecture": "evalsite-tiny-clip-once"})
+    assert compute_metric_run(run.pk) == "done"
+    run.refresh_from_db()
+    assert run.n_done == Output.objects.filter(study=study).count() == 8 and loads["clip"] == 1  # 3 batches
+
+    path = tmp_path / "tiny-classifier"
+    ViTForImageClassification(ViTConfig(image_size=32, patch_size=16, hidden_size=16, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=32, num_labels=5)).save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    is_run = services.metric_run_start(study=study, metric="inception_score", options={"model": str(path), "splits": 2})
+    assert compute_metric_run(is_run.pk) == "done"
+    assert loads["classifier"] == 1
+    services.metric_run_start(study=study, metric="inception_score", options={"model": str(path), "splits": 2})
+    assert compute_metric_run(is_run.pk) == "done"
+    assert loads["classifier"] == 1  # the logits were cached: nothing to load the model for

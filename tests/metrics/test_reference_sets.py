@@ -210,3 +210,55 @@ def test_the_page_costs_the_same_whatever_the_number_of_sets(study, evaluator):
         counts.append(len(queries))
         assert page.count('alt="reference image') == 4 * (n + 1)  # the first 4 images of each set
     assert counts[0] == counts[1] == counts[2], counts
+
+
+def _huge_png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 0).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header_before_decoding(study, settings, monkeypatch):
+    from PIL import ImageFile
+
+    big = _huge_png(9000, 9000)  # 81 million pixels, a few tens of KB zipped
+    assert len(zip_of({"huge.png": big}).getvalue()) < 200_000
+    assert settings.EVALSITE_REFERENCE_MAX_PIXELS == 4096 * 4096
+    decoded: list[tuple[int, int]] = []
+    real_load = ImageFile.ImageFile.load
+
+    def load(self):
+        decoded.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    before = storage_files()
+    with pytest.raises(ServiceError) as err:
+        reference_set_upload(study=study, name="bombs", upload=zip_of({**pngs(2), "real/huge.png": big}))
+    message = str(err.value)
+    assert "'real/huge.png'" in message and "9000×9000" in message and "81,000,000" in message
+    assert "EVALSITE_REFERENCE_MAX_PIXELS" in message and "16,777,216" in message
+    assert (9000, 9000) not in decoded  # refused from the header: its pixels were never decoded
+    assert not ReferenceSet.objects.exists() and storage_files() == before
+    # the limit comes from the setting, and an image at the limit is accepted
+    settings.EVALSITE_REFERENCE_MAX_PIXELS = 40 * 40
+    ref = reference_set_upload(study=study, name="at the limit", upload=zip_of(pngs(2)))
+    assert ref.n_images == 2
+    with pytest.raises(ServiceError, match=r"'real/banner2.png' is 41×40 pixels"):
+        reference_set_upload(study=study, name="over", upload=zip_of({**pngs(2), "real/banner2.png":
+                                                                      _huge_png(41, 40)}))
+
+
+def test_a_reference_image_missing_from_storage_is_a_404(study, evaluator):
+    from django.core.files.storage import default_storage
+
+    ref = reference_set_upload(study=study, name="real", upload=zip_of(pngs(2)))
+    image = ref.images.order_by("pk").first()
+    url = reverse("metrics:reference_image", args=[study.pk, os.path.basename(image.file.name)])
+    client = client_for(evaluator)
+    assert client.get(url).status_code == 200
+    default_storage.delete(image.file.name)
+    response = client.get(url)
+    assert response.status_code == 404
