@@ -13,6 +13,10 @@ class MetricRunForm(forms.Form):
                                       "(empty: the shipped all-MiniLM-L6-v2).")
     threshold = forms.FloatField(required=False, min_value=0.0, max_value=1.0,
                                  help_text="hallucination_rate: an output under this entailment probability counts as a hallucination.")
+    premise = forms.ChoiceField(required=False, choices=[("", "(default: reference)"),
+                                                         *((p, p) for p in text.NLI_PREMISES)],
+                                help_text="nli, hallucination_rate: what each output is checked against, its "
+                                          "prompt's reference or the prompt itself (the source text).")
 
     reference = forms.CharField(required=False, max_length=100,
                                 help_text="fid, kid: the name of one of the study's reference sets (lower is better).")
@@ -28,7 +32,7 @@ class MetricRunForm(forms.Form):
 
     def options(self) -> dict:
         d = self.cleaned_data
-        return {k: d[k] for k in ("model", "threshold", "reference", "architecture") if d.get(k) not in (None, "")}
+        return {k: d[k] for k in ("model", "threshold", "premise", "reference", "architecture") if d.get(k) not in (None, "")}
 
 
 class SummaryBudgetForm(forms.Form):

@@ -26,9 +26,10 @@ class MetricRun(models.Model):
     options_hash = models.CharField(max_length=64, help_text="SHA-256 of the options as canonical JSON.")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     error = models.TextField(blank=True)
-    n_total = models.PositiveIntegerField(default=0, help_text="Finished outputs with a reference.")
+    n_total = models.PositiveIntegerField(default=0, help_text="Finished outputs the metric can score.")
     n_done = models.PositiveIntegerField(default=0)
-    n_skipped = models.PositiveIntegerField(default=0, help_text="Finished outputs whose prompt has no reference.")
+    n_skipped = models.PositiveIntegerField(default=0, help_text="Finished outputs the metric cannot score (no "
+                                            "reference, no image or no text, by metric).")
     config = models.JSONField(default=dict, blank=True, help_text="The exact configuration the metric reported.")
     claim = models.CharField(max_length=64, blank=True, help_text="Id of the task run that holds this run.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
@@ -53,6 +54,10 @@ class OutputScore(models.Model):
     run = models.ForeignKey(MetricRun, on_delete=models.CASCADE, related_name="output_scores")
     output = models.ForeignKey(Output, on_delete=models.CASCADE, related_name="+")
     value = models.FloatField(null=True)
+    # perplexity: what the value is made of, so a candidate's corpus perplexity is
+    # exp(sum nll / sum tokens) over its outputs (null for the other metrics)
+    nll = models.FloatField(null=True, blank=True, help_text="perplexity: summed token NLL (nats).")
+    tokens = models.PositiveIntegerField(null=True, blank=True, help_text="perplexity: scored tokens.")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "output"], name="output_score_unique")]

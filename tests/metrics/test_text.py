@@ -262,6 +262,51 @@ def test_perplexity_matches_exp_mean_nll_from_the_model_logits(tiny_causal):
     assert single.per_item == pytest.approx(result.per_item, rel=1e-5)
 
 
+def test_corpus_perplexity_weights_items_by_their_tokens_and_resamples_items():
+    # one short item with a high loss, one long item with a low one (natural-log NLL sums)
+    nlls, counts = [2 * math.log(100.0), 40 * math.log(2.0), 10 * math.log(5.0)], [2, 40, 10]
+    value, lower, upper = text.corpus_perplexity(nlls, counts, rng=rng(7), rounds=500)
+    # exp(sum NLL / sum tokens) = (100^2 * 2^40 * 5^10)^(1/52), computed apart
+    assert value == pytest.approx(math.exp((2 * math.log(100) + 40 * math.log(2) + 10 * math.log(5)) / 52), rel=1e-12)
+    assert value == pytest.approx(2.7727, abs=1e-4)
+    assert np.mean([100.0, 2.0, 5.0]) == pytest.approx(35.67, abs=1e-2)  # the mean a short item dominates
+    # the interval: items resampled with replacement, the ratio recomputed, percentiles 2.5 and 97.5
+    idx = rng(7).integers(0, 3, size=(500, 3))
+    ratios = np.exp(np.asarray(nlls)[idx].sum(axis=1) / np.asarray(counts, dtype=float)[idx].sum(axis=1))
+    assert (lower, upper) == pytest.approx(tuple(np.quantile(ratios, [0.025, 0.975])), rel=1e-12)
+    assert text.item_perplexity(2 * math.log(100.0), 2) == pytest.approx(100.0)
+    assert math.isnan(text.item_perplexity(0.0, 0))
+    with pytest.raises(ValueError, match="2 NLL sums but 3 token counts"):
+        text.corpus_perplexity([1.0, 2.0], [1, 2, 3], rng=rng())
+
+
+def test_model_cache_keeps_two_models_and_reloads_changed_weights(tmp_path):
+    text.clear_model_cache()
+    folders = [tmp_path / name for name in ("a", "b", "c")]
+    for folder in folders:
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+    loads = []
+
+    def get(folder, device="cpu"):
+        return text.cached_model("kind", folder, device, lambda: loads.append((folder.name, device)) or folder.name)
+
+    assert [get(folders[0]), get(folders[0]), get(folders[1]), get(folders[0])] == ["a", "a", "b", "a"]
+    assert loads == [("a", "cpu"), ("b", "cpu")]
+    get(folders[0], "cuda:0")  # another device is another entry; b, least recently used, is dropped
+    get(folders[0])
+    get(folders[1])
+    assert loads == [("a", "cpu"), ("b", "cpu"), ("a", "cuda:0"), ("b", "cpu")]
+    (folders[1] / "model.safetensors").write_bytes(b"new weights")  # weights replaced at the same path
+    get(folders[1])
+    assert loads[-1] == ("b", "cpu") and len(loads) == 5
+    with pytest.raises(RuntimeError):
+        text.cached_model("kind", folders[2], "cpu", lambda: (_ for _ in ()).throw(RuntimeError("no")))
+    get(folders[2])
+    assert loads[-1] == ("c", "cpu")  # a failed load cached nothing
+    text.clear_model_cache()
+
+
 NLI_WORDS = "the a cat dog sat on mat man bit sky is blue green ran sleeps . ,".split()
 
 
@@ -327,6 +372,22 @@ def test_nli_reads_the_entailment_label_from_the_config(nli_models):
     ]
     assert a.per_item == pytest.approx(tuple(expected), abs=1e-5)
     assert a.value == pytest.approx(np.mean(expected), abs=1e-5)
+
+
+def test_nli_can_take_the_prompt_as_premise_and_refuses_another_premise(nli_models):
+    forward, _ = nli_models
+    prompts = ["a cat sat on a mat .", "the man ran", "the sky is blue"]
+    result = text.compute("nli", NLI_PREDS, prompts, rng=rng(), model=str(forward), premise="prompt")
+    expected = [_independent_entailment(str(forward), p, h, 2) for p, h in zip(prompts, NLI_PREDS)]
+    assert result.per_item == pytest.approx(tuple(expected), abs=1e-5)
+    assert result.config["premise"] == "the prompt (source text)"
+    assert text.compute("nli", NLI_PREDS, NLI_REFS, rng=rng(), model=str(forward)).config["premise"] == "the reference"
+    rate = text.compute("hallucination_rate", NLI_PREDS, prompts, rng=rng(), model=str(forward), premise="prompt",
+                        threshold=0.5)
+    assert rate.per_item == tuple(1.0 if p < 0.5 else 0.0 for p in expected)
+    for metric in ("nli", "hallucination_rate"):
+        with pytest.raises(ValueError, match=r"^premise: 'source' is not one of reference, prompt$"):
+            text.compute(metric, NLI_PREDS, prompts, rng=rng(), model=str(forward), premise="source")
 
 
 def test_hallucination_rate_is_the_share_under_the_threshold(nli_models):

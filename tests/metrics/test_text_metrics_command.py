@@ -69,3 +69,20 @@ def test_it_refuses_an_unknown_metric_and_a_missing_file(jsonl, tmp_path):
         call_command("text_metrics", str(jsonl), "--metrics", "bleu,meteor")
     with pytest.raises(CommandError, match="no such file"):
         call_command("text_metrics", str(tmp_path / "nope.jsonl"))
+
+
+def test_a_line_that_is_not_utf8_stops_with_its_number(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"id": 1, "prediction": "a", "reference": "a"}\n'.encode()
+                     + '{"id": 2, "prediction": "café", "reference": "b"}\n'.encode("latin-1")
+                     + '{"id": 3, "prediction": "c", "reference": "c"}\n'.encode())
+    with pytest.raises(CommandError, match=r"^line 2: not valid UTF-8 \(byte 29 of the line\)$"):
+        call_command("text_metrics", str(path))
+
+
+def test_a_byte_order_mark_and_utf8_text_are_read(tmp_path, capsys):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + '{"id": 1, "prediction": "café au lait", "reference": "café au lait"}\n'
+                     '{"id": 2, "prediction": "thé", "reference": "thé vert"}\n'.encode())
+    call_command("text_metrics", str(path), "--metrics", "exact_match", "--json")
+    assert json.loads(capsys.readouterr().out)["exact_match"]["value"] == 0.5

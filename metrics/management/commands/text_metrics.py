@@ -23,8 +23,15 @@ def read_items(path: Path) -> tuple[list[str], list[str | list[str]]]:
     predictions: list[str] = []
     references: list[str | list[str]] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    # Bytes, decoded a line at a time: a line that is not UTF-8 is named by its number.
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CommandError(f"line {number}: not valid UTF-8 (byte {exc.start + 1} of the line)") from None
+            if number == 1:
+                line = line.removeprefix("\ufeff")  # a byte order mark some editors write
             if not line.strip():
                 continue
             try:
