@@ -315,14 +315,15 @@ def _likert_entry(judge: Judge, criteria: list[dict], names: dict[int, str],
     return {"n_done": len(rows), "unparseable": sum(1 for *_, v in rows if v is None), "criteria": out}
 
 
-def judges_page_rows(study: Study) -> tuple[list[dict], object]:
+def judges_page_rows(study: Study, stored: tuple | None = None) -> tuple[list[dict], object]:
     """The judges page: each judge's run state read live (one query), its figures as the
-    aggregation worker last stored them in the study summary (one query; see
+    aggregation worker last stored them in the study summary (one query, or ``stored``: what
+    :func:`metrics.summary.stored_summary` returned, when the caller read it already; see
     :func:`metrics.summary.summary_recompute`), and when that was.  A judge the worker has
     not summarised yet shows its state with empty figures and ``figures_pending``."""
     from metrics.summary import stored_summary
 
-    snapshot, data = stored_summary(study)
+    snapshot, data = stored if stored is not None else stored_summary(study)
     figures = {row["id"]: row for row in data["judge_details"]}
     rows = []
     for judge in Judge.objects.filter(study=study).order_by("name"):

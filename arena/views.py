@@ -91,8 +91,12 @@ def recompute(request: HttpRequest, study_id: int) -> HttpResponse:
 
 
 def _judges_page(request: HttpRequest, study, form=None, error: str = "", status: int = 200) -> HttpResponse:
-    rows, computed_at = judging.judges_page_rows(study)
+    from metrics.summary import stored_summary
+
+    stored = stored_summary(study)  # one read: the judges' figures and whose human judgments they used
+    rows, computed_at = judging.judges_page_rows(study, stored)
     ctx = {"study": study, "judges": rows, "figures_at": computed_at, "form": form or JudgeForm(), "error": error,
+           "ratings_mode": stored[1].get("ratings_mode"),
            "active": any(j["status"] in (Judge.Status.QUEUED, Judge.Status.RUNNING) or j["figures_pending"]
                          for j in rows),
            "evaluator": access.Role.EVALUATOR in access.study_roles(request.user, study),

@@ -14,10 +14,26 @@ Two halves, like the leaderboard:
   the sort.  Three queries whatever the study's size.
 
 Latency percentiles are numpy's (linear interpolation); cost is per 1,000 outputs.
+
+Which metric and judge to trust (:mod:`metrics.trust`), every correlation oriented so that a
+positive value means "agrees with the humans" (a lower-is-better metric is negated first, as
+``metrics.services.better`` says):
+
+* system level, against the Bradley-Terry ratings: a per-output metric's candidate means (the
+  interval resamples prompts); a corpus or set metric's one score per candidate (slice "all";
+  no interval: no per-prompt scores to resample); a pairwise judge's win rates; and, against
+  the human Likert mean per candidate on each criterion, a Likert judge's mean point;
+* output level, against the human Likert mean of each output: per-output metric values, and
+  a Likert judge's points (the figures of :func:`arena.judging.judge_summary`).
+
+Each metric column is labelled from its run's options and configuration (model folder, layer,
+reference set...), so two runs of one metric are told apart; the run's options and config
+travel with it into the JSON and CSV exports.
 """
 from __future__ import annotations
 
 import math
+from pathlib import PurePath
 
 import numpy as np
 from django.db.models import Avg, Count, Max
@@ -45,6 +61,77 @@ def _num(value) -> float | None:
 
 def _result(res) -> dict:
     return {"value": _num(res.value), "lower": _num(res.lower), "upper": _num(res.upper), "n": res.n}
+
+
+def _leaf(value) -> str:
+    """A model path's folder (or file) name: what tells two models apart on a column header."""
+    return PurePath(str(value)).name or str(value)
+
+
+def metric_label(metric: str, options: dict, config: dict) -> str:
+    """A column header for one run: the metric and what sets its run apart from another run of
+    the same metric (its options, with a model path as its folder name and a reference set by
+    name), plus the layer and premise the metric reported; e.g. ``bertscore (all-MiniLM-L6-v2,
+    layer 6)``.  Runs are unique by metric and options, so this differs between them unless
+    two model folders share a name (the caller then adds the run id)."""
+    options, config = options or {}, config or {}
+    parts: list[str] = []
+    model = options.get("model") or (config.get("model") if "/" in str(config.get("model", "")) else None)
+    if model:
+        parts.append(_leaf(model))
+    for key in sorted(options):
+        value = options[key]
+        if key == "model" or value in (None, ""):
+            continue
+        if key == "reference":
+            parts.append(f"reference: {config.get('reference_set') or value}")
+        else:
+            parts.append(f"{key} {value}")
+    if config.get("layer") is not None:
+        parts.append(f"layer {config['layer']}")
+    if config.get("idf"):
+        parts.append("idf")
+    if config.get("premise"):
+        parts.append(f"premise: {config['premise']}")
+    return f"{metric} ({', '.join(parts)})" if parts else metric
+
+
+def _labels(runs: list) -> dict[int, str]:
+    """Run id -> its column label, the run id added where two labels would still be equal."""
+    labels = {r.pk: metric_label(r.metric, r.options, r.config) for r in runs}
+    seen: dict[str, int] = {}
+    for label in labels.values():
+        seen[label] = seen.get(label, 0) + 1
+    return {pk: (f"{label} [run {pk}]" if seen[label] > 1 else label) for pk, label in labels.items()}
+
+
+def _interval_text(metric: str, config: dict) -> str:
+    """How the run's candidate intervals were made, as the run's config says (a per-output
+    metric: :data:`metrics.services.AGGREGATE`; a corpus or set metric: its own bootstrap)."""
+    config = config or {}
+    text = config.get("aggregate") or config.get("bootstrap") or config.get("interval")
+    if text:
+        return str(text)
+    if metric in metric_services.CORPUS_METRICS or metric in metric_services.SET_METRICS:
+        return ""
+    return metric_services.AGGREGATE
+
+
+def metric_config_json(metric: dict) -> str:
+    """One metric column's label, run options and run config as JSON: the CSV export's
+    ``<metric>_<run>_config`` cell (the JSON export carries the same keys in ``metrics``)."""
+    import json
+
+    return json.dumps({"label": metric.get("label", metric.get("name")), "options": metric.get("options", {}),
+                       "config": metric.get("config", {})}, sort_keys=True, allow_nan=False)
+
+
+# Why a metric's system-level row has no interval: it stores one score per candidate.
+NO_INTERVAL = {
+    "corpus": "no interval: corpus-level metric: no per-prompt scores to resample",
+    "set": "no interval: set-level metric (one score per candidate's image set): no per-prompt scores to resample",
+    "other": "no interval: the run stored no per-output scores to resample",
+}
 
 
 # --- the worker's half ------------------------------------------------------------------
@@ -117,6 +204,29 @@ def _judge_system_rows(judge_ids: list[int]) -> dict[int, list[tuple[str, int, f
     return rows
 
 
+def _likert_judge_rows(judge_ids: list[int]) -> dict[int, list[tuple[int, int, str, int]]]:
+    """Judge id -> (candidate id, prompt id, criterion key, point) per scored output: the
+    outputs :func:`arena.judging.judge_summary` counts (finished, gold prompts left out)."""
+    from arena.models import JudgeScore
+
+    rows: dict[int, list] = {j: [] for j in judge_ids}
+    if not judge_ids:
+        return rows
+    for judge_id, cand, prompt, key, value in (
+            JudgeScore.objects.filter(judge_id__in=judge_ids, value__isnull=False,
+                                      output__status=Output.Status.DONE, output__prompt__is_gold=False)
+            .values_list("judge_id", "output__candidate_id", "output__prompt_id", "criterion", "value")):
+        rows[judge_id].append((cand, prompt, key, value))
+    return rows
+
+
+def _likert_judge_definition() -> str:
+    from arena.judging import AGREEMENT_ROUNDS
+
+    return (f"percentile, {AGREEMENT_ROUNDS} rounds over outputs, 95%; human side: the mean of the people's "
+            "points on each output, each annotator counted once")
+
+
 def summary_compute(study: Study) -> dict:
     """The summary as JSON-ready data (see the module docstring); everything but the budget."""
     from arena.judging import judge_summary
@@ -147,12 +257,15 @@ def summary_compute(study: Study) -> dict:
     runs = list(MetricRun.objects.filter(study=study, status=MetricRun.Status.DONE).order_by("metric", "pk"))
     scores = {(s.run_id, s.candidate_id): s for s in
               CandidateScore.objects.filter(run__in=runs, slice_key="all")}
-    metrics = [{"key": f"run{r.pk}", "name": r.metric, "run": r.pk,
+    labels = _labels(runs)
+    metrics = [{"key": f"run{r.pk}", "name": r.metric, "run": r.pk, "label": labels[r.pk],
                 "better": (r.config or {}).get("better", metric_services.better(r.metric)),
-                "warning": (r.config or {}).get("warning", "")} for r in runs]
+                "warning": (r.config or {}).get("warning", ""), "interval": _interval_text(r.metric, r.config),
+                "options": r.options or {}, "config": r.config or {}} for r in runs]
 
     details = judge_summary(study, snapshot.payload.get("ratings_mode") if snapshot else None)
-    judged = [j for j in details if j.get("task", "pairwise") == "pairwise" and j["n_done"]]
+    judged = [j for j in details if j.get("kind", "pairwise") == "pairwise" and j["n_done"]]
+    likert_judged = [j for j in details if j.get("kind") == "likert" and j["n_done"]]
     judges = [{"key": f"judge{j['id']}", "name": j["name"], "judge": j["id"]} for j in judged]
     win_rates = {(j["id"], w["candidate"]): w for j in judged for w in j["win_rates"]}
 
@@ -199,16 +312,47 @@ def summary_compute(study: Study) -> dict:
         per_output.setdefault(run_id, {})[output_id] = value
     agreement = []
     for m in metrics:
-        res = trust.system_agreement(by_run.get(m["run"], []), ratings, np.random.default_rng(TRUST_SEED),
-                                     rounds=TRUST_ROUNDS)
-        agreement.append({"kind": "metric", "metric": m["name"], "run": m["run"],
-                          **{k: _result(v) for k, v in res.items()}, "definition": res["kendall_tau"].config["bootstrap"]})
+        kind = ("corpus" if m["name"] in metric_services.CORPUS_METRICS else
+                "set" if m["name"] in metric_services.SET_METRICS else None)
+        if kind is None and m["run"] not in by_run and any(r == m["run"] for r, _ in scores):
+            kind = "other"  # a run with candidate scores but no per-output ones
+        if kind is None:
+            res = trust.system_agreement(by_run.get(m["run"], []), ratings, np.random.default_rng(TRUST_SEED),
+                                         rounds=TRUST_ROUNDS, better=m["better"])
+            definition = res["kendall_tau"].config["bootstrap"]
+        else:
+            values = {names.get(cid, str(cid)): s.value for (run_id, cid), s in scores.items() if run_id == m["run"]}
+            res = trust.candidate_agreement(values, ratings, NO_INTERVAL[kind], better=m["better"])
+            definition = NO_INTERVAL[kind]
+        agreement.append({"kind": "metric", "metric": m["name"], "label": m["label"], "run": m["run"],
+                          "better": m["better"], "against": "ratings", "criterion": None,
+                          **{k: _result(v) for k, v in res.items()}, "definition": definition,
+                          "orientation": res["kendall_tau"].config["orientation"]})
     judge_rows = _judge_system_rows([j["judge"] for j in judges])
     for j in judges:
         rows_j = [(names.get(c, str(c)), p, v) for c, p, v in judge_rows.get(j["judge"], [])]
         res = trust.system_agreement(rows_j, ratings, np.random.default_rng(TRUST_SEED), rounds=TRUST_ROUNDS)
-        agreement.append({"kind": "judge", "metric": f"judge: {j['name']}", "judge": j["judge"],
-                          **{k: _result(v) for k, v in res.items()}, "definition": res["kendall_tau"].config["bootstrap"]})
+        agreement.append({"kind": "judge", "metric": f"judge: {j['name']}", "label": f"judge: {j['name']}",
+                          "judge": j["judge"], "better": "higher", "against": "ratings", "criterion": None,
+                          **{k: _result(v) for k, v in res.items()}, "definition": res["kendall_tau"].config["bootstrap"],
+                          "orientation": res["kendall_tau"].config["orientation"]})
+    # Likert judges: the judge's mean point per candidate against the human Likert mean per
+    # candidate (the board's, counted as the ratings mode says), per criterion.
+    points = _likert_judge_rows([j["id"] for j in likert_judged])
+    for j in likert_judged:
+        for c in criteria:
+            human_means = {name: cells[c["key"]].mean for name, cells in likert_by.items()
+                           if c["key"] in cells and cells[c["key"]].mean is not None}
+            rows_j = [(names.get(cand, str(cand)), p, v) for cand, p, key, v in points.get(j["id"], [])
+                      if key == c["key"]]
+            res = trust.system_agreement(rows_j, human_means, np.random.default_rng(TRUST_SEED), rounds=TRUST_ROUNDS,
+                                         human=f"likert mean per candidate: {c['key']}")
+            agreement.append({"kind": "likert_judge", "metric": f"judge: {j['name']}",
+                              "label": f"judge: {j['name']} · {c['name']}", "judge": j["id"], "better": "higher",
+                              "against": "likert", "criterion": c["name"],
+                              **{k: _result(v) for k, v in res.items()},
+                              "definition": res["kendall_tau"].config["bootstrap"],
+                              "orientation": res["kendall_tau"].config["orientation"]})
 
     humans = (_human_output_means(study.pk, criteria, snapshot.payload.get("ratings_mode") if snapshot else None)
               if criteria and runs else {})
@@ -221,10 +365,24 @@ def summary_compute(study: Study) -> dict:
             if len(shared) < 2:
                 continue
             res = trust.output_agreement([values[o] for o in shared], [human[o] for o in shared],
-                                         np.random.default_rng(TRUST_SEED), rounds=TRUST_ROUNDS, criterion=c["key"])
-            output_agreement.append({"metric": m["name"], "run": m["run"], "criterion": c["name"],
+                                         np.random.default_rng(TRUST_SEED), rounds=TRUST_ROUNDS, criterion=c["key"],
+                                         better=m["better"])
+            output_agreement.append({"kind": "metric", "metric": m["name"], "label": m["label"], "run": m["run"],
+                                     "criterion": c["name"], "better": m["better"],
                                      **{k: _result(v) for k, v in res.items()},
-                                     "definition": res["kendall_tau"].config["bootstrap"]})
+                                     "definition": res["kendall_tau"].config["bootstrap"],
+                                     "orientation": res["kendall_tau"].config["orientation"]})
+    # Likert judges at output level: computed once, by judge_summary (its seeded bootstrap).
+    for j in likert_judged:
+        for c in j.get("criteria") or []:
+            tau, rho = c.get("kendall_tau") or {}, c.get("spearman_rho") or {}
+            if not tau.get("n"):
+                continue
+            output_agreement.append({"kind": "likert_judge", "metric": f"judge: {j['name']}",
+                                     "label": f"judge: {j['name']}", "judge": j["id"], "criterion": c["name"],
+                                     "better": "higher", "kendall_tau": tau, "spearman_rho": rho,
+                                     "definition": _likert_judge_definition(),
+                                     "orientation": trust.orientation("higher")})
 
     return {
         "ratings_computed_at": snapshot.computed_at.isoformat() if snapshot else None,
@@ -318,6 +476,7 @@ def study_summary(study: Study, sort: str = "") -> dict:
         **data, "snapshot": snapshot, "rows": sort_rows(rows, sort), "sort": sort,
         "budget": {"max_cost_per_1000": max_cost, "max_latency_p95_ms": max_p95},
         "recommendation": recommend(rows, max_cost, max_p95),
+        "metric_aggregate": metric_services.AGGREGATE,  # how per-output metrics' intervals are made
     }
 
 

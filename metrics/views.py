@@ -78,7 +78,8 @@ def _summary_csv(study, data: dict) -> HttpResponse:
     for c in data["criteria"]:
         header += [f"likert_{c['key']}", f"likert_{c['key']}_lower", f"likert_{c['key']}_upper"]
     for m in data["metrics"]:
-        header += [f"{m['name']}_{m['run']}", f"{m['name']}_{m['run']}_lower", f"{m['name']}_{m['run']}_upper"]
+        header += [f"{m['name']}_{m['run']}", f"{m['name']}_{m['run']}_lower", f"{m['name']}_{m['run']}_upper",
+                   f"{m['name']}_{m['run']}_config"]
     for j in data["judges"]:
         header += [f"judge_{j['name']}_win_rate"]
     writer.writerow([csv_cell(h) for h in header + ["latency_p50_ms", "latency_p95_ms", "completion_tokens_mean",
@@ -88,8 +89,8 @@ def _summary_csv(study, data: dict) -> HttpResponse:
         line = [csv_cell(r["candidate"]), r["outputs"], r["rating"], r["rating_lower"], r["rating_upper"]]
         for cell in r["likert"]:
             line += [cell["mean"], cell["lower"], cell["upper"]]
-        for cell in r["metrics"]:
-            line += [cell["value"], cell["lower"], cell["upper"]]
+        for m, cell in zip(data["metrics"], r["metrics"]):
+            line += [cell["value"], cell["lower"], cell["upper"], csv_cell(summary.metric_config_json(m))]
         line += [cell["win_rate"] for cell in r["judges"]]
         writer.writerow(line + [r["latency_p50"], r["latency_p95"], r["tokens"], r["cost_per_1000"],
                                 r.get("failure_rate"), r.get("failure_lower"), r.get("failure_upper"),

@@ -239,3 +239,38 @@ def test_a_worker_runs_the_judge_and_its_figures_reach_the_summary(celery_worker
     assert rows["alpha-model"] == {"key": f"judge{judge.pk}", "win_rate": 0.75, "n": 4}
     page = client_for(manager).get(reverse("arena:judges", args=[study.pk])).content.decode()
     assert "alpha-model 0.750 (n=4)" in page and "(figures updating)" not in page
+
+
+def test_the_judges_page_says_whose_judgments_its_human_side_counted_in_constant_queries(study, annotators,
+                                                                                          manager):
+    """The ratings mode sentence the summary snapshot carries, read in the same query as the figures."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.urls import reverse
+
+    from annotation.models import Study
+    from arena.services import ratings_recompute
+    from tests.conftest import client_for
+
+    _vote(study, annotators[0], "alpha-model")
+    Study.objects.filter(pk=study.pk).update(ratings_mode="exclude_flagged")
+    ratings_recompute(study_id=study.pk, rounds=20)
+    summary_recompute(study_id=study.pk)
+    client = client_for(manager)
+    url = reverse("arena:judges", args=[study.pk])
+    client.get(url)  # the session is cached from here on
+    counts = []
+    for n in range(2):
+        with CaptureQueriesContext(connection) as ctx:
+            html = client.get(url).content.decode()
+        counts.append(len(ctx.captured_queries))
+        assert 'id="judges-ratings-mode"' in html
+        assert "Human side: Flagged annotators left out (0)." in " ".join(html.split())
+        for k in range(2):  # more judges with verdicts on every pair
+            judge = Judge.objects.create(study=study, name=f"j{n}{k}", backend="openai", spec={}, rubric="x",
+                                         status=Judge.Status.DONE)
+            JudgeVerdict.objects.bulk_create(JudgeVerdict(judge=judge, unit=u, outcome="a", consistent=True)
+                                             for u in study.units.filter(kind="pairwise"))
+        summary_recompute(study_id=study.pk)
+    assert counts[0] == counts[1], counts
+    assert "Human side: All annotators counted." not in html

@@ -236,3 +236,161 @@ def test_output_level_agreement_with_likert_means(likert_study, manager):  # noq
     fact = next(a for a in data["output_agreement"] if a["criterion"] == "Factuality")
     assert fact["kendall_tau"]["value"] is None
     assert 'id="summary-output-agreement"' in client_for(manager).get(_url(study)).content.decode()
+
+
+def _text(html: str) -> str:
+    """What a reader sees: tags dropped, whitespace collapsed."""
+    import re
+
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
+def test_corpus_and_set_metrics_get_a_system_level_trust_row_from_their_candidate_scores(study, manager):
+    """BLEU and FID store one score per candidate (no per-output score): tau-b and rho across the
+    candidates against the ratings, by scipy, no interval; FID is negated (lower is better)."""
+    cands = {c.name: c for c in study.candidates.all()}
+    bleu = MetricRun.objects.create(study=study, metric="bleu", options_hash="b", status=MetricRun.Status.DONE,
+                                    finished_at=timezone.now(), config={
+                                        "library": "sacrebleu", "signature": "nrefs:1|case:mixed|tok:13a",
+                                        "bootstrap": "percentile 95%, 1000 resamples of items, corpus score recomputed"})
+    fid = MetricRun.objects.create(study=study, metric="fid", options_hash="f", status=MetricRun.Status.DONE,
+                                   finished_at=timezone.now(), options={"reference": 3, "rounds": 50},
+                                   config={"reference_set": "coco-val", "better": "lower",
+                                           "interval": "95% percentile bootstrap, 50 resamples"})
+    bleu_all = {"alpha-model": 20.0, "beta-model": 20.0, "gamma-model": 10.0}  # a tie: tau-b
+    fid_all = {"alpha-model": 30.0, "beta-model": 20.0, "gamma-model": 50.0}
+    for run, values in ((bleu, bleu_all), (fid, fid_all)):
+        for name, value in values.items():
+            CandidateScore.objects.create(run=run, candidate=cands[name], slice_key="all", value=value, n=4)
+            # a tag slice with the order reversed: only slice "all" may count
+            CandidateScore.objects.create(run=run, candidate=cands[name], slice_key="tag:x", value=-value, n=1)
+    # a per-output metric where lower is better: its candidate means are negated too
+    ppl = MetricRun.objects.create(study=study, metric="perplexity", options_hash="p", status=MetricRun.Status.DONE,
+                                   finished_at=timezone.now(), options={"model": "/models/lm/gpt2-small"})
+    level = {"alpha-model": 5.0, "beta-model": 9.0, "gamma-model": 7.0}
+    for out in Output.objects.filter(study=study).select_related("candidate"):
+        OutputScore.objects.create(run=ppl, output=out, value=level[out.candidate.name] + out.prompt_id % 3)
+    summary_recompute(study_id=study.pk)
+
+    data = client_for(manager).get(_url(study, format="json")).json()
+    rows = {a.get("run"): a for a in data["agreement"]}
+    names = sorted(RATINGS)
+    human = [RATINGS[c][0] for c in names]
+    b, f = rows[bleu.pk], rows[fid.pk]
+    assert b["kendall_tau"]["value"] == pytest.approx(stats.kendalltau([bleu_all[c] for c in names], human).statistic)
+    assert b["spearman_rho"]["value"] == pytest.approx(stats.spearmanr([bleu_all[c] for c in names], human).statistic)
+    assert (b["kendall_tau"]["n"], b["kendall_tau"]["lower"], b["kendall_tau"]["upper"]) == (3, None, None)
+    assert b["definition"] == "no interval: corpus-level metric: no per-prompt scores to resample"
+    assert f["kendall_tau"]["value"] == pytest.approx(stats.kendalltau([-fid_all[c] for c in names], human).statistic)
+    assert f["spearman_rho"]["value"] == pytest.approx(stats.spearmanr([-fid_all[c] for c in names], human).statistic)
+    assert f["better"] == "lower" and "set-level metric" in f["definition"] and f["kendall_tau"]["n"] == 3
+    means = {c: np.mean([level[c] + o.prompt_id % 3 for o in Output.objects.filter(study=study, candidate__name=c)])
+             for c in names}
+    p = rows[ppl.pk]
+    assert p["kendall_tau"]["value"] == pytest.approx(stats.kendalltau([-means[c] for c in names], human).statistic)
+    assert p["definition"].startswith("percentile, 500 rounds over prompts")
+    page = _text(client_for(manager).get(_url(study)).content.decode())
+    assert "positive value means the metric or judge agrees with the humans" in page
+    assert "fid (reference: coco-val, rounds 50) (lower is better: sign flipped)" in page
+    assert "perplexity (gpt2-small) (lower is better: sign flipped)" in page
+    assert "FID and KID" not in page  # the note comes from metrics.services.better, not a list in the template
+
+
+def test_two_runs_of_one_metric_get_their_own_labels_and_carry_their_config(study, manager):
+    configs = [({"model": "/models/a/all-MiniLM-L6-v2"}, {"model": "/models/a/all-MiniLM-L6-v2", "layer": 6,
+                                                          "library": "bert-score", "version": "0.3.13"}),
+               ({"model": "/models/b/roberta-large"}, {"model": "/models/b/roberta-large", "layer": 17,
+                                                       "library": "bert-score", "version": "0.3.13"}),
+               ({"model": "/other/all-MiniLM-L6-v2"}, {"model": "/other/all-MiniLM-L6-v2", "layer": 6})]
+    runs = [MetricRun.objects.create(study=study, metric="bertscore", options_hash=f"bs{k}", options=options,
+                                     config=config, status=MetricRun.Status.DONE, finished_at=timezone.now())
+            for k, (options, config) in enumerate(configs)]
+    summary_recompute(study_id=study.pk)
+    client = client_for(manager)
+    data = client.get(_url(study, format="json")).json()
+    by_run = {m["run"]: m for m in data["metrics"]}
+    assert by_run[runs[1].pk]["label"] == "bertscore (roberta-large, layer 17)"
+    # the same folder name and layer in another model root: the run id tells them apart
+    assert by_run[runs[0].pk]["label"] == f"bertscore (all-MiniLM-L6-v2, layer 6) [run {runs[0].pk}]"
+    assert by_run[runs[2].pk]["label"] == f"bertscore (all-MiniLM-L6-v2, layer 6) [run {runs[2].pk}]"
+    assert len({m["label"] for m in data["metrics"]}) == len(data["metrics"])
+    assert by_run[runs[1].pk]["config"] == configs[1][1] and by_run[runs[1].pk]["options"] == configs[1][0]
+    lines = list(csv.reader(io.StringIO(client.get(_url(study, format="csv")).content.decode())))
+    col = lines[0].index(f"bertscore_{runs[1].pk}_config")
+    import json
+
+    cell = json.loads(lines[1][col])
+    assert cell == {"label": "bertscore (roberta-large, layer 17)", "options": configs[1][0], "config": configs[1][1]}
+    html = client.get(_url(study)).content.decode()
+    assert ">bertscore (roberta-large, layer 17)</a>" in html and 'id="summary-metric-runs"' in html
+    assert "version: 0.3.13" in _text(html)
+
+
+def test_the_subtitle_says_how_metric_intervals_are_made(study, manager):
+    from metrics.services import AGGREGATE
+
+    page = _text(client_for(manager).get(_url(study)).content.decode())
+    assert f"a per-output metric: {AGGREGATE}" in page
+    assert "bootstrap over prompts" not in page
+    data = client_for(manager).get(_url(study, format="json")).json()
+    assert data["metrics"][0]["interval"] == AGGREGATE  # rougeL: per-output values
+
+
+def test_likert_judges_join_the_trust_tables_per_criterion(likert_study, annotators, manager):  # noqa: F811
+    """Output level: judge_summary's figures; system level: the judge's mean point per candidate
+    against the human Likert mean per candidate (recounted from the judgments), by scipy."""
+    import re
+
+    from annotation import services as annotation_services
+    from arena.judging import judge_summary
+    from arena.models import JudgeScore
+    from tests.conftest import imported_jsonl
+
+    study = likert_study(kinds="likert", overlap=2, n_prompts=4)
+    gamma = annotation_services.candidate_create(study=study, name="gamma-model", backend="imported", spec={})
+    annotation_services.outputs_import(candidate=gamma, filename="o.jsonl", data=imported_jsonl(
+        {f"q{i}": f"Variant 2 answer to q{i}" for i in range(4)}))
+
+    def vq(text):
+        return tuple(map(int, re.match(r"Variant (\d) answer to q(\d)", text).groups()))
+
+    for k, annotator in enumerate(annotators[:2]):
+        while (a := services.assignment_next(study=study, annotator=annotator)) is not None:
+            v, q = vq(a.unit.output_a.text)
+            services.judgment_submit(assignment=a, ratings={"factuality": 1 + (v + q * k) % 3,
+                                                            "style": 1 + (2 * v + q + k) % 5})
+    ratings_refresh(study_id=study.pk)
+    judge = Judge.objects.create(study=study, name="lj", kind="likert", backend="openai", spec={}, rubric="x",
+                                 status=Judge.Status.DONE, finished_at=timezone.now())
+    points = {}
+    for out in Output.objects.filter(study=study):
+        v, q = vq(out.text)
+        for key, scale in (("factuality", 3), ("style", 5)):
+            point = None if (v, q, key) == (1, 0, "style") else 1 + (v * 2 + q * (key == "style")) % scale
+            points[(out.pk, key)] = point
+            JudgeScore.objects.create(judge=judge, output=out, criterion=key, value=point, reply="r")
+    summary_recompute(study_id=study.pk)
+
+    data = client_for(manager).get(_url(study, format="json")).json()
+    cand_of = dict(Output.objects.filter(study=study).values_list("pk", "candidate__name"))
+    human: dict[tuple[str, str], list[int]] = {}
+    for j in Judgment.objects.filter(study=study, ratings__isnull=False).select_related("unit"):
+        for key, value in j.ratings.items():
+            human.setdefault((cand_of[j.unit.output_a_id], key), []).append(value)
+    [detail] = judge_summary(study)
+    names = sorted(set(cand_of.values()))
+    for c in detail["criteria"]:
+        row = next(a for a in data["agreement"] if a["kind"] == "likert_judge" and a["criterion"] == c["name"])
+        mine = [np.mean([p for (o, key), p in points.items() if key == c["key"] and p is not None
+                         and cand_of[o] == name]) for name in names]
+        theirs = [np.mean(human[(name, c["key"])]) for name in names]
+        assert row["kendall_tau"]["value"] == pytest.approx(stats.kendalltau(mine, theirs).statistic)
+        assert row["spearman_rho"]["value"] == pytest.approx(stats.spearmanr(mine, theirs).statistic)
+        assert row["kendall_tau"]["n"] == 3 and row["label"] == f"judge: lj · {c['name']}"
+        assert row["definition"].startswith("percentile, 500 rounds over prompts")
+        out_row = next(a for a in data["output_agreement"] if a["kind"] == "likert_judge"
+                       and a["criterion"] == c["name"])
+        assert out_row["kendall_tau"] == c["kendall_tau"] and out_row["spearman_rho"] == c["spearman_rho"]
+    assert not data["judges"]  # a Likert judge has no win-rate column
+    page = _text(client_for(manager).get(_url(study)).content.decode())
+    assert "judge: lj · Style consistency" in page and "human Likert mean: Style consistency" in page

@@ -81,3 +81,43 @@ def test_output_level_drops_missing_pairs_and_is_nan_when_undefined():
 def test_the_module_does_not_import_django():
     code = "import sys, metrics.trust; assert 'django' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_lower_is_better_metric_is_negated_so_that_positive_means_agreement():
+    rng = np.random.default_rng(7)
+    cands = [f"m{i}" for i in range(5)]
+    ratings = {c: float(r) for c, r in zip(cands, rng.normal(1000, 50, 5))}
+    scores = [(c, p, float(rng.random())) for c in cands for p in range(20)]
+    raw = trust.system_agreement(scores, ratings, np.random.default_rng(0), rounds=200)
+    flipped = trust.system_agreement(scores, ratings, np.random.default_rng(0), rounds=200, better="lower")
+    means = [np.mean([v for cc, _, v in scores if cc == c]) for c in cands]
+    human = [ratings[c] for c in cands]
+    assert flipped["kendall_tau"].value == pytest.approx(stats.kendalltau([-m for m in means], human).statistic)
+    assert flipped["kendall_tau"].value == pytest.approx(-raw["kendall_tau"].value)
+    assert flipped["spearman_rho"].value == pytest.approx(-raw["spearman_rho"].value)
+    # the same draws, negated: the interval's ends swap and change sign
+    assert (flipped["kendall_tau"].lower, flipped["kendall_tau"].upper) == pytest.approx(
+        (-raw["kendall_tau"].upper, -raw["kendall_tau"].lower))
+    assert flipped["kendall_tau"].config["orientation"].startswith("metric negated (lower is better)")
+    assert raw["kendall_tau"].config["orientation"].startswith("as is (higher is better)")
+    m, h = rng.random(30), rng.random(30)
+    out = trust.output_agreement(m, h, np.random.default_rng(1), rounds=100, better="lower")
+    assert out["spearman_rho"].value == pytest.approx(stats.spearmanr(-m, h).statistic)
+    with pytest.raises(ValueError, match="better must be 'higher' or 'lower', got 'up'"):
+        trust.output_agreement(m, h, np.random.default_rng(1), better="up")
+
+
+def test_one_value_per_candidate_matches_scipy_with_no_interval():
+    """Corpus and set metrics: tau-b (ties) and rho across candidates, n = candidates correlated."""
+    values = {"a": 20.0, "b": 20.0, "c": 10.0, "d": 35.5, "e": None, "unrated": 99.0}
+    ratings = {"a": 1100.0, "b": 1050.0, "c": 900.0, "d": 1010.0, "e": 1000.0}
+    res = trust.candidate_agreement(values, ratings, "corpus-level metric: no per-prompt scores to resample")
+    x, y = [20.0, 20.0, 10.0, 35.5], [1100.0, 1050.0, 900.0, 1010.0]
+    assert res["kendall_tau"].value == pytest.approx(stats.kendalltau(x, y, variant="b").statistic, abs=1e-12)
+    assert res["spearman_rho"].value == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert res["kendall_tau"].n == 4
+    assert math.isnan(res["kendall_tau"].lower) and math.isnan(res["spearman_rho"].upper)
+    assert res["kendall_tau"].config["bootstrap"] == "none: corpus-level metric: no per-prompt scores to resample"
+    fid = trust.candidate_agreement(values, ratings, "set-level metric", better="lower")
+    assert fid["kendall_tau"].value == pytest.approx(stats.kendalltau([-v for v in x], y).statistic, abs=1e-12)
+    assert math.isnan(trust.candidate_agreement({"a": 1.0}, ratings, "r")["kendall_tau"].value)
