@@ -767,8 +767,30 @@ def outputs_import(*, candidate: Candidate, data: uploads.UploadData, filename: 
     return len(rows)
 
 
-def _output_seed(study: Study, sample_index: int) -> int:
-    return int(study.generation_settings.get("seed", 0)) + sample_index
+def _output_seed(study: Study, position: int, sample_index: int) -> int:
+    """The seed of a prompt's sample: the study's seed plus the sample's place in the study
+    (prompt position × samples per prompt + sample index), below 2**31.
+
+    Every (prompt, sample) starts from its own noise, so the compositions of one prompt's
+    sample k are not correlated with those of every other prompt's; every candidate gets the
+    same seed for the same (prompt, sample), a fair comparison.  Text generation uses the same
+    seeds: sampling (temperature > 0) is then independent across prompts; greedy decoding
+    ignores them.  Recorded on the output; a rerun or a retry uses the recorded seed.
+    """
+    base = int(study.generation_settings.get("seed", 0))
+    place = position * study.samples_per_prompt + sample_index
+    return (base + place) % (generation_base.GenerationSettings.MAX_SEED + 1)
+
+
+def _study_seeds(study: Study) -> dict[tuple[int, int], int]:
+    """The seed already recorded for each (prompt, sample) of the study, so a candidate added
+    later gets the seeds the others were made with (even if the study's seed, or how seeds are
+    derived, changed since)."""
+    seeds: dict[tuple[int, int], int] = {}
+    for prompt_id, sample, seed in (Output.objects.filter(study=study, seed__isnull=False).order_by()
+                                    .values_list("prompt_id", "sample_index", "seed").distinct()):
+        seeds[(prompt_id, sample)] = min(seed, seeds.get((prompt_id, sample), seed))
+    return seeds
 
 
 def generation_start(*, study: Study, candidates: Sequence[Candidate] | None = None, actor=None) -> int:
@@ -781,11 +803,12 @@ def generation_start(*, study: Study, candidates: Sequence[Candidate] | None = N
     """
     candidates = list(candidates if candidates is not None else study.candidates.all())
     generating = [c for c in candidates if c.backend != Candidate.Backend.IMPORTED]
-    prompt_ids = list(study.prompts.order_by("position").values_list("pk", flat=True))
-    if not prompt_ids:
+    prompts = list(study.prompts.order_by("position").values_list("pk", "position"))
+    if not prompts:
         raise ServiceError("the study has no prompts")
     # check states as they are now (a worker may have just recorded one), not as passed in
     _refuse_unchecked(list(Candidate.objects.filter(pk__in=[c.pk for c in generating]).order_by("name")))
+    recorded = _study_seeds(study) if generating else {}
     Output.objects.bulk_create(
         [
             Output(
@@ -793,11 +816,11 @@ def generation_start(*, study: Study, candidates: Sequence[Candidate] | None = N
                 prompt_id=pid,
                 candidate=cand,
                 sample_index=s,
-                seed=_output_seed(study, s),
+                seed=recorded.get((pid, s), _output_seed(study, position, s)),
                 settings=study.generation_settings,
             )
             for cand in generating
-            for pid in prompt_ids
+            for pid, position in prompts
             for s in range(study.samples_per_prompt)
         ],
         ignore_conflicts=True,
@@ -1170,7 +1193,10 @@ def units_build(*, study: Study, prompt_ids: Iterable[int] | None = None) -> int
 
     Pairs use the same sample index; idempotent (unique pair constraint).  Image outputs of a
     study with several samples per prompt pair once per prompt, on sample 0: the task shows
-    each side's grid of all its samples (a Likert task still rates every image).  ``prompt_ids``
+    each side's grid of all its samples, so the pair is built only once every sample of the
+    prompt is done for both candidates (samples split across generation batches, or one that
+    failed and waits for a retry, hold it back: an annotator never sees 1 image against 3).
+    A Likert task still rates every image as soon as it is done.  ``prompt_ids``
     limits the work to those prompts (a generation batch touches only its own), so a
     large study is not rescanned after every batch.  Each new unit gets its candidate
     pair, a random serving key and its position among its pair's units (whose parity
@@ -1188,10 +1214,21 @@ def units_build(*, study: Study, prompt_ids: Iterable[int] | None = None) -> int
         "prompt_id", "sample_index", "pk")
     grids = study.samples_per_prompt > 1
     groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    grid_done: dict[tuple[int, int], set[int]] = {}  # (prompt, candidate) -> its done image samples
+    grid_first: dict[tuple[int, int], int] = {}  # (prompt, candidate) -> its sample 0
     for pk, prompt_id, sample, cand, image in rows:
-        if image and grids and sample != 0:
-            continue  # image pairs show the two grids of all samples: one pair per prompt, on sample 0
+        if image and grids:
+            grid_done.setdefault((prompt_id, cand), set()).add(sample)
+            if sample == 0:
+                grid_first[(prompt_id, cand)] = pk
+            continue
         groups.setdefault((prompt_id, sample), []).append((pk, cand))
+    # image pairs show the two grids of all samples: one pair per prompt, on sample 0, once the
+    # candidate's whole grid is done
+    every_sample = set(range(study.samples_per_prompt))
+    for (prompt_id, cand), samples in grid_done.items():
+        if (prompt_id, cand) in grid_first and samples >= every_sample:
+            groups.setdefault((prompt_id, 0), []).append((grid_first[(prompt_id, cand)], cand))
     existing = set(existing_units.values_list("output_a_id", "output_b_id"))
     new = [
         (prompt_id, a, b)

@@ -34,7 +34,9 @@ spec's. torch and diffusers are imported only inside the functions that use them
 
 Seeds and reproducibility
 -------------------------
-Each image gets its own ``torch.Generator(device).manual_seed(request.seed)`` (the
+``request.seed`` is the output's recorded seed (``services._output_seed``: one per prompt and
+sample, the same for every candidate, reused by retries and reruns). Each image gets its own
+``torch.Generator(device).manual_seed(request.seed)`` (the
 pipeline draws that sample's starting latents, and an ancestral scheduler's noise, from it),
 so an image depends on its prompt, seed and settings, not on the other prompts in its batch;
 the same request on the same hardware, library versions and batch gives the same pixels and

@@ -5,6 +5,7 @@ The diffusers tests run a real (tiny, random) Stable Diffusion pipeline built fr
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import re
@@ -23,6 +24,7 @@ from annotation.models import Candidate
 from annotation.tasks import generate_outputs
 from tests.conftest import wait_for
 from tests.helpers.fake_openai import FakeOpenAIServer, image_for
+from tests.helpers.images import SECRET, assert_bare_png, images_with_metadata
 
 PROMPTS_2 = (
     "id,prompt,reference,tags\n"
@@ -74,6 +76,16 @@ ROOTS = SpecPolicy(model_roots=("/models",))
          "cannot be overridden"),
         ("openai_images", {"base_url": "http://h/v1", "model": "m", "api_key_env": "DATABASE_URL"}, "api_key_env",
          "EVALSITE_API_KEY_ENVS"),
+        ("openai_images", {"base_url": "http://h/v1", "model": "m", "response_format": "url"}, "response_format",
+         'must be "b64_json" or null'),
+        ("openai_images", {"base_url": "http://h/v1", "model": "m", "response_format": 1}, "response_format",
+         "gpt-image models"),
+        ("openai_images", {"base_url": "http://h/v1", "model": "m", "send_seed": "no"}, "send_seed",
+         "must be true or false"),
+        ("openai_images", {"base_url": "http://h/v1", "model": "m", "batch_size": 0}, "batch_size",
+         "between 1 and 256"),
+        ("openai_images", {"base_url": "http://h/v1", "model": "m", "extra_body": {"response_format": None}},
+         "extra_body.response_format", "cannot be overridden"),
     ],
 )
 def test_spec_errors_name_the_field(backend, spec, field, words):
@@ -90,6 +102,13 @@ def test_specs_fill_in_their_defaults():
     }
     spec = validate_spec("openai_images", {"base_url": "http://h/v1/", "model": "m"}, ROOTS)
     assert (spec["base_url"], spec["width"], spec["height"], spec["extra_body"]) == ("http://h/v1", 1024, 1024, {})
+    assert (spec["response_format"], spec["send_seed"], spec["batch_size"]) == ("b64_json", True, 8)
+    # null leaves response_format out (unlike other fields, where null takes the default), and the
+    # normalised spec, saved and checked again by a worker, still leaves it out
+    spec = validate_spec("openai_images", {"base_url": "http://h/v1", "model": "m", "response_format": None,
+                                           "send_seed": False, "batch_size": 2}, ROOTS)
+    assert (spec["response_format"], spec["send_seed"], spec["batch_size"]) == (None, False, 2)
+    assert validate_spec("openai_images", spec, ROOTS) == spec
 
 
 @pytest.mark.django_db
@@ -184,7 +203,7 @@ def test_images_are_stored_with_thumbnails_settings_and_opaque_names_once(
     by_key = {}
     for o in outputs:
         assert o.text == "" and o.html == "" and o.cost == 0.01 and o.latency_ms > 0
-        assert o.seed == 5 + o.sample_index
+        assert o.seed == 5 + 2 * o.prompt.position + o.sample_index  # a seed per prompt and sample
         assert o.settings == {
             "backend": "diffusers", "steps": 2, "guidance_scale": 5.0, "scheduler": "ddim", "width": 32,
             "height": 32, "negative_prompt": "text, watermark", "seed": o.seed, "device": "cpu",
@@ -250,16 +269,194 @@ def test_an_images_endpoint_candidate_stores_the_decoded_png_and_a_256_pixel_thu
         services.generation_start(study=study)
         assert _run(cand, "run-1") == 2
         bodies = sorted(server.bodies, key=lambda b: b["prompt"])
-    assert bodies[0] == {"model": "img-1", "prompt": "a red shoe on a summer sale banner", "n": 1,
-                         "size": "512x384", "response_format": "b64_json", "seed": 21, "quality": "hd"}
+    assert bodies == [  # one seed per prompt: the study's seed plus the prompt's position
+        {"model": "img-1", "prompt": "a red shoe on a summer sale banner", "n": 1, "size": "512x384",
+         "response_format": "b64_json", "seed": 21, "quality": "hd"},
+        {"model": "img-1", "prompt": "people with coffee in the city at night", "n": 1, "size": "512x384",
+         "response_format": "b64_json", "seed": 22, "quality": "hd"},
+    ]
     for o in study.outputs.select_related("prompt"):
         with o.image.open("rb") as fh:
-            assert fh.read() == image_for(o.prompt.text, 21, 512, 384)  # the server's bytes, as sent
+            stored = _png(fh.read())
+        sent = _png(image_for(o.prompt.text, o.seed, 512, 384))
+        assert stored.tobytes() == sent.tobytes() and stored.mode == sent.mode  # the server's pixels
         with o.thumbnail.open("rb") as fh:
             assert _png(fh.read()).size == (256, 192)  # 256 on the long side, aspect kept
         assert o.cost == 0.04 and o.settings == {
             "backend": "openai_images", "model": "img-1", "width": 512, "height": 384,
-            "size_requested": "512x384", "seed": 21, "quality": "hd"}
+            "size_requested": "512x384", "seed": 21 + o.prompt.position, "quality": "hd"}
+
+
+@pytest.mark.django_db
+def test_every_stored_image_is_a_png_without_the_metadata_it_came_with(evaluator, settings, tmp_path):
+    """PNG text chunks (an A1111/ComfyUI workflow naming its model), EXIF, a JPEG comment, a C2PA
+    segment and XMP never reach annotators; nor does the file type: every image is a bare .png."""
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    study = _image_study(evaluator, samples=2)
+    cand = services.candidate_create(study=study, name="hosted", backend="openai_images",
+                                     spec={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    services.generation_start(study=study)
+    outputs = list(cand.outputs.order_by("pk"))
+    assert services.generation_claim(output_ids=[o.pk for o in outputs], claim="c") == [o.pk for o in outputs]
+    sources = images_with_metadata()
+    for output, (kind, data) in zip(outputs, sources.items()):
+        assert SECRET.encode() in data, kind
+        result = GenerationResult(key=output.pk, text="", error=None, image=data, settings={"seed": output.seed})
+        assert services.generation_record(output_id=output.pk, claim="c", result=result) is True
+    for output, (kind, data) in zip(cand.outputs.order_by("pk"), sources.items()):
+        assert output.status == "done", (kind, output.error)
+        assert OPAQUE.fullmatch(output.image.name) and OPAQUE.fullmatch(output.thumbnail.name), kind
+        with output.image.open("rb") as fh:
+            stored = fh.read()
+        assert_bare_png(stored, like=data)  # the same pixels (as the source decodes), nothing else
+        with output.thumbnail.open("rb") as fh:
+            assert_bare_png(fh.read())
+    assert len(_files(study.pk)) == 8 and not list((Path(settings.MEDIA_ROOT)).rglob("*.jp*g"))
+
+
+def _jpeg_from_gpt_image(prompt: str) -> bytes:
+    """What a hosted endpoint may return: a JPEG of the prompt's colour with EXIF, a comment and a
+    C2PA segment naming the model."""
+    from PIL import Image
+
+    from tests.helpers.images import _c2pa_segment
+
+    exif = Image.Exif()
+    exif[0x0131] = f"{SECRET} image service"
+    buf = io.BytesIO()
+    colour = tuple(hashlib.sha256(prompt.encode()).digest()[:3])
+    Image.new("RGB", (24, 16), colour).save(buf, format="JPEG", exif=exif.tobytes(), comment=SECRET.encode())
+    return buf.getvalue()[:2] + _c2pa_segment(SECRET.encode()) + buf.getvalue()[2:]
+
+
+class GptImageServer(FakeOpenAIServer):
+    """The fake OpenAI server with its images route answering as OpenAI's gpt-image models do:
+    400 "Unknown parameter" for ``response_format`` and for ``seed``, and the image as ``b64_json``
+    without being asked (here a JPEG carrying metadata).  With ``urls=True`` it answers with a
+    URL only, as DALL-E does when ``response_format`` is left out."""
+
+    def __init__(self, *, urls: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.urls = urls
+
+    def bind(self):
+        httpd = super().bind()
+
+        class Handler(httpd.RequestHandlerClass):
+            def _answer_image(self, fake, number, body):
+                for key in ("response_format", "seed"):
+                    if key in body:
+                        return 400, {"error": {"message": f"Unknown parameter: '{key}'.", "param": key,
+                                               "type": "invalid_request_error", "code": "unknown_parameter"}}, {}
+                if fake.urls:
+                    return 200, {"created": 1, "data": [{"url": "https://files.example/img-1.png?sig=abc"}]}, {}
+                data = base64.b64encode(_jpeg_from_gpt_image(body["prompt"])).decode()
+                return 200, {"created": 1, "data": [{"b64_json": data, "revised_prompt": body["prompt"]}]}, {}
+
+        httpd.RequestHandlerClass = Handler
+        return httpd
+
+
+@pytest.mark.django_db
+def test_a_gpt_image_endpoint_works_once_the_spec_leaves_out_response_format_and_the_seed(
+        evaluator, settings, tmp_path):
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    study = _image_study(evaluator, samples=1, seed=40)
+    with GptImageServer() as server:
+        as_before = services.candidate_create(study=study, name="as-before", backend="openai_images", spec={
+            "base_url": server.base_url, "model": "gpt-image-1", "width": 64, "height": 48})
+        services.generation_start(study=study)
+        assert _run(as_before, "run-1") == 2
+        assert [o.status for o in as_before.outputs.all()] == ["failed"] * 2
+        assert all("HTTP 400: Unknown parameter: 'response_format'." in o.error for o in as_before.outputs.all())
+        assert [set(b) for b in server.bodies] == [{"model", "prompt", "n", "size", "response_format", "seed"}] * 2
+
+        server.reset()
+        bare = services.candidate_create(study=study, name="bare", backend="openai_images", spec={
+            "base_url": server.base_url, "model": "gpt-image-1", "width": 64, "height": 48,
+            "response_format": None, "send_seed": False, "extra_body": {"quality": "low"}})
+        assert bare.spec["response_format"] is None and bare.spec["send_seed"] is False
+        services.generation_start(study=study)
+        assert _run(bare, "run-2") == 2
+        bodies = sorted(server.bodies, key=lambda b: b["prompt"])
+    assert bodies == [{"model": "gpt-image-1", "prompt": text, "n": 1, "size": "64x48", "quality": "low"}
+                      for text in ("a red shoe on a summer sale banner", "people with coffee in the city at night")]
+    for o in bare.outputs.select_related("prompt"):
+        assert o.status == "done", o.error
+        with o.image.open("rb") as fh:
+            assert_bare_png(fh.read(), like=_jpeg_from_gpt_image(o.prompt.text))  # no EXIF, comment or C2PA
+        assert o.image.name.endswith(".png")
+        # the output keeps the seed it would have been sent (the same as the other candidate's)
+        assert o.seed == 40 + o.prompt.position
+        assert o.settings == {"backend": "openai_images", "model": "gpt-image-1", "width": 24, "height": 16,
+                              "size_requested": "64x48", "seed_sent": False, "quality": "low",
+                              "revised_prompt": o.prompt.text}
+
+
+@pytest.mark.django_db
+def test_an_endpoint_answering_with_urls_fails_the_output_saying_to_ask_for_b64_json(evaluator, settings, tmp_path):
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    study = _image_study(evaluator, samples=1)
+    with GptImageServer(urls=True) as server:
+        cand = services.candidate_create(study=study, name="dall-e", backend="openai_images", spec={
+            "base_url": server.base_url, "model": "dall-e-3", "response_format": None, "send_seed": False})
+        services.generation_start(study=study)
+        assert _run(cand, "run-1") == 2
+    for o in cand.outputs.all():
+        assert o.status == "failed" and not o.image
+        assert o.error == ("the endpoint returned an image URL, not the image (response_format was null (not "
+                           "sent)): set the spec's response_format to \"b64_json\"; Evalsite stores the image "
+                           "bytes and does not fetch URLs")
+        assert "sig=abc" not in o.error
+    assert _files(study.pk) == []
+
+
+@pytest.mark.django_db
+def test_an_images_endpoint_candidate_is_queued_in_tasks_of_its_batch_size(evaluator, monkeypatch):
+    study = _image_study(evaluator, samples=3)  # 2 prompts x 3 samples
+    batches = []
+    monkeypatch.setattr(services, "_enqueue_generation", lambda cand_id, ids: batches.append(len(ids)))
+    services.candidate_create(study=study, name="hosted", backend="openai_images",
+                              spec={"base_url": "http://127.0.0.1:9/v1", "model": "m", "batch_size": 4})
+    assert services.generation_start(study=study) == 6
+    assert batches == [4, 2]
+
+
+@pytest.mark.django_db
+def test_seeds_differ_by_prompt_and_sample_and_match_across_candidates_and_reruns(evaluator, settings, tmp_path):
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    study = _image_study(evaluator, samples=2, seed=100)
+    with FakeOpenAIServer() as server:
+        first = services.candidate_create(study=study, name="first", backend="openai_images",
+                                          spec={"base_url": server.base_url, "model": "m", "width": 16, "height": 16})
+        services.generation_start(study=study)
+        seeds = {(o.prompt.position, o.sample_index): o.seed for o in first.outputs.select_related("prompt")}
+        assert seeds == {(0, 0): 100, (0, 1): 101, (1, 0): 102, (1, 1): 103}  # base + position * 2 + sample
+        assert _run(first, "run-1") == 4
+        sent = {(b["prompt"], b["seed"]) for b in server.bodies}
+        assert len(sent) == 4 and {seed for _, seed in sent} == {100, 101, 102, 103}
+
+        # a candidate added after the study's seed changed still gets the seeds the first one had
+        study.generation_settings = {"seed": 7}
+        study.save(update_fields=["generation_settings"])
+        second = services.candidate_create(study=study, name="second", backend="openai_images",
+                                           spec={"base_url": server.base_url, "model": "m2", "width": 16, "height": 16})
+        services.generation_start(study=study)
+        assert {(o.prompt.position, o.sample_index): o.seed for o in second.outputs.select_related("prompt")} == seeds
+
+        # a failed output retried is generated again with its recorded seed: the same request, the same bytes
+        victim = first.outputs.get(prompt__position=1, sample_index=0)
+        with victim.image.open("rb") as fh:
+            before = fh.read()
+        type(victim).objects.filter(pk=victim.pk).update(status="failed", error="boom", image="", thumbnail="")
+        server.reset()
+        services.output_retry(output=victim)
+        assert _run(first, "run-2") == 1
+        assert [b["seed"] for b in server.bodies] == [102]
+    victim.refresh_from_db()
+    assert victim.status == "done" and victim.seed == 102
+    with victim.image.open("rb") as fh:
+        assert fh.read() == before
 
 
 # --- through a real worker ------------------------------------------------------------------------
@@ -295,7 +492,7 @@ def test_a_worker_generates_an_image_study_once_even_when_the_task_runs_again(
                 assert image.size == (32, 32) and o.settings["steps"] == 2 and o.settings["device"] == "cpu"
             else:
                 assert image.size == (64, 48)
-            assert o.settings["seed"] == o.seed == 3 + o.sample_index
+            assert o.settings["seed"] == o.seed == 3 + 2 * o.prompt.position + o.sample_index
         assert server.request_count == 5  # four images plus one retried 500
 
         # the same batches sent to the worker again: each finds its outputs done and writes nothing

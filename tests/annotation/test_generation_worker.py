@@ -32,12 +32,12 @@ def test_a_worker_generates_with_transformers_models(celery_worker_process, tiny
                                     "price_per_1k_output": 1.5})
     assert services.generation_start(study=study) == 8
     wait_for(lambda: _finished(study), what="transformers generation", worker=celery_worker_process)
-    outputs = list(study.outputs.select_related("candidate"))
+    outputs = list(study.outputs.select_related("candidate", "prompt"))
     assert len(outputs) == 8
     assert all(o.status == Output.Status.DONE for o in outputs), [o.error for o in outputs]
     for o in outputs:
         assert o.latency_ms > 0 and o.prompt_tokens > 0 and 0 < o.completion_tokens <= 12
-        assert o.seed == 7 and o.settings["max_new_tokens"] == 12
+        assert o.seed == 7 + o.prompt.position and o.settings["max_new_tokens"] == 12  # a seed per prompt
         if o.candidate.name == "tiny-seq2seq":
             assert o.cost == pytest.approx((o.prompt_tokens * 0.5 + o.completion_tokens * 1.5) / 1000)
         else:

@@ -285,3 +285,77 @@ def test_a_gold_item_served_among_the_tasks_shows_its_images(evaluator, annotato
         assert len(urls) == 4 and all(client.get(u).status_code == 200 for u in urls)
         client.post(reverse("annotation:submit", args=[held.token]), {"choice": "tie"})
     assert seen_gold
+
+
+def test_a_grid_pair_waits_until_every_sample_of_both_candidates_is_done(evaluator, annotators):
+    """Samples split across generation batches, or one that failed, hold a prompt's pair back (an
+    annotator never sees 1 image against 3); each image's Likert unit does not wait."""
+    from django.utils import timezone
+
+    from annotation.models import Candidate, Unit
+    from tests.helpers.images import DEFAULT_CRITERIA, image_output_save, png_bytes, prompts_csv
+
+    study = services.study_create(
+        name="Grids", created_by=evaluator, prompts_data=prompts_csv(2), prompts_filename="p.csv",
+        samples_per_prompt=3, annotators=annotators[:1],
+        tasks={"task_kinds": "both", "likert_criteria": DEFAULT_CRITERIA[:1]})
+    first, second = study.prompts.order_by("position")
+    cands = [Candidate.objects.create(study=study, name=name, backend=Candidate.Backend.IMPORTED, spec={})
+             for name in CANDIDATES]
+
+    def output(prompt, cand, k, status):
+        out = Output.objects.create(study=study, prompt=prompt, candidate=cand, sample_index=k, status=status,
+                                    finished_at=timezone.now(), seed=k)
+        if status == Output.Status.DONE:
+            image_output_save(out, png_bytes(PALETTE[cands.index(cand)], mark=k))
+        return out
+
+    # alpha: both prompts done; beta: the first prompt's third sample is in a later batch, and the
+    # second prompt's first sample failed
+    for prompt in (first, second):
+        for k in range(3):
+            output(prompt, cands[0], k, Output.Status.DONE)
+    later = [output(first, cands[1], k, Output.Status.DONE if k < 2 else Output.Status.QUEUED) for k in range(3)][2]
+    failed = [output(second, cands[1], k, Output.Status.FAILED if k == 0 else Output.Status.DONE) for k in range(3)][0]
+
+    def pairs(prompt):
+        return Unit.objects.filter(study=study, kind="pairwise", prompt=prompt)
+
+    services.units_build(study=study, prompt_ids=[first.pk])  # what the first batch's worker does
+    services.units_build(study=study)
+    assert not pairs(first).exists() and not pairs(second).exists()
+    assert Unit.objects.filter(study=study, kind="likert").count() == 3 + 3 + 2 + 2  # every done image
+    assert services.assignment_next(study=study, annotator=annotators[0]).unit.kind == "likert"
+
+    # the later batch brings the last sample: the first prompt's pair appears, on the samples 0
+    Output.objects.filter(pk=later.pk).update(status=Output.Status.DONE)
+    image_output_save(later, png_bytes(PALETTE[1], mark=2))
+    services.units_build(study=study, prompt_ids=[first.pk])
+    [pair] = pairs(first)
+    assert {pair.output_a.sample_index, pair.output_b.sample_index} == {0}
+    assert not pairs(second).exists()  # still held back by the failed sample
+
+    # the failed sample, retried and done (the progress page's retry), releases the second pair
+    Output.objects.filter(pk=failed.pk).update(status=Output.Status.DONE, error="")
+    image_output_save(failed, png_bytes(PALETTE[1], mark=0))
+    services.units_build(study=study, prompt_ids=[second.pk])
+    assert pairs(second).count() == 1
+    assert Unit.objects.filter(study=study, kind="likert").count() == 12
+
+    # every pair an annotator is served shows two whole grids of three
+    client = client_for(annotators[0])
+    seen = 0
+    for _ in range(20):
+        html = on_screen(client.get(reverse("annotation:annotate", args=[study.pk])).content.decode())
+        if "task-form" not in html:
+            break
+        held = Assignment.objects.select_related("unit").get(annotator=annotators[0], slot=0,
+                                                             submitted_at__isnull=True, released=False)
+        if held.unit.kind == "pairwise":
+            alts = re.findall(r'class="task-image"[^>]*alt="([^"]+)"', html)
+            assert alts == [f"Sample {n} of {side}" for side in "AB" for n in (1, 2, 3)]
+            seen += 1
+            client.post(reverse("annotation:submit", args=[held.token]), {"choice": "tie"})
+        else:
+            client.post(reverse("annotation:submit", args=[held.token]), {"rating_relevance": "3"})
+    assert seen == 2

@@ -1,6 +1,7 @@
 """Image tasks in a real headless Chromium, by keyboard: a blind pair of images voted on, the
-lightbox opened with Enter, zoomed with +, closed with Escape (the focus comes back), and a
-Likert image rated with a failure tag; the judgments are stored; no CSP violation."""
+lightbox opened with Enter, zoomed with +, panned with the arrows and by dragging with the mouse,
+closed with Escape (the focus comes back), and a Likert image rated with a failure tag; the
+judgments are stored; no CSP violation."""
 import time
 
 import pytest
@@ -46,6 +47,51 @@ def _loaded_widths(page) -> list[int]:
     return page.evaluate("Array.from(document.querySelectorAll('#task-form .task-image')).map(i => i.naturalWidth)")
 
 
+def _image_box(page) -> dict:
+    """The lightbox image's box on screen once it stands still (its transform has a short transition)."""
+    box = page.locator("#lightbox-image").bounding_box()
+    for _ in range(100):
+        time.sleep(0.05)
+        again = page.locator("#lightbox-image").bounding_box()
+        if again == box:
+            return box
+        box = again
+    raise AssertionError("the lightbox image kept moving")
+
+
+def _drag_pans_the_zoomed_image(page) -> None:
+    """A mouse drag moves a zoomed image by the pointer's travel, on top of the arrow keys' pan;
+    at zoom 1 a drag moves nothing."""
+    before = _image_box(page)
+    x, y = before["x"] + before["width"] / 2, before["y"] + before["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x - 30, y + 10, steps=3)
+    assert page.evaluate("document.getElementById('lightbox').classList.contains('lightbox-dragging')")
+    page.mouse.move(x - 100, y + 45, steps=5)
+    page.mouse.up()
+    assert not page.evaluate("document.getElementById('lightbox').classList.contains('lightbox-dragging')")
+    transform = page.evaluate("document.getElementById('lightbox-image').style.transform")
+    assert "translate(-60px, 45px)" in transform, transform  # 40 from the arrow key, -100 dragged
+    after = _image_box(page)
+    assert after["x"] - before["x"] == pytest.approx(-100, abs=1)
+    assert after["y"] - before["y"] == pytest.approx(45, abs=1)
+    assert after["width"] == pytest.approx(before["width"], abs=0.5)  # moved, not zoomed
+    expect(page.locator("dialog#lightbox")).to_have_attribute("data-zoom", "1.25")
+
+    page.keyboard.press("0")  # back to zoom 1 (and the centre): a drag now leaves the image alone
+    still = _image_box(page)
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 80, y + 80, steps=4)
+    page.mouse.up()
+    assert "translate(0px, 0px)" in page.evaluate("document.getElementById('lightbox-image').style.transform")
+    assert _image_box(page) == still
+    expect(page.locator("dialog#lightbox")).to_have_attribute("open", "")  # a drag is not a close
+    page.keyboard.press("+")  # zoomed again, as the rest of the test expects
+    expect(page.locator("dialog#lightbox")).to_have_attribute("data-zoom", "1.25")
+
+
 def test_an_image_pair_is_judged_by_keyboard_with_the_lightbox(live_server, browser, evaluator, annotators):
     study = make_image_study(evaluator, annotators=annotators[:1], n_prompts=3)
     context, page = _open(browser, live_server.url, annotators[0], study)
@@ -64,6 +110,7 @@ def test_an_image_pair_is_judged_by_keyboard_with_the_lightbox(live_server, brow
     expect(dialog).to_have_attribute("data-zoom", "1.25")
     page.keyboard.press("ArrowLeft")  # pans when zoomed
     assert "translate(40px, 0px)" in page.evaluate("document.getElementById('lightbox-image').style.transform")
+    _drag_pans_the_zoomed_image(page)
     page.keyboard.press("1")  # a vote key, swallowed while the lightbox is open
     page.keyboard.press("0")  # resets the zoom
     expect(dialog).to_have_attribute("data-zoom", "1")

@@ -1,7 +1,8 @@
 """Create the demo users and studies, build the tiny demo models and queue generation.
 
 Two studies: customer-support assistants (text) and "Banner concepts" (text to image, on two
-tiny diffusers pipelines assembled from configs, with a generated reference set)."""
+tiny diffusers pipelines assembled from configs, with a generated reference set for FID and KID
+and a tiny open_clip model with random weights for CLIP Score)."""
 from __future__ import annotations
 
 from django.conf import settings
@@ -43,6 +44,47 @@ def build_banner_pipelines() -> dict[str, str]:
 
     return {name: str(build_tiny_diffusion_pipeline(settings.EVALSITE_MODELS_DIR / name, seed=seed, size=32))
             for name, seed in BANNER_PIPELINES}
+
+
+# The demo's CLIP: open_clip's architecture shrunk to one layer of width 32 (its bundled BPE
+# tokenizer, so texts tokenise as for ViT-B-32), random weights: about 8 MB, built in a second.
+DEMO_CLIP_ARCHITECTURE = "evalsite-tiny-clip"
+DEMO_CLIP_CONFIG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def build_demo_clip() -> str:
+    """Build (once) the banner demo's CLIP weights under EVALSITE_MODELS_DIR/tiny-clip; returns
+    the weights file's path.
+
+    The architecture's config is written beside the weights as ``evalsite-tiny-clip.json``, where
+    ``metrics.image.load_clip`` finds it (open_clip does not ship it), so a worker in another
+    process loads the same model from the path and the architecture name alone.
+    """
+    import json
+    import os
+
+    folder = settings.EVALSITE_MODELS_DIR / "tiny-clip"
+    weights = folder / "tiny-clip.pt"
+    config = folder / f"{DEMO_CLIP_ARCHITECTURE}.json"
+    if weights.is_file() and config.is_file():
+        return str(weights)
+    import open_clip
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps(DEMO_CLIP_CONFIG, indent=1))
+    open_clip.add_model_config(config)
+    with torch.random.fork_rng(devices=[]):  # seeded, without touching the process's generator
+        torch.manual_seed(0)
+        model = open_clip.create_model(DEMO_CLIP_ARCHITECTURE, pretrained=None)
+    partial = weights.with_name(weights.name + ".partial")
+    torch.save(model.state_dict(), partial)
+    os.replace(partial, weights)  # a run stopped halfway leaves no weights file to be taken for whole
+    return str(weights)
 
 
 def reference_zip(n: int, seed: int = 0) -> bytes:
@@ -156,6 +198,9 @@ class Command(BaseCommand):
         if not ReferenceSet.objects.filter(study=study, name="real-banners").exists():
             reference_set_upload(study=study, name="real-banners", actor=actor, upload=SimpleUploadedFile(
                 "real-banners.zip", reference_zip(BANNER_REFERENCE_IMAGES), content_type="application/zip"))
+        clip = build_demo_clip()
+        self.stdout.write(f"Banner study {study.pk}: on its Metrics page, clip_score takes model {clip} and "
+                          f"architecture {DEMO_CLIP_ARCHITECTURE}; fid and kid take reference real-banners.")
         if not no_generate:
             queued = services.generation_start(study=study, actor=actor)
             self.stdout.write(f"Banner study {study.pk}: {queued} images queued for generation.")
