@@ -60,7 +60,9 @@ class UploadField(forms.FileField):
 
 
 _CRITERIA_HELP = ('JSON list, e.g. [{"key": "factuality", "name": "Factuality", "scale": 3, '
-                  '"labels": ["Wrong", "Partly right", "Right"], "allow_na": true}] (scale 2 to 10, a label per point).')
+                  '"labels": ["Wrong", "Partly right", "Right"], "allow_na": true, "level": "ordinal"}] '
+                  '(scale 2 to 10, a label per point; optional "level" for agreement: nominal, ordinal (default), '
+                  'interval or ratio).')
 _TAGS_HELP = 'JSON list, e.g. [{"key": "hands", "label": "Malformed hands"}, {"key": "refused", "label": "Refused"}].'
 
 

@@ -41,11 +41,13 @@ def _flagged(payload) -> set[int]:
 
 def competence_weights(study_id: int) -> dict[int, float]:
     """Annotator id -> Dawid-Skene skill in [0, 1] from the agreement snapshot, for those it rated
-    (``competence`` as a number, or ``{"dawid_skene": x}``); annotators not in it weigh 1."""
-    payload = RatingSnapshot.objects.filter(study_id=study_id, slice_key="all", method=AGREEMENT).values_list(
-        "payload", flat=True).first()
+    (``competence`` as a number, or ``{"dawid_skene": x}``: the snapshot's mean skill over the pairwise
+    choice and the Likert criteria the annotator answered); annotators not in it weigh 1.  Only the
+    snapshot's annotator rows are read, not its kappas."""
+    annotators = RatingSnapshot.objects.filter(study_id=study_id, slice_key="all", method=AGREEMENT).values_list(
+        "payload__annotators", flat=True).first()
     weights: dict[int, float] = {}
-    for user_id, row in _rows(payload).items():
+    for user_id, row in _rows({"annotators": annotators}).items():
         value = row.get("competence")
         if isinstance(value, dict):
             value = value.get("dawid_skene")
@@ -73,10 +75,18 @@ def mode_info(study: Study) -> dict:
         return {"mode": mode, "left_out": left_out, "weights": {},
                 "sentence": f"Flagged annotators left out ({len(left_out)})."}
     if mode == Study.RatingsMode.COMPETENCE:
-        weights = {str(k): v for k, v in sorted(competence_weights(study.pk).items()) if v != 1.0}
+        estimated = competence_weights(study.pk)
+        weights = {str(k): v for k, v in sorted(estimated.items()) if v != 1.0}
+        if not estimated:
+            return {"mode": mode, "left_out": [], "weights": {},
+                    "sentence": "Ratings weighted by annotator competence: every annotator weighs 1 for now, as "
+                                "there is no competence estimate yet (it needs units judged by two annotators or "
+                                "more, with some disagreement)."}
         return {"mode": mode, "left_out": [], "weights": weights,
-                "sentence": "Ratings weighted by annotator competence (Dawid-Skene; "
-                            f"{len(weights)} annotators weigh less than 1), in the ratings and the Likert means."}
+                "sentence": "Ratings weighted by annotator competence (Dawid-Skene skill, the mean over the "
+                            f"pairwise choice and Likert criteria each annotator answered; {len(weights)} of "
+                            f"{len(estimated)} annotators with an estimate weigh less than 1), in the ratings and "
+                            "the Likert means."}
     return {"mode": Study.RatingsMode.ALL, "left_out": [], "weights": {}, "sentence": "All annotators counted."}
 
 

@@ -69,10 +69,13 @@ def heatmap(
     cell: int = 54,
     label_width: int = 170,
     span: tuple[float, float] = (0.0, 1.0),
+    tooltips: Sequence[Sequence[str]] | None = None,
 ) -> str:
     """Win-rate heatmap: row model's win rate against column model (blank where unknown).
 
-    ``span`` is the range of the colour scale (white at its middle), e.g. (-1, 1) for kappas."""
+    ``span`` is the range of the colour scale (white at its middle), e.g. (-1, 1) for kappas;
+    ``tooltips[i][j]``, when given and not empty, becomes the cell's ``<title>`` (shown on hover
+    and read by screen readers)."""
     n = len(names)
     if n == 0:
         return ""
@@ -95,9 +98,12 @@ def heatmap(
                 fill, label = "#f2f4f7", ""
             else:
                 fill, label = _diverging((value - span[0]) / (span[1] - span[0])), f"{value:.2f}"
+            tip = tooltips[i][j] if tooltips is not None else ""
             parts.append(
-                f'<rect x="{xx}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{fill}"/>'
+                (f"<g><title>{escape(tip)}</title>" if tip else "")
+                + f'<rect x="{xx}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{fill}"/>'
                 f'<text x="{xx + cell / 2 - 1:.1f}" y="{y + cell / 2 + 4:.1f}" font-size="11" text-anchor="middle">{label}</text>'
+                + ("</g>" if tip else "")
             )
     for j, name in enumerate(names):
         xx = label_width + j * cell + cell / 2

@@ -379,6 +379,8 @@ EVALSITE_SLICE_MIN_INTERVAL = envint("EVALSITE_SLICE_MIN_INTERVAL", 30)
 # The managers' summary (its metric and judge correlations bootstrap) at most once per this many
 # seconds, and always once after the last change.
 EVALSITE_SUMMARY_MIN_INTERVAL = envint("EVALSITE_SUMMARY_MIN_INTERVAL", 30)
+# The agreement page's competence and MACE flags apply to annotators with at least this many judgments.
+EVALSITE_AGREEMENT_MIN_JUDGMENTS = envint("EVALSITE_AGREEMENT_MIN_JUDGMENTS", 20)
 # A judgment older than this has surely committed; refreshes add newer ones afresh each time.
 EVALSITE_SETTLE_SECONDS = envint("EVALSITE_SETTLE_SECONDS", 60)
 

@@ -45,7 +45,7 @@ The bootstrap interval (:func:`alpha_interval`)
 
 Cohen's kappa (weighted as :func:`sklearn.metrics.cohen_kappa_score`), Fleiss' kappa
 (J. L. Fleiss, "Measuring nominal scale agreement among many raters", Psychological
-Bulletin 76 (1971) 378-382), leave-one-annotator-out alpha, and latent competence by
+Bulletin 76 (1971) 378-382; on the units with the modal number of ratings), leave-one-annotator-out alpha, and latent competence by
 Dawid-Skene (1979) and MACE (Hovy et al. 2013) through ``crowd-kit``, which is imported
 inside :func:`competence` only (it needs transformers, kept off web machines).
 """
@@ -92,8 +92,9 @@ class PairKappa:
 class FleissResult:
     kappa: float
     percent: float
-    units: int
+    units: int  # units used: those with ``raters_per_unit`` ratings
     raters_per_unit: int
+    total_units: int  # units with two ratings or more
 
 
 @dataclass(frozen=True)
@@ -288,6 +289,17 @@ def alpha_interval(triples, level: str, rng: np.random.Generator, rounds: int = 
     return AlphaResult(alpha=point, lower=float(lower), upper=float(upper), q=q, **base)
 
 
+def split_units(triples) -> int:
+    """Units whose values are not all the same (units with one value never are).
+
+    Zero means the data hold no disagreement at all: a latent-class model (Dawid-Skene, MACE)
+    then has nothing to tell a careful annotator from a careless one by.
+    """
+    t = _table(triples)
+    counts = _value_counts(t)
+    return int(np.count_nonzero((counts > 0).sum(axis=1) >= 2))
+
+
 def percent_agreement(triples) -> float:
     """Share of agreeing ordered pairs of values within units (exact equality); nan if none."""
     return _percent(_value_counts(_table(triples)))
@@ -357,27 +369,35 @@ def pairwise_kappas(triples, weights: str | None = None, labels=None, min_shared
 
 
 def fleiss_kappa(triples) -> FleissResult | None:
-    """Fleiss' (1971) kappa; None unless every unit has the same number (>= 2) of ratings.
+    """Fleiss' (1971) kappa on the units with the modal number (>= 2) of ratings.
 
-    ``percent`` is Fleiss' mean pairwise agreement P-bar; kappa is nan when every rating
-    falls in one category.
+    Fleiss' statistic needs the same number m of ratings on every unit; in a live study units
+    hold different numbers, so it is computed on the units holding the most common m among
+    those with two ratings or more (ties: the larger m), and ``units`` of ``total_units``
+    (the units with >= 2 ratings) says how many that is.  None when no unit has two ratings.
+    A nominal statistic: the order of Likert points is ignored.  ``percent`` is Fleiss' mean
+    pairwise agreement P-bar; kappa is nan when every rating used falls in one category.
     """
     t = _table(triples)
     if not t.units:
         return None
     k = len(t.domain)
     table = np.bincount(t.u * k + t.v, minlength=len(t.units) * k).reshape(len(t.units), k).astype(float)
-    per_unit = table.sum(axis=1)
-    m = int(per_unit[0])
-    if m < 2 or np.any(per_unit != m):
+    per_unit = table.sum(axis=1).astype(np.int64)
+    pairable = per_unit[per_unit >= 2]
+    if pairable.size == 0:
         return None
+    sizes, freq = np.unique(pairable, return_counts=True)
+    m = int(sizes[np.flatnonzero(freq == freq.max())[-1]])
+    table = table[per_unit == m]
     units = table.shape[0]
     p_j = table.sum(axis=0) / (units * m)
     p_i = ((table**2).sum(axis=1) - m) / (m * (m - 1))
     p_bar = float(p_i.mean())
     p_e = float((p_j**2).sum())
     kappa = math.nan if p_e == 1 else (p_bar - p_e) / (1 - p_e)
-    return FleissResult(kappa=kappa, percent=p_bar, units=units, raters_per_unit=m)
+    return FleissResult(kappa=kappa, percent=p_bar, units=units, raters_per_unit=m,
+                        total_units=int(pairable.size))
 
 
 def leave_one_out(triples, level: str) -> dict[Hashable, tuple[float, float]]:

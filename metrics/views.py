@@ -145,7 +145,8 @@ def study_agreement(request: HttpRequest, study_id: int) -> HttpResponse:
 
     study = access.get_study_for_manager(request.user, study_id)
     evaluator = access.Role.EVALUATOR in access.study_roles(request.user, study)
-    data = agreement_page(study, pseudonymize=not evaluator, criterion=request.GET.get("criterion", "")[:60])
+    data = agreement_page(study, pseudonymize=not evaluator, criterion=request.GET.get("criterion", "")[:60],
+                          export=request.GET.get("format", "") == "json")
     if data["snapshot"] is None:  # never computed: ask the worker (the one place that requests recomputes)
         from arena.services import AGREEMENT, ratings_request
 

@@ -206,17 +206,19 @@ def test_the_summarys_output_level_agreement_counts_people_as_the_mode_says(like
     from metrics.summary import stored_summary
 
     study = likert_study(kinds="likert", overlap=3, n_prompts=4)
+    # points and metric values by each output's place in the study, not by serving order or ids:
+    # the same figures on every run and either database
+    place = {pk: i for i, pk in enumerate(Output.objects.filter(study=study).order_by("pk").values_list("pk", flat=True))}
     for n, annotator in enumerate(annotators[:3]):
-        k = 0
         while (a := services.assignment_next(study=study, annotator=annotator)) is not None:
+            i = place[a.unit.output_a_id]
             # the second annotator rates against the others: leaving them out changes the ranks
-            point = 1 + (a.unit.output_a_id * 3 + k) % 5 if n == 1 else 1 + a.unit.output_a_id % 5
+            point = 5 - (i * 3) % 5 if n == 1 else 1 + i % 5
             services.judgment_submit(assignment=a, ratings={"factuality": 2, "style": point})
-            k += 1
     run = MetricRun.objects.create(study=study, metric="rougeL", options_hash="m", status="done",
                                    finished_at=timezone.now())
     for out in Output.objects.filter(study=study):
-        OutputScore.objects.create(run=run, output=out, value=(out.pk * 7 % 5) / 10 + out.pk / 100)
+        OutputScore.objects.create(run=run, output=out, value=(place[out.pk] * 7 % 5) / 10 + place[out.pk] / 100)
     weights = {annotators[0]: 0.9, annotators[1]: 0.2, annotators[2]: 0.6}
     _agreement(study, {u: (["flagged"] if u == annotators[1] else [], w) for u, w in weights.items()})
 
@@ -246,3 +248,19 @@ def test_the_summarys_output_level_agreement_counts_people_as_the_mode_says(like
     assert got["spearman_rho"]["value"] == pytest.approx(stats.spearmanr(metric, means).statistic)
     assert got["kendall_tau"]["value"] != pytest.approx(everyone["kendall_tau"]["value"])
     assert not np.isnan(got["kendall_tau"]["value"])
+
+
+def test_the_competence_mode_says_everyone_weighs_1_without_an_estimate(study_factory, annotators):
+    from arena.modes import mode_info
+
+    study = _study(study_factory, annotators)
+    _set_mode(study, "competence")
+    study.refresh_from_db()
+    _agreement(study, {user: ([], None) for user in annotators})  # a snapshot without competence
+    info = mode_info(study)
+    assert info["weights"] == {}
+    assert info["sentence"] == ("Ratings weighted by annotator competence: every annotator weighs 1 for now, as "
+                                "there is no competence estimate yet (it needs units judged by two annotators or "
+                                "more, with some disagreement).")
+    _agreement(study, {annotators[0]: ([], 0.4), annotators[1]: ([], 1.0)})
+    assert "1 of 2 annotators with an estimate weigh less than 1" in mode_info(study)["sentence"]

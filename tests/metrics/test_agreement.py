@@ -189,6 +189,43 @@ def test_a_single_diagonal_value_turns_perfect_rounds_into_zero():
     assert result.q[0.5] == np.mean(replicates < 0.5)
 
 
+# Hayes and Krippendorff (2007), Table 1: 5 observers rate the tone of 40 newspaper articles 0-3
+# ("." missing); as the jucor/krippendorff R package ships it (data-raw/news_tone_hayes2007.csv).
+HAYES2007 = """1,1,2,.,2 1,1,0,1,. 2,3,3,3,. .,0,0,.,0 0,0,0,.,0 0,0,0,.,0 1,0,2,.,1 1,.,2,0,. 2,2,2,.,2
+2,1,1,1,. .,1,0,0,. 0,0,0,0,. 1,2,2,2,. 3,3,2,2,3 1,1,1,.,1 1,1,1,.,1 2,1,2,.,2 1,2,3,3,. 1,1,0,1,.
+0,0,0,.,0 0,0,1,1,. 0,0,.,0,0 2,3,3,3,. 0,0,0,0,. 1,2,.,2,2 0,1,1,1,. 0,0,0,1,0 1,2,1,2,. 1,1,2,2,.
+1,1,2,.,2 1,1,0,.,0 2,1,2,1,. 2,2,.,2,2 3,2,2,2,. 2,2,2,.,2 2,2,3,.,2 2,2,2,.,2 2,2,.,1,2 2,2,2,2,.
+1,1,1,.,1"""
+
+
+def hayes2007_triples():
+    units = HAYES2007.split()
+    return [(f"obs{o + 1}", u, int(v)) for u, row in enumerate(units) for o, v in enumerate(row.split(","))
+            if v != "."]
+
+
+def test_alpha_and_its_bootstrap_on_hayes_and_krippendorffs_2007_example():
+    # The paper reports ordinal alpha = .7598 for these data, and that its bootstrap draws from the
+    # 239 pairs of judgments the data hold (sum over units of m_u (m_u - 1) / 2).  Its printed
+    # interval could not be retrieved to cite, and depends on the macro's random draws and version
+    # (the paper used an earlier one than the v3.0 followed here), so the interval is pinned to
+    # this seed only.  Note how much narrower the pair bootstrap is than resampling the 40 units
+    # (0.085 against about 0.23): the pairs of one article are not independent.
+    triples = hayes2007_triples()
+    assert len(triples) == 159
+    result = agreement.alpha_interval(triples, "ordinal", np.random.default_rng(0))
+    assert round(result.alpha, 4) == 0.7598
+    per_unit = np.bincount([u for _, u, _ in triples])
+    assert (per_unit * (per_unit - 1) // 2).sum() == 239
+    assert (result.units, result.annotators, result.pairable) == (40, 5, 159)
+    assert result.lower < result.alpha < result.upper
+    # v3.0's draws per round: min(25 q, (N - 1) n / 2) with q the non-zero coincidence cells
+    t = agreement._table(triples, "ordinal")
+    q = int(np.count_nonzero(agreement._coincidences(agreement._value_counts(t)) > 1e-12))
+    assert min(25 * q, 4 * 159 // 2) == 318
+    assert (round(result.lower, 3), round(result.upper, 3)) == (0.715, 0.800)
+
+
 def test_alpha_is_undefined_without_pairable_values_or_variation():
     lonely = agreement.alpha_interval([("a", 1, 1), ("b", 2, 2)], "nominal", np.random.default_rng(0))
     assert math.isnan(lonely.alpha) and lonely.units == 0 and math.isnan(lonely.percent_agreement)
@@ -214,6 +251,22 @@ def test_cohen_kappa_matches_the_sas_example_in_statsmodels_tests():
     x, y = expand([[0, 4, 1], [0, 8, 0], [0, 1, 5]])
     assert round(agreement.cohen_kappa(x, y), 4) == 0.4842
     assert round(agreement.cohen_kappa(x, y, weights="linear"), 4) == 0.4701
+
+
+def test_cohen_kappa_matches_cohens_1960_table_1():
+    # J. Cohen, "A coefficient of agreement for nominal scales", Educational and Psychological
+    # Measurement 20 (1960) 37-46, Table 1 (three categories, proportions): p_o = .25 + .02 + .02 = .29
+    # and p_c = .20 + .09 + .06 = .35 (chance: the products of the margins .50/.40, .30/.30, .20/.30).
+    # Kappa depends on the diagonal and the margins only, so any table with them gives
+    # (.29 - .35) / (1 - .35); here as 100 units.
+    table = [[25, 13, 12], [12, 2, 16], [3, 15, 2]]
+    x, y = expand(table)
+    assert np.trace(np.array(table)) / 100 == pytest.approx(0.29)
+    chance = np.array(table).sum(axis=1) / 100 @ (np.array(table).sum(axis=0) / 100)
+    assert chance == pytest.approx(0.35)
+    assert agreement.cohen_kappa(x, y) == pytest.approx((0.29 - 0.35) / (1 - 0.35), abs=1e-12)
+    assert round(agreement.cohen_kappa(x, y), 3) == -0.092
+    assert agreement.cohen_kappa(x, y) == pytest.approx(cohen_kappa_score(x, y), abs=1e-12)
 
 
 @pytest.mark.parametrize("weights", [None, "linear", "quadratic"])
@@ -247,8 +300,39 @@ def test_fleiss_kappa_equals_statsmodels_on_random_tables():
         assert agreement.fleiss_kappa(triples).kappa == pytest.approx(inter_rater.fleiss_kappa(counts), abs=1e-12)
 
 
-def test_fleiss_kappa_is_none_when_units_have_different_numbers_of_ratings():
-    assert agreement.fleiss_kappa([("a", 1, 1), ("b", 1, 1), ("a", 2, 2)]) is None
+def test_fleiss_kappa_uses_the_units_with_the_modal_number_of_ratings():
+    # K2011 holds units with 2, 3 and 4 values: 8 of the 11 pairable units have 4, the 12th has one
+    result = agreement.fleiss_kappa(dense_to_triples(K2011))
+    assert (result.units, result.raters_per_unit, result.total_units) == (8, 4, 11)
+    data = np.array(K2011, dtype=float)
+    full = data[:, (~np.isnan(data)).sum(axis=0) == 4].T.astype(int)
+    counts, _ = inter_rater.aggregate_raters(full)
+    assert result.kappa == pytest.approx(inter_rater.fleiss_kappa(counts), abs=1e-12)
+    # random tables with missing cells: always the modal-count subset, as statsmodels computes it
+    rng = np.random.default_rng(12)
+    for _ in range(10):
+        dense = random_dense(rng, annotators=6, units=50, values=4, missing=0.25)
+        m = (~np.isnan(dense)).sum(axis=0)
+        sizes, freq = np.unique(m[m >= 2], return_counts=True)
+        modal = sizes[np.flatnonzero(freq == freq.max())[-1]]
+        keep = dense[:, m == modal].T
+        subset = np.array([row[~np.isnan(row)] for row in keep], dtype=int)
+        ours = agreement.fleiss_kappa(dense_to_triples(dense))
+        assert (ours.units, ours.raters_per_unit) == (len(subset), modal)
+        assert ours.kappa == pytest.approx(inter_rater.fleiss_kappa(inter_rater.aggregate_raters(subset)[0]),
+                                           abs=1e-12)
+
+
+def test_fleiss_kappa_is_none_without_a_unit_rated_twice():
+    assert agreement.fleiss_kappa([("a", 1, 1), ("b", 2, 1), ("a", 3, 2)]) is None
+    single = agreement.fleiss_kappa([("a", 1, 1), ("b", 1, 1), ("a", 2, 2)])
+    assert (single.units, single.total_units, single.raters_per_unit) == (1, 1, 2) and math.isnan(single.kappa)
+
+
+def test_split_units_counts_units_that_hold_different_values():
+    assert agreement.split_units([("a", 1, "x"), ("b", 1, "x"), ("a", 2, "y")]) == 0
+    # K2011: units 2 (2,2,3,2), 6 (1,2,3,4) and 8 (1,1,2,1) hold different values; the others agree
+    assert agreement.split_units(dense_to_triples(K2011)) == 3
 
 
 def test_pairwise_kappas_use_the_shared_units_of_each_pair():

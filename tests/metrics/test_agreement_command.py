@@ -59,7 +59,7 @@ def test_the_report_shows_alpha_pairwise_kappas_and_fleiss(tmp_path, capsys):
     assert "Krippendorff's alpha (nominal): " in out and "95% interval [" in out
     assert "units: 30  annotators: 6  pairable values: 180" in out
     assert "Cohen's kappa per pair (unweighted):" in out and out.count("obs0  obs") == 5
-    assert "Fleiss' kappa (nominal, 30 units x 6 ratings): 0.430" in out
+    assert "Fleiss' kappa (nominal, on 30 of 30 units: those with 6 ratings): 0.430" in out
 
 
 def test_the_report_weights_kappa_above_the_nominal_level(k2011, capsys):
@@ -67,7 +67,8 @@ def test_the_report_weights_kappa_above_the_nominal_level(k2011, capsys):
     out = capsys.readouterr().out
     assert "Cohen's kappa per pair (quadratic weights):" in out
     assert "Krippendorff's alpha (interval): 0.849" in out
-    assert "Fleiss" not in out  # units have different numbers of ratings
+    # units hold 2 to 4 values: Fleiss' kappa on the 8 units with 4 (the modal number), said so
+    assert "Fleiss' kappa (nominal, on 8 of 11 units: those with 4 ratings): " in out
 
 
 @pytest.mark.parametrize(
@@ -115,3 +116,17 @@ def test_it_runs_from_the_shell_without_torch_or_crowdkit(k2011):
     summary, heavy = result.stdout.strip().splitlines()
     assert round(json.loads(summary)["alpha"], 3) == 0.815
     assert heavy == "HEAVY []"
+
+
+@pytest.mark.parametrize("prefix", [b"", b"\xef\xbb\xbf"])
+def test_a_byte_that_is_not_utf8_is_reported_on_its_own_line(tmp_path, prefix):
+    # a large first line, so a chunked decoder would fail before reading line 2's number
+    header = b"annotator," + b",".join(b"u%d" % i for i in range(3000)) + b"\n"
+    row = b"x," + b",".join(b"1" for _ in range(2999)) + b",\xff\n"
+    path = tmp_path / "latin.csv"
+    path.write_bytes(prefix + header + b"y," + b",".join(b"1" for _ in range(3000)) + b"\n" + row)
+    with pytest.raises(CommandError, match=r"line 3, column 3001: not UTF-8 text \(byte 0xff\)"):
+        call_command("agreement", str(path), "--level", "nominal")
+    path.write_bytes(prefix + b"annotator,a,b\nx,\xe9,2\n")
+    with pytest.raises(CommandError, match=r"line 2, column 2: not UTF-8 text \(byte 0xe9\)"):
+        call_command("agreement", str(path), "--level", "nominal")

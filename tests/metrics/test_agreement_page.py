@@ -2,6 +2,8 @@
 here from the judgments, who may read it, what it costs, and the worker's skip."""
 from __future__ import annotations
 
+from collections import Counter
+
 import krippendorff
 import numpy as np
 import pytest
@@ -56,7 +58,17 @@ def _refresh(study) -> None:
 
 
 def _snapshot(study) -> dict:
-    return RatingSnapshot.objects.get(study=study, slice_key="all", method="agreement").payload
+    return {**RatingSnapshot.objects.get(study=study, slice_key="all", method="agreement").payload,
+            "_study": study.pk}
+
+
+def _kappas(payload, key: str = "choice") -> list[dict]:
+    """A criterion's stored kappas ([a, b, shared units, kappa, percent] each, in a row of their own
+    beside the snapshot ``payload``) as dicts."""
+    stored = RatingSnapshot.objects.get(study_id=payload["_study"], method="agreement_kappas",
+                                        slice_key=f"kappas:{key}").payload
+    assert stored["criterion"] == key
+    return [dict(zip(("a", "b", "n", "kappa", "percent"), k)) for k in stored["pairs"]]
 
 
 def _matrix(triples, annotators, units) -> np.ndarray:
@@ -113,7 +125,7 @@ def test_the_pairwise_alpha_and_kappas_match_krippendorff_and_sklearn(voted, ann
     mine = {u: v for a, u, v in triples if a == one}
     theirs = {u: v for a, u, v in triples if a == two}
     shared = sorted(mine.keys() & theirs.keys())
-    kappa = next(k for k in choice["kappas"] if {k["a"], k["b"]} == {one, two})
+    kappa = next(k for k in _kappas(payload) if {k["a"], k["b"]} == {one, two})
     assert kappa["n"] == len(shared) == 12
     assert kappa["kappa"] == pytest.approx(cohen_kappa_score([mine[u] for u in shared], [theirs[u] for u in shared]),
                                            abs=1e-6)
@@ -148,7 +160,7 @@ def test_an_excluded_annotator_is_left_out(voted, annotators, evaluator):
     triples = _choice_triples(voted, exclude=[annotators[2].pk])
     assert choice["annotators"] == 2 and choice["alpha"] == pytest.approx(_reference_alpha(triples, "nominal"),
                                                                           abs=1e-6)
-    assert all(annotators[2].pk not in (k["a"], k["b"]) for k in choice["kappas"])
+    assert all(annotators[2].pk not in (k["a"], k["b"]) for k in _kappas(payload))
 
 
 def test_the_ratings_follow_the_flags_of_a_new_agreement_snapshot(voted, annotators, evaluator):
@@ -216,7 +228,7 @@ def test_the_likert_criteria_and_tags_match_krippendorff_at_their_levels(likert_
     mine = {u: v for a, u, v in fact if a == one}
     theirs = {u: v for a, u, v in fact if a == two}
     shared = sorted(mine.keys() & theirs.keys())
-    kappa = next(k for k in by_key["factuality"]["kappas"] if {k["a"], k["b"]} == {one, two})
+    kappa = next(k for k in _kappas(payload, "factuality") if {k["a"], k["b"]} == {one, two})
     assert kappa["n"] == len(shared)
     assert kappa["kappa"] == pytest.approx(cohen_kappa_score([mine[u] for u in shared], [theirs[u] for u in shared],
                                                              weights="quadratic", labels=[1, 2, 3]), abs=1e-6)
@@ -304,3 +316,259 @@ def test_a_worker_turns_votes_into_the_agreement_snapshot(celery_worker_process,
     triples = _choice_triples(study)
     assert data["criteria"][0]["alpha"] == pytest.approx(_reference_alpha(triples, "nominal"), abs=1e-6)
     assert data["criteria"][0]["units"] == 4 and len(data["annotators"]) == 2
+
+
+# --- Likert-only studies, least-agreed units, shortened scales, Fleiss, flags -----------------------
+
+
+def _rate_all(study, annotators, rule) -> None:
+    """Every annotator rates every Likert unit they are served with ``rule(n, unit id)`` -> ratings."""
+    for n, annotator in enumerate(annotators):
+        while (a := services.assignment_next(study=study, annotator=annotator)) is not None:
+            services.judgment_submit(assignment=a, ratings=rule(n, a.unit_id), rationale=f"why {a.unit_id}")
+
+
+def _split_rule(n: int, u: int) -> dict:
+    """ann1 and ann2 mostly agree; ann3 answers against the unit id; style splits on some units."""
+    fact = 1 + u % 3 if n < 2 else 1 + (u + 1) % 3
+    style = 1 + (u + (n == 1 and u % 2)) % 5
+    return {"factuality": fact, "style": style}
+
+
+def test_a_likert_only_study_gets_competence_least_agreed_units_and_weights(likert_study, annotators, evaluator):
+    from arena.modes import competence_weights, mode_info
+    from arena.services import ratings_mode_set
+
+    study = likert_study(overlap=3, n_prompts=6)
+    _rate_all(study, annotators, _split_rule)
+    _refresh(study)
+    payload = _snapshot(study)
+    assert "Competence needs" not in payload["competence_note"]
+    assert payload["competence_from"] == ["Factuality", "Style consistency"]
+    rows = {r["user_id"]: r for r in payload["annotators"]}
+    for user in annotators:
+        row = rows[user.pk]
+        assert row["competence_n"] == 2 and set(row["competence_by"]) == {"factuality", "style"}
+        # the annotator's competence is the mean of their Dawid-Skene skills over the two criteria
+        assert row["competence"] == pytest.approx(sum(row["competence_by"].values()) / 2, abs=1e-6)
+        assert 0 <= row["mace"] <= 1
+    # the odd one out (ann3 answers factuality against the others) has the lowest competence
+    assert min(rows, key=lambda u: rows[u]["competence"]) == annotators[2].pk
+    least = payload["least_agreed"]
+    assert least and all(u["kind"] == "likert" and u["b"] is None for u in least)
+    assert all(len(u["judgments"]) >= 2 for u in least)
+    assert all(u["criterion"] in ("factuality", "style") for u in least)
+    shares = [u["uncertainty_share"] for u in least]
+    assert shares == sorted(shares, reverse=True)
+    top = least[0]
+    stored = {j.annotator.username: j.ratings for j in Judgment.objects.filter(unit_id=top["unit"])
+              .select_related("annotator")}
+    assert {j["username"]: j["choice_words"] for j in top["judgments"]} == {
+        name: f"Factuality {r['factuality']} · Style consistency {r['style']}" for name, r in stored.items()}
+    # the competence ratings mode weighs by these figures
+    assert competence_weights(study.pk) == {u: rows[u]["competence"] for u in rows}
+    ratings_mode_set(study=study, mode="competence", actor=evaluator)
+    study.refresh_from_db()
+    assert "3 annotators with an estimate" in mode_info(study)["sentence"]
+    html = client_for(evaluator).get(reverse("metrics:agreement", args=[study.pk])).content.decode()
+    assert "rated alone" in html and 'name="units"' in html and "No unit has two judgments yet" not in html
+    assert "(n = 2)" in html
+
+
+def test_without_disagreement_there_is_no_competence_and_everyone_weighs_1(likert_study, annotators, evaluator):
+    from arena.modes import mode_info
+    from arena.services import ratings_mode_set
+
+    study = likert_study(overlap=3, n_prompts=3)
+    _rate_all(study, annotators, lambda n, u: {"factuality": 2, "style": 1 + u % 5})
+    _refresh(study)
+    payload = _snapshot(study)
+    assert all(r["competence"] is None and r["flags"] == [] for r in payload["annotators"])
+    assert "No competence from Factuality: every unit judged twice got the same answer" in payload["competence_note"]
+    ratings_mode_set(study=study, mode="competence", actor=evaluator)
+    study.refresh_from_db()
+    assert mode_info(study)["weights"] == {}
+    assert "every annotator weighs 1 for now, as there is no competence estimate yet" in mode_info(study)["sentence"]
+
+
+def test_least_agreed_units_have_two_judgments_or_more(study_factory, annotators):
+    """Units judged once (half of them here) have the highest vote entropy of none, but a posterior
+    that may be uncertain; they never qualify."""
+    study = study_factory(overlap=2)
+    _vote(study, annotators[0], _rule(0))
+    first = set(Judgment.objects.filter(study=study).values_list("unit_id", flat=True))
+    n = 0
+    while (a := services.assignment_next(study=study, annotator=annotators[1])) is not None:
+        if n % 2 == 0:
+            services.judgment_submit(assignment=a, choice="tie")
+        else:
+            services.task_skip(assignment=a, reason=services.Skip.Reason.values[0], note="skipped")
+        n += 1
+    _refresh(study)
+    counts = Counter(Judgment.objects.filter(study=study).values_list("unit_id", flat=True))
+    assert any(counts[u] == 1 for u in first)  # some units were judged once
+    least = _snapshot(study)["least_agreed"]
+    assert least and all(counts[u["unit"]] >= 2 and len(u["judgments"]) >= 2 for u in least)
+
+
+def test_a_scale_shortened_after_ratings_ignores_the_answers_off_it(likert_study, annotators, evaluator):
+    study = likert_study(overlap=3, n_prompts=4)
+    _rate_all(study, annotators, lambda n, u: {"factuality": 1 + (u + n) % 3, "style": 1 + (u * 3 + n) % 5})
+    shorter = [CRITERIA[0], {**CRITERIA[1], "scale": 3, "labels": ["Poor", "Fair", "Good"]}]
+    services.study_update_tasks(study=study, tasks={"task_kinds": "likert", "likert_criteria": shorter,
+                                                    "failure_tags": TAGS, "ask_rationale": "optional"})
+    agreement_recompute(study_id=study.pk)
+    agreement_recompute(study_id=study.pk)  # and again: every refresh succeeds
+    payload = _snapshot(study)
+    style = next(c for c in payload["criteria"] if c["key"] == "style")
+    rows = list(Judgment.objects.filter(study=study).values_list("annotator_id", "unit_id", "ratings"))
+    kept = [(a, u, r["style"]) for a, u, r in rows if r["style"] <= 3]
+    assert style["off_scale"] == len(rows) - len(kept) > 0
+    assert style["alpha"] == pytest.approx(_reference_alpha(kept, "ordinal", [1, 2, 3]), abs=1e-6)
+    assert _kappas(payload, "style")
+    html = client_for(evaluator).get(reverse("metrics:agreement", args=[study.pk])).content.decode()
+    assert f"{style['off_scale']} answers outside 1–3 ignored (the scale was shortened after they were given)" in html
+
+
+def test_one_criterion_failing_leaves_the_rest_of_the_snapshot(likert_study, annotators, monkeypatch):
+    from metrics import agreement
+
+    study = likert_study(overlap=3, n_prompts=3)
+    _rate_all(study, annotators, _split_rule)
+    real = agreement.pairwise_kappas
+
+    def broken(triples, weights=None, labels=None, min_shared=2):
+        if labels == [1, 2, 3]:
+            raise RuntimeError("boom")
+        return real(triples, weights=weights, labels=labels, min_shared=min_shared)
+
+    monkeypatch.setattr(agreement, "pairwise_kappas", broken)
+    _refresh(study)
+    by_key = {c["key"]: c for c in _snapshot(study)["criteria"]}
+    assert by_key["factuality"]["note"] == "not computed: RuntimeError: boom" and by_key["factuality"]["alpha"] is None
+    assert by_key["style"]["alpha"] is not None and by_key["tag:hallucination"]["note"] == ""
+
+
+def test_fleiss_kappa_uses_the_units_with_the_modal_number_of_ratings(study_factory, annotators):
+    from statsmodels.stats import inter_rater
+
+    study = study_factory(overlap=3)
+    _vote(study, annotators[0], _rule(0))
+    _vote(study, annotators[1], _rule(1))
+    n = 0
+    while (a := services.assignment_next(study=study, annotator=annotators[2])) is not None and n < 5:
+        services.judgment_submit(assignment=a, choice="left")
+        n += 1
+    _refresh(study)
+    fleiss = _snapshot(study)["criteria"][0]["fleiss"]
+    triples = _choice_triples(study)
+    per_unit = Counter(u for _, u, _ in triples)
+    modal = Counter(per_unit.values()).most_common(1)[0][0]
+    units = sorted(u for u, m in per_unit.items() if m == modal)
+    assert (fleiss["raters_per_unit"], fleiss["units"], fleiss["of_units"]) == (modal, len(units), len(per_unit))
+    table = np.zeros((len(units), 4))
+    for _, u, v in triples:
+        if u in units:
+            table[units.index(u), v] += 1
+    assert fleiss["kappa"] == pytest.approx(inter_rater.fleiss_kappa(table[:, table.sum(axis=0) > 0]), abs=1e-6)
+
+
+def test_the_heatmap_shows_percent_agreement_and_shared_units_per_pair(voted, annotators, evaluator, manager):
+    payload = _snapshot(voted)
+    pair = next(k for k in _kappas(payload) if {k["a"], k["b"]} == {annotators[0].pk, annotators[1].pk})
+    html = client_for(evaluator).get(reverse("metrics:agreement", args=[voted.pk])).content.decode()
+    tip = (f"<title>ann1 and ann2: kappa {pair['kappa']:.3f}, percent agreement {100 * pair['percent']:.1f}%, "
+           f"{pair['n']} units in common</title>")
+    assert tip in html
+    assert '<details id="agreement-pairs">' in html
+    assert (f"<tr><td>ann1</td><td>ann2</td><td>{pair['kappa']:.3f}</td>"
+            f"<td>{100 * pair['percent']:.0f}%</td><td>{pair['n']}</td></tr>") in html
+    managed = client_for(manager).get(reverse("metrics:agreement", args=[voted.pk])).content.decode()
+    assert "ann1 and ann2" not in managed and "<title>annotator-" in managed
+    # one criterion at a time: another criterion's heatmap is asked for by name
+    assert 'name="criterion"' in html
+
+
+def _fake_competence(skills_by_name):
+    from metrics import agreement
+
+    def fit(triples, method="dawid_skene", seed=0):
+        t = agreement._table(triples)
+        skills = {a: skills_by_name(a) for a in t.annotators}
+        return agreement.Competence(method=method, skills=skills, labels={u: t.domain[0] for u in t.units},
+                                    uncertainty={u: 0.1 for u in t.units})
+    return fit
+
+
+def test_competence_flags_wait_for_enough_judgments(voted, annotators, monkeypatch, settings):
+    from metrics import agreement
+
+    low = annotators[2].pk
+    monkeypatch.setattr(agreement, "competence", _fake_competence(lambda a: 0.2 if a == low else 0.9))
+    agreement_recompute(study_id=voted.pk, force=True)
+    rows = {r["user_id"]: r for r in _snapshot(voted)["annotators"]}
+    assert rows[low]["judgments"] == 12 and rows[low]["competence"] == pytest.approx(0.2)
+    assert not any(f.startswith(("Low competence", "MACE spammer")) for f in rows[low]["flags"])
+    assert "Competence and MACE flags wait for 20 judgments" in _snapshot(voted)["competence_note"]
+    settings.EVALSITE_AGREEMENT_MIN_JUDGMENTS = 12
+    agreement_recompute(study_id=voted.pk)  # the threshold is part of the config: recomputed
+    rows = {r["user_id"]: r for r in _snapshot(voted)["annotators"]}
+    assert any(f.startswith("Low competence: Dawid-Skene skill 0.20 (below 0.5 and under 0.5 × the others' median")
+               for f in rows[low]["flags"])
+    assert any(f.startswith("MACE spammer: spamming probability 0.80 (above 0.5; competence under 0.5 × the others'")
+               for f in rows[low]["flags"])
+    assert not any(f.startswith("Low competence") for f in rows[annotators[0].pk]["flags"])
+
+
+def test_a_fit_that_would_flag_everyone_flags_nobody(voted, monkeypatch, settings):
+    from metrics import agreement
+
+    settings.EVALSITE_AGREEMENT_MIN_JUDGMENTS = 1
+    monkeypatch.setattr(agreement, "competence", _fake_competence(lambda a: 0.1))
+    agreement_recompute(study_id=voted.pk, force=True)
+    payload = _snapshot(voted)
+    assert all(not f.startswith(("Low competence", "MACE spammer")) for r in payload["annotators"] for f in r["flags"])
+
+
+def test_failure_tags_count_in_the_alpha_with_and_without_each_annotator(likert_study, annotators):
+    study = likert_study(overlap=3, n_prompts=4)
+    _rate_all(study, annotators, _split_rule)
+    for j in Judgment.objects.filter(study=study):
+        j.tags = ["hallucination"] if (j.unit_id + (j.annotator_id == annotators[2].pk)) % 2 else []
+        j.save(update_fields=["tags"])
+    _refresh(study)
+    payload = _snapshot(study)
+    rows = {r["user_id"]: r for r in payload["annotators"]}
+    tag = [(a, u, int("hallucination" in t)) for a, u, t in
+           Judgment.objects.filter(study=study).values_list("annotator_id", "unit_id", "tags")]
+    three = annotators[2].pk
+    with_, without = rows[three]["loo"]["tag:hallucination"]
+    assert with_ == pytest.approx(_reference_alpha(tag, "nominal"), abs=1e-6)
+    assert without == pytest.approx(_reference_alpha([t for t in tag if t[0] != three], "nominal"), abs=1e-6)
+    assert rows[three]["tag_gain"] == pytest.approx(without - with_, abs=1e-6)  # "refused": never ticked
+
+
+def test_honest_likert_raters_one_point_apart_are_not_flagged_but_a_random_one_is():
+    """Real Dawid-Skene and MACE (crowd-kit) on a 5-point criterion: five honest raters, half of whose
+    answers are one point off the truth, and one who answers at random.  The absolute marks alone
+    would flag honest raters (some have MACE spamming above 0.5); relative to the median only the
+    random rater is flagged."""
+    import random
+
+    from metrics import agreement
+    from metrics.agreement_service import MAX_SPAMMING, competence_flags
+
+    rng = random.Random(1)
+    truth = {u: rng.randint(1, 5) for u in range(120)}
+    names = [f"h{i}" for i in range(5)] + ["random"]
+    triples = []
+    for u, true in truth.items():
+        for a in rng.sample(names, 3):
+            off = 0 if rng.random() > 0.5 else rng.choice((-1, 1))
+            triples.append((a, u, rng.randint(1, 5) if a == "random" else min(5, max(1, true + off))))
+    ds = agreement.competence(triples, method="dawid_skene", seed=1).skills
+    mace = agreement.competence(triples, method="mace", seed=1).skills
+    rows = [{"user_id": a, "competence": ds[a], "mace": mace[a]} for a in names]
+    assert any(1 - mace[a] > MAX_SPAMMING for a in names if a != "random")  # the absolute mark alone misfires
+    low, spam, _, _ = competence_flags(rows)
+    assert low == {"random"} and spam == {"random"}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -21,50 +22,57 @@ def read_table(path: Path, level: str) -> list[tuple[str, str, object]]:
     with its 1-based line and column.
     """
     try:
-        handle = path.open(encoding="utf-8-sig", newline="")
+        raw = path.read_bytes()
     except OSError as exc:
         raise CommandError(f"{path}: cannot read the file ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # decoded whole, so the fault's line and column come from its byte offset, not a read chunk
+        start = 3 if raw.startswith(b"\xef\xbb\xbf") else 0  # the codec counts from after the BOM
+        before = raw[start:start + exc.start]
+        line_start = max(before.rfind(b"\n"), before.rfind(b"\r")) + 1
+        column = before[line_start:].count(b",") + 1  # the cell, counted as the other messages count them
+        line = before.count(b"\n") + (before.count(b"\r") - before.count(b"\r\n")) + 1
+        raise CommandError(f"line {line}, column {column}: not UTF-8 text (byte 0x{raw[start + exc.start]:02x})") from None
     triples: list[tuple[str, str, object]] = []
-    with handle:
-        reader = csv.reader(handle)
-        try:
-            header = next(reader, None)
-            if header is None or not header or header[0].strip().lower() != "annotator":
-                raise CommandError("line 1, column 1: the header must start with 'annotator'")
-            units = [cell.strip() for cell in header[1:]]
-            if not units:
-                raise CommandError("line 1, column 2: the header names no units")
-            seen_units: set[str] = set()
-            for column, unit in enumerate(units, start=2):
-                if not unit:
-                    raise CommandError(f"line 1, column {column}: empty unit name")
-                if unit in seen_units:
-                    raise CommandError(f"line 1, column {column}: unit {unit!r} appears twice")
-                seen_units.add(unit)
-            seen_annotators: set[str] = set()
-            for row in reader:
-                line = reader.line_num
-                if not any(cell.strip() for cell in row):
-                    continue
-                if len(row) != len(header):
-                    column = min(len(row), len(header)) + 1
-                    raise CommandError(
-                        f"line {line}, column {column}: {len(row)} cells where the header has {len(header)}"
-                    )
-                annotator = row[0].strip()
-                if not annotator:
-                    raise CommandError(f"line {line}, column 1: empty annotator name")
-                if annotator in seen_annotators:
-                    raise CommandError(f"line {line}, column 1: annotator {annotator!r} appears twice")
-                seen_annotators.add(annotator)
-                for column, (unit, cell) in enumerate(zip(units, row[1:]), start=2):
-                    cell = cell.strip()
-                    if cell:
-                        triples.append((annotator, unit, parse_value(cell, level, line, column)))
-        except csv.Error as exc:
-            raise CommandError(f"line {reader.line_num}, column 1: {exc}") from None
-        except UnicodeDecodeError:
-            raise CommandError(f"line {reader.line_num + 1}, column 1: not UTF-8 text") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None or not header or header[0].strip().lower() != "annotator":
+            raise CommandError("line 1, column 1: the header must start with 'annotator'")
+        units = [cell.strip() for cell in header[1:]]
+        if not units:
+            raise CommandError("line 1, column 2: the header names no units")
+        seen_units: set[str] = set()
+        for column, unit in enumerate(units, start=2):
+            if not unit:
+                raise CommandError(f"line 1, column {column}: empty unit name")
+            if unit in seen_units:
+                raise CommandError(f"line 1, column {column}: unit {unit!r} appears twice")
+            seen_units.add(unit)
+        seen_annotators: set[str] = set()
+        for row in reader:
+            line = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                column = min(len(row), len(header)) + 1
+                raise CommandError(
+                    f"line {line}, column {column}: {len(row)} cells where the header has {len(header)}"
+                )
+            annotator = row[0].strip()
+            if not annotator:
+                raise CommandError(f"line {line}, column 1: empty annotator name")
+            if annotator in seen_annotators:
+                raise CommandError(f"line {line}, column 1: annotator {annotator!r} appears twice")
+            seen_annotators.add(annotator)
+            for column, (unit, cell) in enumerate(zip(units, row[1:]), start=2):
+                cell = cell.strip()
+                if cell:
+                    triples.append((annotator, unit, parse_value(cell, level, line, column)))
+    except csv.Error as exc:
+        raise CommandError(f"line {reader.line_num}, column 1: {exc}") from None
     if not triples:
         raise CommandError(f"{path}: no values")
     return triples
@@ -144,6 +152,7 @@ class Command(BaseCommand):
         fleiss = agreement.fleiss_kappa(triples)
         if fleiss is not None:
             lines.append("")
-            lines.append(f"Fleiss' kappa (nominal, {fleiss.units} units x {fleiss.raters_per_unit} ratings): "
-                         f"{_fmt(fleiss.kappa)}  mean pairwise agreement {fleiss.percent:.3f}")
+            lines.append(f"Fleiss' kappa (nominal, on {fleiss.units} of {fleiss.total_units} units: those with "
+                         f"{fleiss.raters_per_unit} ratings): {_fmt(fleiss.kappa)}  "
+                         f"mean pairwise agreement {fleiss.percent:.3f}")
         return "\n".join(lines)
