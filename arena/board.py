@@ -74,6 +74,7 @@ class LikertBoard:
     n_judgments: int
     last_judgment_id: int
     candidates: tuple[LikertCandidate, ...] = ()
+    off_scale: dict = field(default_factory=dict)  # criterion key -> answers off its current scale, left out
 
     @classmethod
     def from_json(cls, data: dict | None) -> LikertBoard | None:
@@ -82,6 +83,7 @@ class LikertBoard:
         return cls(
             interval=data["interval"], criteria=tuple(data["criteria"]), tags=tuple(data["tags"]),
             n_judgments=data["n_judgments"], last_judgment_id=data.get("last_judgment_id", 0),
+            off_scale=dict(data.get("off_scale") or {}),
             candidates=tuple(
                 LikertCandidate(
                     candidate=c["candidate"],
@@ -97,6 +99,7 @@ class LikertBoard:
         return {
             "interval": self.interval, "criteria": list(self.criteria), "tags": list(self.tags),
             "n_judgments": self.n_judgments, "last_judgment_id": self.last_judgment_id,
+            "off_scale": dict(self.off_scale),
             "candidates": [
                 {"candidate": c.candidate,
                  "criteria": {k: {**asdict(v), "distribution": list(v.distribution)} for k, v in c.criteria.items()},

@@ -100,7 +100,10 @@ def summarize(criteria: Sequence[Mapping], rows: Iterable[tuple]) -> dict[str, d
     weight) to {candidate: {key: summary}}; with weights, see :func:`criterion_summary`.
 
     Criteria no longer configured are left out; a candidate appears once it has a rating row.
+    A point off the criterion's current scale (the evaluator shortened it after ratings came
+    in) counts nowhere; :func:`off_scale` counts them.
     """
+    scales = {c["key"]: c["scale"] for c in criteria}
     by_candidate: dict[str, dict[str, list]] = {}
     weighted = False
     for row in rows:
@@ -109,15 +112,32 @@ def summarize(criteria: Sequence[Mapping], rows: Iterable[tuple]) -> dict[str, d
         weighted = weighted or len(row) > 2
         per = by_candidate.setdefault(candidate, {c["key"]: [] for c in criteria})
         for c in criteria:
-            if c["key"] in ratings:
+            if c["key"] in ratings and not _off(ratings[c["key"]], c["scale"]):
                 per[c["key"]].append((ratings[c["key"]], weight))
-    scales = {c["key"]: c["scale"] for c in criteria}
     return {
         candidate: {key: criterion_summary([p for p, _ in pairs], scales[key],
                                            weights=[w for _, w in pairs] if weighted else None)
                     for key, pairs in per.items()}
         for candidate, per in sorted(by_candidate.items())
     }
+
+
+def _off(point, scale: int) -> bool:
+    """Whether a stored point is off the scale 1..``scale`` ("not applicable", None, is not)."""
+    if point is None:
+        return False
+    return isinstance(point, bool) or not isinstance(point, int) or not 1 <= point <= scale
+
+
+def off_scale(criteria: Sequence[Mapping], ratings: Iterable[Mapping]) -> dict[str, int]:
+    """Criterion key -> how many of ``ratings`` hold a point off its current scale (left out of
+    :func:`summarize`); criteria without any are left out."""
+    counts: dict[str, int] = {}
+    for r in ratings:
+        for c in criteria:
+            if c["key"] in (r or {}) and _off(r[c["key"]], c["scale"]):
+                counts[c["key"]] = counts.get(c["key"], 0) + 1
+    return counts
 
 
 def tag_rates(tag_keys: Sequence[str], rows: Iterable[tuple[str, Sequence[str]]]) -> dict[str, dict[str, TagRate]]:

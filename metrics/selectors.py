@@ -69,6 +69,8 @@ def likert_summary(study: Study, slice_key: str = "all", left_out=(), weights=No
         "criteria": criteria,
         "tags": tags,
         "n_judgments": len(answers),
+        # answers with a point off a scale shortened after they were given: left out, and said
+        "off_scale": likert.off_scale(criteria, (r for _, r, _, _ in answers)),
         "last_judgment_id": max((last for *_, last, _w in rows), default=0),
         "candidates": [
             {

@@ -318,3 +318,24 @@ def test_concurrent_annotators_never_overfill_a_likert_unit(likert_study, make_u
     for member in StudyMember.objects.filter(study=study, role="annotator"):
         assert member.done == Judgment.objects.filter(study=study, annotator=member.user).count()
     assert connection.vendor in ("sqlite", "postgresql")
+
+
+def test_a_scale_shortened_after_ratings_leaves_the_answers_off_it_out_and_says_so(likert_study, annotators, manager):
+    """The evaluator cut Style from 1–5 to 1–3 after ratings came in: the ratings refresh keeps
+    working, the means count the answers still on the scale, and the page says how many are out."""
+    from arena.services import ratings_recompute
+
+    study = likert_study(kinds="likert", n_prompts=2, overlap=1)
+    style = iter([5, 2, 3, 1])
+    while (a := services.assignment_next(study=study, annotator=annotators[0])) is not None:
+        services.judgment_submit(assignment=a, ratings={"factuality": 2, "style": next(style)})
+    shorter = [CRITERIA[0], {**CRITERIA[1], "scale": 3, "labels": ["Poor", "Fair", "Good"]}]
+    services.study_update_tasks(study=study, tasks={"task_kinds": "likert", "likert_criteria": shorter,
+                                                    "failure_tags": TAGS, "ask_rationale": "optional"})
+    snapshot = ratings_recompute(study_id=study.pk, rounds=50)
+    cells = {c["candidate"]: c["criteria"]["style"] for c in snapshot.payload["likert"]["candidates"]}
+    kept = sorted(p for c in cells.values() for p, k in enumerate(c["distribution"], 1) for _ in range(k))
+    assert kept == [1, 2, 3] and snapshot.payload["likert"]["off_scale"] == {"style": 1}
+    assert sum(c["n"] for c in cells.values()) == 3
+    page = client_for(manager).get(reverse("arena:leaderboard", args=[study.pk])).content.decode()
+    assert "1 answer on Style consistency lies outside 1–3" in page
