@@ -33,14 +33,16 @@ def failure_figures(study: Study) -> dict:
     tags = [{"key": t["key"], "label": t["label"]} for t in study.failure_tags or []]
     keys = [t["key"] for t in tags]
     grouped = (slice_judgments(study.pk).filter(ratings__isnull=False).order_by()
-               .values_list("unit__output_a__candidate__name", "unit__prompt_id", "tags").annotate(n=Count("id")))
-    answers = [(c, p, [t for t in (tg or []) if t in keys]) for c, p, tg, n in grouped for _ in range(n)]
+               .values_list("unit__output_a__candidate__name", "unit__prompt_id", "tags", "unit__output_a_id")
+               .annotate(n=Count("id")))
+    answers = [(c, p, [t for t in (tg or []) if t in keys], o) for c, p, tg, o, n in grouped for _ in range(n)]
     intents: dict[int, list[str]] = {}
     for prompt_id, tag in PromptTag.objects.filter(study=study).values_list("prompt_id", "tag"):
         intents.setdefault(prompt_id, []).append(tag)
-    rates = likert.tag_rates([*keys, ANY], ((c, [*t, ANY] if t else []) for c, _, t in answers))
+    # an output rated several times is one cluster of the rate's interval (see metrics.likert)
+    rates = likert.tag_rates([*keys, ANY], ((c, [*t, ANY] if t else [], o) for c, _, t, o in answers))
     rows_by: dict[str, dict] = {}
-    for c, p, t in answers:
+    for c, p, t, _o in answers:
         for intent in ["(all prompts)", *sorted(intents.get(p, []) or ["(untagged)"])]:
             row = rows_by.setdefault(intent, {"intent": intent, "n": 0, "counts": dict.fromkeys([*keys, ANY], 0)})
             row["n"] += 1
@@ -59,7 +61,8 @@ def failure_figures(study: Study) -> dict:
                                                                    for f, v in asdict(per[k]).items()}}
                                                      for k in [*keys, ANY]]}
                        for cand, per in rates.items()],
-        "definition": "share of rated outputs (Likert judgments) with the tag; Wilson 95% interval",
+        "definition": ("share of rated outputs (Likert judgments) with the tag; Wilson 95% interval on the "
+                       "effective n (an output rated several times counts as one cluster: n / design effect)"),
     }
 
 

@@ -6,8 +6,15 @@ distribution over the points 1..scale and the "not applicable" count.  The t int
 treats the points as interval-scaled, the usual reading of Likert means (Norman 2010,
 "Likert scales, levels of measurement and the 'laws' of statistics", Adv. Health Sci.
 Educ. 15:625-632); the distribution is reported beside it for those who prefer not to.
-Tag rates: the share of a candidate's rated outputs given each tag, with the Wilson score
-interval (:func:`arena.ratings.wilson_interval`).
+Tag rates: the share of a candidate's rated outputs (Likert judgments) given each tag, with the
+Wilson score interval (:func:`arena.ratings.wilson_interval`).  When the rows say which output
+each judgment rated and some output was rated more than once, the ratings of one output are not
+independent (raters agree on a malformed hand), so the Wilson interval is taken on the effective
+sample size n / deff (Korn and Graubard 1998, "Confidence intervals for proportions with small
+expected number of positive counts estimated from survey data", Survey Methodology 24:193-201),
+deff the ratio of the share's cluster-robust (linearisation, outputs as clusters) variance to its
+variance as if every judgment were independent, never below 1.  Where that ratio is undefined (no
+judgment, or every one, has the tag) the outputs count once each.
 """
 from __future__ import annotations
 
@@ -140,20 +147,52 @@ def off_scale(criteria: Sequence[Mapping], ratings: Iterable[Mapping]) -> dict[s
     return counts
 
 
-def tag_rates(tag_keys: Sequence[str], rows: Iterable[tuple[str, Sequence[str]]]) -> dict[str, dict[str, TagRate]]:
-    """``rows`` of (candidate, tags given to one rated output) to {candidate: {tag: rate}}."""
+def effective_n(per_cluster: Sequence[tuple[int, int]]) -> float:
+    """The effective number of independent judgments behind a share, from (tagged, judgments) per
+    cluster (output): n / deff as in the module's docstring; n itself without repeated clusters."""
+    m = np.array([c[1] for c in per_cluster], dtype=float)
+    y = np.array([c[0] for c in per_cluster], dtype=float)
+    total, clusters = float(m.sum()), len(per_cluster)
+    if clusters == 0 or total == 0:
+        return 0.0
+    if clusters == total:  # one judgment per output: independent
+        return total
+    p = float(y.sum()) / total
+    if p in (0.0, 1.0):
+        return float(clusters)
+    var_cluster = clusters / (clusters - 1) * float(((y - p * m) ** 2).sum()) / total ** 2 if clusters > 1 else math.inf
+    var_srs = p * (1 - p) / (total - 1)
+    return total / max(1.0, var_cluster / var_srs)
+
+
+def tag_rates(tag_keys: Sequence[str], rows: Iterable[tuple]) -> dict[str, dict[str, TagRate]]:
+    """``rows`` of (candidate, tags given to one rated output[, the output]) to {candidate: {tag:
+    rate}}; with the output, the interval allows for outputs rated several times (see the module)."""
     outputs: dict[str, int] = {}
     counts: dict[str, dict[str, int]] = {}
-    for candidate, tags in rows:
+    clusters: dict[str, dict] = {}  # candidate -> output -> [judgments, {tag: count}]
+    for row in rows:
+        candidate, tags = row[0], row[1]
         outputs[candidate] = outputs.get(candidate, 0) + 1
         per = counts.setdefault(candidate, dict.fromkeys(tag_keys, 0))
-        for tag in set(tags or ()):
-            if tag in per:
-                per[tag] += 1
+        given = {tag for tag in set(tags or ()) if tag in per}
+        for tag in given:
+            per[tag] += 1
+        if len(row) > 2:
+            cell = clusters.setdefault(candidate, {}).setdefault(row[2], [0, {}])
+            cell[0] += 1
+            for tag in given:
+                cell[1][tag] = cell[1].get(tag, 0) + 1
     result = {}
     for candidate in sorted(outputs):
         result[candidate] = {}
+        of = outputs[candidate]
         for tag in tag_keys:
-            p = wilson_interval(counts[candidate][tag], outputs[candidate])
-            result[candidate][tag] = TagRate(counts[candidate][tag], outputs[candidate], p.share, p.lower, p.upper)
+            k = counts[candidate][tag]
+            if candidate in clusters:
+                n_eff = effective_n([(c[1].get(tag, 0), c[0]) for c in clusters[candidate].values()])
+                p = wilson_interval(k / of * n_eff, n_eff) if n_eff else wilson_interval(0, 0)
+            else:
+                p = wilson_interval(k, of)
+            result[candidate][tag] = TagRate(k, of, k / of if of else math.nan, p.lower, p.upper)
     return result

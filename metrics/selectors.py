@@ -53,24 +53,26 @@ def likert_summary(study: Study, slice_key: str = "all", left_out=(), weights=No
     :mod:`arena.modes`; 1 for annotators not in it) weight the criterion means; the grouping
     then adds the annotator, and tag rates still count every rated output once.
     """
-    by = ["unit__output_a__candidate__name", "ratings", "tags"] + (["annotator_id"] if weights else [])
+    by = ["unit__output_a__candidate__name", "ratings", "tags", "unit__output_a_id"] + (
+        ["annotator_id"] if weights else [])
     rows = list(likert_judgments(study.pk, slice_key, left_out).order_by().values_list(*by)
                 .annotate(n=Count("id"), last=Max("id")))
     if weights:
-        rows = [(c, r, t, n, last, float(weights.get(a, 1.0))) for c, r, t, a, n, last in rows]
+        rows = [(c, r, t, o, n, last, float(weights.get(a, 1.0))) for c, r, t, o, a, n, last in rows]
     else:
-        rows = [(c, r, t, n, last, 1.0) for c, r, t, n, last in rows]
+        rows = [(c, r, t, o, n, last, 1.0) for c, r, t, o, n, last in rows]
     criteria, tags = likert_config(study)
-    answers = [(c, r, t, w) for c, r, t, n, _, w in rows for _ in repeat(None, n)]
-    summaries = likert.summarize(criteria, ((c, r, w) if weights else (c, r) for c, r, _, w in answers))
-    rates = likert.tag_rates([t["key"] for t in tags], ((c, t or []) for c, _, t, _ in answers))
+    answers = [(c, r, t, o, w) for c, r, t, o, n, _, w in rows for _ in repeat(None, n)]
+    summaries = likert.summarize(criteria, ((c, r, w) if weights else (c, r) for c, r, _, _, w in answers))
+    # the output rated: an output rated by several annotators is one cluster of the tag rate's interval
+    rates = likert.tag_rates([t["key"] for t in tags], ((c, t or [], o) for c, _, t, o, _ in answers))
     return {
         "interval": INTERVAL,
         "criteria": criteria,
         "tags": tags,
         "n_judgments": len(answers),
         # answers with a point off a scale shortened after they were given: left out, and said
-        "off_scale": likert.off_scale(criteria, (r for _, r, _, _ in answers)),
+        "off_scale": likert.off_scale(criteria, (r for _, r, _, _, _ in answers)),
         "last_judgment_id": max((last for *_, last, _w in rows), default=0),
         "candidates": [
             {

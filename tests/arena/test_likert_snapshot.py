@@ -45,10 +45,10 @@ def _recount(study, slice_annotators=None) -> dict:
     """The summaries straight from the judgments' rows, without the worker's GROUP BY."""
     excluded = set(StudyMember.objects.filter(study=study, excluded=True).values_list("user", flat=True))
     judgments = Judgment.objects.filter(study=study, ratings__isnull=False).select_related("unit__output_a__candidate")
-    rows = [(j.unit.output_a.candidate.name, j.ratings, j.tags or []) for j in judgments
+    rows = [(j.unit.output_a.candidate.name, j.ratings, j.tags or [], j.unit.output_a_id) for j in judgments
             if j.annotator_id not in excluded and (slice_annotators is None or j.annotator_id in slice_annotators)]
-    return {"n": len(rows), "summaries": likert.summarize(CRITERIA, ((c, r) for c, r, _ in rows)),
-            "rates": likert.tag_rates([t["key"] for t in TAGS], ((c, t) for c, _, t in rows))}
+    return {"n": len(rows), "summaries": likert.summarize(CRITERIA, ((c, r) for c, r, _, _ in rows)),
+            "rates": likert.tag_rates([t["key"] for t in TAGS], ((c, t, o) for c, _, t, o in rows))}
 
 
 def _close(stored, expected) -> bool:

@@ -33,7 +33,7 @@ def rated(evaluator, annotators, manager):
 
 
 def _recount(study):
-    rows = [(j.unit.output_a.candidate.name, j.unit.prompt_id, set(j.tags or []))
+    rows = [(j.unit.output_a.candidate.name, j.unit.prompt_id, set(j.tags or []), j.unit.output_a_id)
             for j in Judgment.objects.filter(study=study, ratings__isnull=False).select_related("unit__output_a__candidate")]
     intents = {}
     for p, t in PromptTag.objects.filter(study=study).values_list("prompt_id", "tag"):
@@ -41,25 +41,44 @@ def _recount(study):
     return rows, intents
 
 
+def _effective_n(hit: list[bool], clusters: list[int]) -> float:
+    """n / design effect, written out here apart from metrics.likert: the ratio of the share's
+    linearisation variance with outputs as clusters to its variance with independent judgments."""
+    n = len(hit)
+    p = sum(hit) / n
+    groups: dict[int, list[bool]] = {}
+    for h, o in zip(hit, clusters):
+        groups.setdefault(o, []).append(h)
+    if p in (0, 1):
+        return float(len(groups))
+    c = len(groups)
+    var_cluster = c / (c - 1) * sum((sum(g) - p * len(g)) ** 2 for g in groups.values()) / n ** 2
+    var_independent = p * (1 - p) / (n - 1)
+    return n / max(1.0, var_cluster / var_independent)
+
+
 def test_matrix_and_rates_equal_a_recount_with_wilson_intervals(rated, manager):
     rows, intents = _recount(rated)
-    assert len(rows) >= 16 and any(t for _, _, t in rows)
+    assert len(rows) >= 16 and any(t for _, _, t, _ in rows)
     data = client_for(manager).get(reverse("metrics:summary", args=[rated.pk]) + "?format=json").json()
     fig = data["failures"]
     assert fig["n_rated"] == len(rows)
     matrix = {r["intent"]: r for r in fig["matrix"]}
     for intent in {t for ts in intents.values() for t in ts}:
-        chosen = [t for _, p, t in rows if intent in intents.get(p, set())]
+        chosen = [t for _, p, t, _ in rows if intent in intents.get(p, set())]
         row = matrix[intent]
         assert row["n"] == len(chosen)
         for cell in row["cells"]:
             expected = sum(1 for t in chosen if (t if cell["tag"] == ANY else cell["tag"] in t))
             assert cell["count"] == expected and cell["rate"] == pytest.approx(expected / len(chosen))
     for cand in fig["candidates"]:
-        mine = [t for c, _, t in rows if c == cand["candidate"]]
+        mine = [(t, o) for c, _, t, o in rows if c == cand["candidate"]]
         for rate in cand["rates"]:
-            k = sum(1 for t in mine if (t if rate["tag"] == ANY else rate["tag"] in t))
-            lo, hi = proportion_confint(k, len(mine), alpha=0.05, method="wilson")
+            hit = [(rate["tag"] == ANY and bool(t)) or rate["tag"] in t for t, _ in mine]
+            k = sum(hit)
+            # each output is rated twice: Wilson on the effective n (Korn and Graubard), recounted here
+            n_eff = _effective_n(hit, [o for _, o in mine])
+            lo, hi = proportion_confint(k / len(mine) * n_eff, n_eff, alpha=0.05, method="wilson")
             assert (rate["n"], rate["of"]) == (k, len(mine))
             assert rate["lower"] == pytest.approx(lo, abs=1e-9) and rate["upper"] == pytest.approx(hi, abs=1e-9)
     # the summary row carries the any-failure rate and seconds per image (helper latencies: 1.0 s, 1.1 s)

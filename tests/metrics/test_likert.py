@@ -83,3 +83,31 @@ def test_weighted_means_follow_kish_effective_size_and_reduce_to_the_unweighted_
     assert got.mean == pytest.approx(np.average([p for p, _ in rated], weights=[x for _, x in rated]))
     with pytest.raises(ValueError, match="non-negative"):
         likert.criterion_summary([1, 2], 5, weights=[1.0, -1.0])
+
+
+def test_tag_rates_with_one_judgment_per_output_are_the_plain_wilson_interval():
+    rows = [("a", ["hands"], 1), ("a", [], 2), ("a", ["hands"], 3), ("a", [], 4), ("a", [], 5)]
+    clustered = likert.tag_rates(["hands"], rows)["a"]["hands"]
+    plain = likert.tag_rates(["hands"], [r[:2] for r in rows])["a"]["hands"]
+    assert (clustered.lower, clustered.upper) == (plain.lower, plain.upper)
+    assert likert.effective_n([(1, 1), (0, 1), (1, 1)]) == 3
+
+
+def test_tag_rate_intervals_keep_their_coverage_when_each_output_is_rated_three_times():
+    """Simulated studies: 40 outputs, each rated by 3 annotators who mostly agree on whether it has a
+    failure (the output's own failure probability is drawn per output, so ratings of one output are
+    correlated). The true rate is the mean of those probabilities. A Wilson interval that treats the
+    120 judgments as independent covers it too rarely; the clustered one keeps near 95%."""
+    rng = np.random.default_rng(7)
+    truth = 0.3
+    covered = {"clustered": 0, "independent": 0}
+    runs = 1500
+    for _ in range(runs):
+        probs = rng.beta(truth * 2, (1 - truth) * 2, size=40)  # mean 0.3, strongly spread between outputs
+        rows = [("a", ["f"] if rng.random() < p else [], o) for o, p in enumerate(probs) for _ in range(3)]
+        for name, data in (("clustered", rows), ("independent", [r[:2] for r in rows])):
+            r = likert.tag_rates(["f"], data)["a"]["f"]
+            covered[name] += r.lower <= truth <= r.upper
+    clustered, independent = covered["clustered"] / runs, covered["independent"] / runs
+    assert 0.92 <= clustered <= 0.98, clustered
+    assert independent < 0.88, independent
