@@ -21,8 +21,11 @@ class MetricRunForm(forms.Form):
     reference = forms.CharField(required=False, max_length=100,
                                 help_text="fid, kid: the name of one of the study's reference sets (lower is better).")
     architecture = forms.CharField(required=False, max_length=100,
-                                   help_text="clip_score: the open_clip architecture of the weights file given as "
-                                             "model (default ViT-B-32).")
+                                   help_text="clip_score, clip_retrieval: the open_clip architecture of the weights "
+                                             "file given as model (default ViT-B-32).")
+    k = forms.IntegerField(required=False, min_value=1, max_value=100_000,
+                           help_text="clip_retrieval: how many of the study's prompts an image may rank above its own "
+                                     "and still count as found (recall@K; default 1).")
 
     def __init__(self, *args, **kwargs):
         from .services import IMAGE_METRICS
@@ -32,7 +35,7 @@ class MetricRunForm(forms.Form):
 
     def options(self) -> dict:
         d = self.cleaned_data
-        return {k: d[k] for k in ("model", "threshold", "premise", "reference", "architecture") if d.get(k) not in (None, "")}
+        return {k: d[k] for k in ("model", "threshold", "premise", "reference", "architecture", "k") if d.get(k) not in (None, "")}
 
 
 class SummaryBudgetForm(forms.Form):

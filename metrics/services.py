@@ -28,8 +28,9 @@ MODEL_METRICS = frozenset({"bertscore", "perplexity", "nli", "hallucination_rate
 # Of those, the ones with no default model (bertscore has the shipped all-MiniLM-L6-v2).
 NEEDS_MODEL = MODEL_METRICS - {"bertscore"}
 # Image metrics (text-to-image studies): over the outputs that have an image.  FID, KID and the
-# Inception Score are per candidate (and slice), CLIP Score per image against its prompt's text.
-IMAGE_METRICS = ("fid", "kid", "clip_score", "inception_score")
+# Inception Score are per candidate (and slice), CLIP Score per image against its prompt's text,
+# CLIP retrieval per image against every prompt of the study (a hit when its own is in the top K).
+IMAGE_METRICS = ("fid", "kid", "clip_score", "inception_score", "clip_retrieval")
 SET_METRICS = frozenset({"fid", "kid", "inception_score"})
 # Metrics where a lower value is the better one (every other metric: higher is better).  The one
 # place that says so: runs store it in their config, the summary sorts and labels columns by it.

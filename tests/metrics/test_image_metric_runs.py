@@ -303,3 +303,153 @@ def test_the_clip_model_and_the_classifier_load_once_per_run(study, tmp_path, mo
     services.metric_run_start(study=study, metric="inception_score", options={"model": str(path), "splits": 2})
     assert compute_metric_run(is_run.pk) == "done"
     assert loads["classifier"] == 1  # the logits were cached: nothing to load the model for
+
+
+@pytest.fixture
+def tiny_clip(tmp_path):
+    """A local open_clip weights file of a tiny random architecture, and that architecture's name."""
+    import json
+
+    import open_clip
+    import torch
+
+    from tests.metrics.test_image import TINY_CLIP
+
+    (tmp_path / "evalsite-tiny-clip-retrieval.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(tmp_path / "evalsite-tiny-clip-retrieval.json")
+    torch.manual_seed(4)
+    weights = tmp_path / "tiny-clip.pt"
+    torch.save(open_clip.create_model("evalsite-tiny-clip-retrieval", pretrained=None).state_dict(), weights)
+    return str(weights), "evalsite-tiny-clip-retrieval"
+
+
+def _direct_retrieval(study, weights: str, arch: str, k: int) -> tuple[dict, dict, list]:
+    """recall_at_k called directly on embeddings from metrics.image (no cache, no run): per output
+    its image→text hit, per candidate the two results."""
+    from annotation.models import Prompt
+    from metrics.multimodal import recall_at_k
+
+    outs = list(Output.objects.filter(study=study).order_by("pk"))
+    prompts = list(Prompt.objects.filter(study=study).order_by("pk"))
+    emb = image.clip_embeddings(arch, weights, [load_rgb(o.image.name) for o in outs], [p.text for p in prompts])
+    column = {p.pk: j for j, p in enumerate(prompts)}
+    per_output, per_candidate = {}, {}
+    for cand in sorted({o.candidate_id for o in outs}):
+        idx = [i for i, o in enumerate(outs) if o.candidate_id == cand]
+        res = recall_at_k(emb.images[idx] @ emb.texts.T, [[column[outs[i].prompt_id]] for i in idx], k,
+                          rng=services._rng(0, cand))
+        per_candidate[cand] = res
+        per_output.update({outs[i].pk: hit for i, hit in zip(idx, res["image_to_text"].per_item)})
+    return per_output, per_candidate, prompts
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_clip_retrieval_equals_recall_at_k_on_the_same_embeddings(study, tiny_clip, k):
+    from metrics.models import MetricRun, OutputScore
+
+    weights, arch = tiny_clip
+    run = services.metric_run_start(study=study, metric="clip_retrieval",
+                                    options={"model": weights, "architecture": arch, "k": k})
+    assert services.metric_queue("clip_retrieval") == services.metric_queue("clip_score")
+    assert compute_metric_run(run.pk) == "done"
+    per_output, per_candidate, prompts = _direct_retrieval(study, weights, arch, k)
+    got = dict(OutputScore.objects.filter(run=run).values_list("output_id", "value"))
+    assert got == per_output and set(got.values()) <= {0.0, 1.0}
+    run.refresh_from_db()
+    names = dict(study.candidates.values_list("pk", "name"))
+    for score in CandidateScore.objects.filter(run=run, slice_key="all"):
+        direct = per_candidate[score.candidate_id]
+        assert score.value == pytest.approx(direct["image_to_text"].value) and score.n == 4
+        t2i = run.config["text_to_image"]["per_candidate"][names[score.candidate_id]]
+        assert t2i["recall"] == pytest.approx(direct["text_to_image"].value)
+        assert t2i["prompts"] == direct["text_to_image"].n == 4 and t2i["images"] == 4
+        assert t2i["lower"] <= t2i["recall"] <= t2i["upper"]
+    assert CandidateScore.objects.filter(run=run, slice_key="tag:people").exists()  # slices work as for clip_score
+    assert run.config["k"] == k and run.config["n_prompts"] == len(prompts) == 4
+    assert run.config["model"] == weights and run.config["architecture"] == arch
+    assert f"image→text recall@{k}" in run.config["definition"] and "its own prompt" in run.config["definition"]
+    assert "any positive is within the top K" in run.config["recall"]
+    assert run.config["better"] == "higher" and run.config["weights_sha256"]
+    assert run.n_done == run.n_total == 8 and run.status == MetricRun.Status.DONE
+
+
+def test_a_clip_retrieval_rerun_reads_the_cached_embeddings_and_ends_in_the_same_state(study, tiny_clip, monkeypatch):
+    from metrics.models import OutputScore
+
+    weights, arch = tiny_clip
+    options = {"model": weights, "architecture": arch}
+    run = services.metric_run_start(study=study, metric="clip_retrieval", options=options)
+    assert run.options["k"] == 1  # the default, so k left out and k = 1 are the same run
+    assert compute_metric_run(run.pk) == "done"
+    before = (sorted(OutputScore.objects.filter(run=run).values_list("output_id", "value")),
+              sorted(CandidateScore.objects.filter(run=run).values_list("candidate_id", "slice_key", "value")))
+    embedded: list[int] = []
+    real = image.clip_embed
+
+    def counting(clip, images, texts, **kwargs):
+        embedded.append(len(images))
+        return real(clip, images, texts, **kwargs)
+
+    monkeypatch.setattr(image, "clip_embed", counting)
+    assert services.metric_run_start(study=study, metric="clip_retrieval", options={**options, "k": 1}).pk == run.pk
+    assert compute_metric_run(run.pk) == "done"
+    assert sum(embedded) == 0  # only the prompts' texts were embedded again
+    after = (sorted(OutputScore.objects.filter(run=run).values_list("output_id", "value")),
+             sorted(CandidateScore.objects.filter(run=run).values_list("candidate_id", "slice_key", "value")))
+    assert after == before
+
+
+def test_a_bad_k_is_refused_naming_k(study, tiny_clip):
+    weights, arch = tiny_clip
+    for bad in (0, 5, -1, "2", 1.5, True):
+        with pytest.raises(ServiceError, match=r"^k: a whole number from 1 to 4 \(the number of prompts in this study\)"):
+            services.metric_run_start(study=study, metric="clip_retrieval",
+                                      options={"model": weights, "architecture": arch, "k": bad})
+    with pytest.raises(ServiceError, match="clip_retrieval takes no rounds"):
+        services.metric_run_start(study=study, metric="clip_retrieval", options={"model": weights, "rounds": 3})
+    with pytest.raises(ServiceError, match="model: clip_retrieval needs the path"):
+        services.metric_run_start(study=study, metric="clip_retrieval", options={"k": 1})
+    with pytest.raises(ServiceError, match="architecture: an open_clip model name"):
+        services.metric_run_start(study=study, metric="clip_retrieval",
+                                  options={"model": weights, "architecture": "hf-hub:x/y"})
+
+
+def test_the_metrics_page_starts_clip_retrieval_with_its_k_or_names_a_bad_one(study, tiny_clip, evaluator):
+    from django.urls import reverse
+
+    from metrics.models import MetricRun
+    from tests.conftest import client_for
+
+    weights, arch = tiny_clip
+    client, url = client_for(evaluator), reverse("metrics:runs", args=[study.pk])
+    form = {"metric": "clip_retrieval", "model": weights, "architecture": arch}
+    bad = client.post(url, {**form, "k": "9"})
+    assert bad.status_code == 409 and "k: a whole number from 1 to 4" in bad.content.decode()  # as other refused options
+    assert not MetricRun.objects.filter(study=study, metric="clip_retrieval").exists()
+    assert client.post(url, {**form, "k": "2"}).status_code == 302
+    assert MetricRun.objects.get(study=study, metric="clip_retrieval").options["k"] == 2
+    assert 'name="k"' in client.get(url).content.decode()
+
+
+def test_the_summary_shows_clip_retrieval_as_a_metric_column(study, tiny_clip, manager):
+    from django.urls import reverse
+
+    from metrics.summary import summary_recompute
+    from tests.conftest import client_for
+
+    weights, arch = tiny_clip
+    run = services.metric_run_start(study=study, metric="clip_retrieval",
+                                    options={"model": weights, "architecture": arch, "k": 2})
+    assert compute_metric_run(run.pk) == "done"
+    summary_recompute(study_id=study.pk)
+    data = client_for(manager).get(reverse("metrics:summary", args=[study.pk]) + "?format=json").json()
+    column = next(m for m in data["metrics"] if m["run"] == run.pk)
+    assert column["name"] == "clip_retrieval" and column["better"] == "higher"
+    assert column["label"] == f"clip_retrieval (tiny-clip.pt, architecture {arch}, k 2)"
+    assert column["config"]["k"] == 2 and "text_to_image" in column["config"]
+    expected = {s.candidate.name: s.value for s in CandidateScore.objects.filter(run=run, slice_key="all")
+                .select_related("candidate")}
+    shown = {r["candidate"]: next(m["value"] for m in r["metrics"] if m["key"] == column["key"]) for r in data["rows"]}
+    assert shown == pytest.approx(expected)
+    page = client_for(manager).get(reverse("metrics:summary", args=[study.pk])).content.decode()
+    assert f"clip_retrieval (tiny-clip.pt, architecture {arch}, k 2)" in page
