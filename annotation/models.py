@@ -654,6 +654,7 @@ class AuditEntry(models.Model):
         RATINGS_MODE_CHANGED = "ratings_mode_changed", "Ratings mode changed"
         REFERENCE_SET_ADDED = "reference_set_added", "Reference image set added"
         REFERENCE_SET_REMOVED = "reference_set_removed", "Reference image set removed"
+        JUDGE_CHANGED = "judge_changed", "LLM judge's rubric or spec changed"
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="audit_entries")
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,

@@ -51,3 +51,27 @@ class JudgeForm(forms.Form):
         if not isinstance(value, dict):
             raise forms.ValidationError("spec must be a JSON object")
         return value
+
+
+class JudgeEditForm(forms.Form):
+    """A judge's rubric, spec and reply length, edited while it has no verdict or score; its name,
+    kind and backend stay (``kind`` checks the rubric's placeholders as :class:`JudgeForm` does)."""
+
+    spec = JudgeForm.base_fields["spec"]
+    rubric = JudgeForm.base_fields["rubric"]
+    max_new_tokens = JudgeForm.base_fields["max_new_tokens"]
+    clean_spec = JudgeForm.clean_spec
+
+    def __init__(self, *args, kind: str = Judge.Kind.PAIRWISE, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+
+    def clean(self):
+        data = super().clean()
+        rubric = data.get("rubric") or ""
+        if rubric.strip():
+            try:
+                judge_math.check_rubric(rubric, self.kind)
+            except ValueError as exc:
+                self.add_error("rubric", str(exc))
+        return data

@@ -13,7 +13,7 @@ from collections.abc import Collection
 import numpy as np
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from annotation.generation import base as generation_base
@@ -72,6 +72,87 @@ def judge_create(*, study: Study, name: str, backend: str, spec: dict, rubric: s
         raise ServiceError(f"this study already has a judge named {name!r}")
     return Judge.objects.create(study=study, name=name, kind=kind, backend=backend, spec=spec, rubric=rubric,
                                 max_new_tokens=max_new_tokens, created_by=actor if actor is not None and actor.is_authenticated else None)
+
+
+EDITABLE_STATUSES = (Judge.Status.IDLE, Judge.Status.DONE, Judge.Status.FAILED)
+
+
+def _answers(judge_ref) -> tuple[Exists, Exists]:
+    return (Exists(JudgeVerdict.objects.filter(judge=judge_ref)), Exists(JudgeScore.objects.filter(judge=judge_ref)))
+
+
+def judge_edit_refusal(judge: Judge) -> str:
+    """Why ``judge`` cannot be edited in place now, or ``""``: a judge with verdicts or scores
+    keeps the rubric that made them, and a queued or running one keeps what its run asks with."""
+    answered = (JudgeScore if judge.kind == Judge.Kind.LIKERT else JudgeVerdict).objects.filter(judge=judge).count()
+    if answered:
+        what = "score(s)" if judge.kind == Judge.Kind.LIKERT else "verdict(s)"
+        return (f"judge {judge.name!r} already has {answered} {what} made with its current rubric, so it is not "
+                "edited in place; use \"New judge from this one\" to add a copy with your changes, and both "
+                "judges' figures stay side by side on the summary")
+    if judge.status in (Judge.Status.QUEUED, Judge.Status.RUNNING):
+        return (f"judge {judge.name!r} is {judge.status}; wait until its run ends (its state on this page "
+                "changes to done or failed) before editing it")
+    return ""
+
+
+def judge_edit_rows(study: Study) -> dict[int, dict]:
+    """Judge id -> what the evaluator's edit and copy forms need (rubric, spec, ...) and
+    ``editable``, for every judge of the study in one query (whatever their number)."""
+    verdicts, scores = _answers(OuterRef("pk"))
+    rows = (Judge.objects.filter(study=study).annotate(has_verdicts=verdicts, has_scores=scores)
+            .values("id", "name", "kind", "backend", "spec", "rubric", "max_new_tokens", "status",
+                    "has_verdicts", "has_scores"))
+    return {r["id"]: {**r, "editable": not (r["has_verdicts"] or r["has_scores"]) and r["status"] in EDITABLE_STATUSES}
+            for r in rows}
+
+
+def judge_update(*, study: Study, judge: Judge, spec: dict, rubric: str = "", max_new_tokens: int = 512,
+                 actor=None) -> Judge:
+    """Change a judge's rubric, spec and ``max_new_tokens`` while it has no verdict or score
+    and is not queued or running (:func:`judge_edit_refusal` says why otherwise); checked as
+    :func:`judge_create` checks them, with the same messages.  Its name, kind and backend stay.
+
+    The write is one conditional UPDATE (no answer, not queued or running), so a run started
+    meanwhile either finds the new rubric or the edit is refused.  A change is recorded in the
+    study's audit log ("Settings changed", target ``judge <name>``; spec values redacted).
+    """
+    from annotation import audit
+
+    if judge.study_id != study.pk:
+        raise ServiceError("this judge belongs to another study")
+    refusal = judge_edit_refusal(judge)
+    if refusal:
+        raise ServiceError(refusal)
+    rubric = rubric if rubric and rubric.strip() else judge_math.default_rubric(judge.kind)
+    try:
+        judge_math.check_rubric(rubric, judge.kind)
+    except ValueError as exc:
+        raise ServiceError(str(exc)) from None
+    limit = generation_base.GenerationSettings.MAX_NEW_TOKENS
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= limit:
+        raise ServiceError(f"max_new_tokens: a whole number from 1 to {limit}")
+    policy = spec_policy()
+    try:
+        spec = generation_base.validate_spec(judge.backend, spec, policy)
+        generation_base.check_files(judge.backend, spec, policy)
+    except generation_base.BackendError as exc:
+        raise ServiceError(f"judge {judge.name!r}: {exc}") from None
+    old = {"rubric": judge.rubric, "max_new_tokens": judge.max_new_tokens, "spec": audit.redact(judge.spec)}
+    new = {"rubric": rubric, "max_new_tokens": max_new_tokens, "spec": audit.redact(spec)}
+    if old == new and judge.spec == spec:
+        return judge
+    verdicts, scores = _answers(OuterRef("pk"))
+    with transaction.atomic():
+        updated = (Judge.objects.filter(pk=judge.pk, status__in=EDITABLE_STATUSES).filter(~verdicts, ~scores)
+                   .update(rubric=rubric, spec=spec, max_new_tokens=max_new_tokens))
+        if updated:
+            audit.record(study, actor if actor is not None and actor.is_authenticated else None,
+                         audit.Action.JUDGE_CHANGED, f"judge {judge.name}", audit.changes(old, new))
+    judge.refresh_from_db()
+    if not updated:  # a run started, or answers came, between the check and the write
+        raise ServiceError(judge_edit_refusal(judge) or f"judge {judge.name!r} changed meanwhile; try again")
+    return judge
 
 
 def _enqueue(judge: Judge) -> None:

@@ -1,6 +1,7 @@
 """The manager's leaderboard: reads the last snapshot, never fits on the request path."""
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from urllib.parse import urlencode
 
@@ -17,7 +18,7 @@ from annotation.services import ServiceError
 from metrics import judge as judge_math
 
 from . import judging, modes, plots, selectors
-from .forms import JudgeForm
+from .forms import JudgeEditForm, JudgeForm
 from .models import Judge, RatingRequest, RatingSnapshot
 from .services import BT, ONLINE_ELO, ratings_request
 
@@ -90,16 +91,69 @@ def recompute(request: HttpRequest, study_id: int) -> HttpResponse:
     return response
 
 
-def _judges_page(request: HttpRequest, study, form=None, error: str = "", status: int = 200) -> HttpResponse:
+def _copy_name(name: str, taken: set[str]) -> str:
+    """A free name for a copy of judge ``name``: ``name v2``, ``name v3``, ..."""
+    n = 2
+    while f"{name} v{n}"[:200] in taken:
+        n += 1
+    return f"{name} v{n}"[:200]
+
+
+def _judge_forms(request: HttpRequest, study, edit: tuple | None) -> tuple[JudgeForm | None, list[dict], str]:
+    """The evaluator's forms, from one read of the judges (:func:`judging.judge_edit_rows`): the add
+    form pre-filled from ``?from=<judge id>`` ("New judge from this one"), an edit form for each
+    judge that can still be edited (``edit``: the bound form and its judge, after a refused edit),
+    and an error for a ``from`` that names no judge of the study."""
+    rows = judging.judge_edit_rows(study)
+    form, error = None, ""
+    source = request.GET.get("from") if request.method == "GET" else None
+    if source:
+        row = rows.get(int(source)) if source.isascii() and source.isdigit() and len(source) < 19 else None
+        if row is None:
+            error = f"from: {source[:40]!r} is not a judge of this study; nothing was copied"
+        else:
+            form = JudgeForm(initial={
+                "name": _copy_name(row["name"], {r["name"] for r in rows.values()}), "kind": row["kind"],
+                "backend": row["backend"], "spec": json.dumps(row["spec"], ensure_ascii=False),
+                "rubric": row["rubric"], "max_new_tokens": row["max_new_tokens"]})
+            form.copied_from = row["name"]
+    edits = []
+    for row in sorted(rows.values(), key=lambda r: r["name"]):
+        if edit is not None and edit[1] == row["id"]:
+            edits.append({**row, "form": edit[0], "open": True})
+        elif row["editable"]:
+            edits.append({**row, "open": False, "form": JudgeEditForm(auto_id=f"judge{row['id']}_%s", initial={
+                "spec": json.dumps(row["spec"], ensure_ascii=False), "rubric": row["rubric"],
+                "max_new_tokens": row["max_new_tokens"]})})
+    return form, edits, error
+
+
+def _form_error(form) -> str:
+    """A form's errors as one line, each naming its field."""
+    parts = []
+    for field, errors in form.errors.items():
+        for message in errors:
+            parts.append(message if field == "__all__" or message.startswith(field) else f"{field}: {message}")
+    return "; ".join(parts)
+
+
+def _judges_page(request: HttpRequest, study, form=None, error: str = "", status: int = 200,
+                 edit: tuple | None = None) -> HttpResponse:
     from metrics.summary import stored_summary
 
     stored = stored_summary(study)  # one read: the judges' figures and whose human judgments they used
     rows, computed_at = judging.judges_page_rows(study, stored)
+    evaluator = access.Role.EVALUATOR in access.study_roles(request.user, study)
+    edits = []
+    if evaluator and not (request.htmx and request.method == "GET"):  # the polled table needs no forms
+        copy_form, edits, copy_error = _judge_forms(request, study, edit)
+        form, error = form or copy_form, error or copy_error
+        status = 400 if copy_error and status == 200 else status
     ctx = {"study": study, "judges": rows, "figures_at": computed_at, "form": form or JudgeForm(), "error": error,
-           "ratings_mode": stored[1].get("ratings_mode"),
+           "ratings_mode": stored[1].get("ratings_mode"), "edits": edits,
            "active": any(j["status"] in (Judge.Status.QUEUED, Judge.Status.RUNNING) or j["figures_pending"]
                          for j in rows),
-           "evaluator": access.Role.EVALUATOR in access.study_roles(request.user, study),
+           "evaluator": evaluator,
            "default_rubrics": {"pairwise": judge_math.DEFAULT_RUBRIC, "likert": judge_math.DEFAULT_LIKERT_RUBRIC}}
     if request.htmx and request.method == "GET":
         response = render(request, "arena/partials/_judges.html", ctx)
@@ -112,7 +166,8 @@ def _judges_page(request: HttpRequest, study, form=None, error: str = "", status
 @login_required
 @require_http_methods(["GET", "POST"])
 def judges(request: HttpRequest, study_id: int) -> HttpResponse:
-    """GET: managers and evaluators read the judges' results; POST: an evaluator adds a judge."""
+    """GET: managers and evaluators read the judges' results (an evaluator's add form pre-filled from
+    ``?from=<judge id>``); POST: an evaluator adds a judge."""
     if request.method == "GET":
         return _judges_page(request, access.get_study_for_manager(request.user, study_id))
     study = access.get_study_for_evaluator(request.user, study_id)
@@ -133,6 +188,27 @@ def judge_start(request: HttpRequest, study_id: int, judge_id: int) -> HttpRespo
     study = access.get_study_for_evaluator(request.user, study_id)
     judge = get_object_or_404(Judge, pk=judge_id, study=study)
     judging.judge_run_start(study=study, judge=judge, actor=request.user)
+    return redirect(reverse("arena:judges", args=[study.pk]))
+
+
+@login_required
+@require_POST
+def judge_edit(request: HttpRequest, study_id: int, judge_id: int) -> HttpResponse:
+    """An evaluator changes a judge's rubric, spec or reply length while it has no verdict or score
+    and is not running; otherwise a 400 says why (and to add a new judge from this one)."""
+    study = access.get_study_for_evaluator(request.user, study_id)
+    judge = get_object_or_404(Judge, pk=judge_id, study=study)
+    form = JudgeEditForm(request.POST, kind=judge.kind, auto_id=f"judge{judge.pk}_%s")
+    refusal = judging.judge_edit_refusal(judge)  # before the form: a judged judge is never edited
+    if refusal or not form.is_valid():
+        error = f"Not saved: {refusal}" if refusal else f"Judge {judge.name!r} not saved: {_form_error(form)}"
+        return _judges_page(request, study, error=error, status=400, edit=None if refusal else (form, judge.pk))
+    try:
+        judging.judge_update(study=study, judge=judge, actor=request.user, **form.cleaned_data)
+    except ServiceError as exc:
+        return _judges_page(request, study, error=f"Judge {judge.name!r} not saved: {exc}", status=400,
+                            edit=(form, judge.pk))
+    messages.success(request, f"Judge {judge.name} saved; start it to ask with the new rubric.")
     return redirect(reverse("arena:judges", args=[study.pk]))
 
 

@@ -115,6 +115,8 @@ PAGES: dict[str, dict[str, tuple]] = {
     # managers read the LLM judges' results; evaluators add judges and start them
     "arena:judges": {"get": managers(200), "post": evaluator_only(302)},
     "arena:judge_start": {"get": NOT_SERVED, "post": evaluator_only(302)},
+    # evaluators edit a judge's rubric while it has no verdicts (the spare judge has none)
+    "arena:judge_edit": {"get": NOT_SERVED, "post": evaluator_only(302)},
     # managers read the metric runs; evaluators start them (POST) and retry a failed one
     "metrics:runs": {"get": managers(200), "post": evaluator_only(302)},
     "metrics:run_retry": {"get": NOT_SERVED, "post": evaluator_only(302)},

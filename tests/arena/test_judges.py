@@ -274,3 +274,210 @@ def test_the_judges_page_says_whose_judgments_its_human_side_counted_in_constant
         summary_recompute(study_id=study.pk)
     assert counts[0] == counts[1], counts
     assert "Human side: All annotators counted." not in html
+
+
+# --- editing a judge, and a new judge from one ----------------------------------------------
+
+EDITED = "Question: {prompt}\n<<1>> {output_1}\n<<2>> {output_2}\nWhich is more accurate? End with VERDICT: 1, 2 or tie."
+SPEC = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
+
+
+def _edit(client, judge, **fields):
+    from django.urls import reverse
+
+    data = {"rubric": fields.pop("rubric", judge.rubric), "max_new_tokens": str(fields.pop("max_new_tokens", 512)),
+            "spec": fields.pop("spec", '{"base_url": "http://127.0.0.1:9/v1", "model": "m"}')}
+    return client.post(reverse("arena:judge_edit", args=[judge.study_id, judge.pk]), data)
+
+
+def _text(response) -> str:
+    return " ".join(response.content.decode().split())
+
+
+def test_an_evaluator_edits_a_fresh_judges_rubric_and_the_judge_asks_with_it(study, evaluator):
+    from html import unescape
+
+    from django.urls import reverse
+
+    from annotation.models import AuditEntry
+    from tests.conftest import client_for
+
+    judge = judging.judge_create(study=study, name="j", backend="openai", rubric=RUBRIC, spec=SPEC, actor=evaluator)
+    client = client_for(evaluator)
+    page = client.get(reverse("arena:judges", args=[study.pk])).content.decode()
+    assert f'id="judge-edit-{judge.pk}"' in page
+    assert f'action="{reverse("arena:judge_edit", args=[study.pk, judge.pk])}"' in page
+    assert unescape(page).count(RUBRIC) >= 1  # the edit form holds the current rubric
+    with FakeOpenAIServer(reply=scripted_judge) as server:
+        spec = '{"base_url": "%s", "model": "judge-2"}' % server.base_url
+        response = _edit(client, judge, rubric=EDITED, max_new_tokens=64, spec=spec)
+        assert response.status_code == 302 and response["Location"] == reverse("arena:judges", args=[study.pk])
+        judge.refresh_from_db()
+        assert (judge.rubric, judge.max_new_tokens, judge.spec["model"]) == (EDITED, 64, "judge-2")
+        assert (judge.name, judge.kind, judge.backend) == ("j", "pairwise", "openai")
+        entry = AuditEntry.objects.get(study=study, action=AuditEntry.Action.JUDGE_CHANGED, target="judge j")
+        assert entry.actor == evaluator
+        assert entry.detail["rubric"] == {"from": RUBRIC, "to": EDITED}
+        assert entry.detail["max_new_tokens"] == {"from": 512, "to": 64}
+        assert _run(judge) == "done"
+        bodies = list(server.bodies)
+    units = Unit.objects.filter(study=study).select_related("prompt", "output_a", "output_b")
+    assert sorted(_content(b) for b in bodies) == sorted(
+        judge_math.build_prompt(EDITED, u.prompt.text, *texts)
+        for u in units for texts in ((u.output_a.text, u.output_b.text), (u.output_b.text, u.output_a.text)))
+    assert {(b["model"], b["max_tokens"]) for b in bodies} == {("judge-2", 64)}
+
+
+def test_an_edit_with_bad_input_is_a_400_naming_the_field_and_changes_nothing(study, evaluator):
+    from annotation.models import AuditEntry
+    from tests.conftest import client_for
+
+    judge = judging.judge_create(study=study, name="j", backend="openai", rubric=RUBRIC, spec=SPEC)
+    client = client_for(evaluator)
+    before = Judge.objects.values().get(pk=judge.pk)
+    cases = [
+        ({"rubric": "{prompt} <<1>> {output_1} and no second"},
+         "Judge 'j' not saved: rubric: a pairwise rubric must contain {output_2}"),
+        ({"rubric": "nothing to fill in"},
+         "Judge 'j' not saved: rubric: a pairwise rubric must contain {prompt}, {output_1}, {output_2}"),
+        ({"max_new_tokens": 0}, "Judge 'j' not saved: max_new_tokens: Ensure this value is greater than or equal to 1."),
+        ({"spec": "[1, 2"}, "Judge 'j' not saved: spec is not valid JSON"),
+        ({"spec": '{"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "OPENAI_API_KEY"}'},
+         "EVALSITE_API_KEY_ENVS"),
+    ]
+    for fields, message in cases:
+        response = _edit(client, judge, **fields)
+        assert response.status_code == 400, fields
+        assert message in _text(response).replace("&#x27;", "'"), (fields, _text(response)[:3000])
+        assert f'id="judge-edit-{judge.pk}" open' in response.content.decode()  # the form is shown again, open
+    assert Judge.objects.values().get(pk=judge.pk) == before
+    assert not AuditEntry.objects.filter(target="judge j").exists()
+    # an empty rubric takes the default of the kind, as at creation
+    assert _edit(client, judge, rubric="").status_code == 302
+    assert Judge.objects.get(pk=judge.pk).rubric == judge_math.DEFAULT_RUBRIC
+
+
+def test_a_judge_with_verdicts_or_a_run_under_way_refuses_edits_and_says_what_to_do(study, evaluator):
+    from annotation.models import AuditEntry
+    from tests.conftest import client_for
+
+    judge = judging.judge_create(study=study, name="j", backend="openai", rubric=RUBRIC, spec=SPEC)
+    client = client_for(evaluator)
+    judging.judge_run_start(study=study, judge=judge)  # queued: its task reads the rubric it has now
+    response = _edit(client, judge, rubric=EDITED)
+    assert response.status_code == 400
+    assert "Not saved: judge 'j' is queued; wait until its run ends" in _text(response).replace("&#x27;", "'")
+    Judge.objects.filter(pk=judge.pk).update(status=Judge.Status.DONE)
+    JudgeVerdict.objects.bulk_create(JudgeVerdict(judge=judge, unit=u, outcome="a", consistent=True)
+                                     for u in study.units.filter(kind="pairwise"))
+    response = _edit(client, judge, rubric=EDITED)
+    assert response.status_code == 400
+    text = _text(response).replace("&#x27;", "'").replace("&quot;", '"')
+    assert ("Not saved: judge 'j' already has 4 verdict(s) made with its current rubric, so it is not edited in "
+            'place; use "New judge from this one" to add a copy with your changes') in text
+    assert f'id="judge-edit-{judge.pk}"' not in response.content.decode()  # no edit form for it
+    assert Judge.objects.get(pk=judge.pk).rubric == RUBRIC
+    assert not AuditEntry.objects.filter(target="judge j").exists()
+    with pytest.raises(ServiceError, match="already has 4 verdict"):  # the service refuses it too
+        judging.judge_update(study=study, judge=judge, rubric=EDITED, spec=SPEC)
+
+
+def test_a_new_judge_from_a_judged_one_is_prefilled_and_both_keep_their_figures(study, evaluator):
+    from html import unescape
+
+    from django.urls import reverse
+
+    from tests.conftest import client_for
+
+    spec = {**SPEC, "max_retries": 1}
+    judge = judging.judge_create(study=study, name="j", backend="openai", rubric=RUBRIC, spec=spec,
+                                 max_new_tokens=77)
+    JudgeVerdict.objects.bulk_create(JudgeVerdict(judge=judge, unit=u, outcome="a", consistent=True)
+                                     for u in study.units.filter(kind="pairwise"))
+    client = client_for(evaluator)
+    url = reverse("arena:judges", args=[study.pk])
+    page = client.get(url).content.decode()
+    assert f'href="{url}?from={judge.pk}#judge-add"' in page  # "New judge from this one"
+    response = client.get(f"{url}?from={judge.pk}")
+    assert response.status_code == 200
+    html = unescape(response.content.decode())
+    form = html.split('id="judge-add"', 1)[1].split("</form>", 1)[0]
+    assert 'name="name" value="j v2"' in form
+    assert '<option value="pairwise" selected>' in form and '<option value="openai" selected>' in form
+    assert f"{json_spec(judge.spec)}</textarea>" in form and judge.spec["max_retries"] == 1
+    assert f"{RUBRIC}</textarea>" in form and 'name="max_new_tokens" value="77"' in form
+    assert "A new judge from j:" in " ".join(html.split())
+    # the evaluator edits the copy's rubric and adds it; the first judge keeps its rubric and verdicts
+    response = client.post(url, {"name": "j v2", "kind": "pairwise", "backend": "openai", "rubric": EDITED,
+                                 "max_new_tokens": "77", "spec": json_spec(spec)})
+    assert response.status_code == 302
+    copy = Judge.objects.get(study=study, name="j v2")
+    assert (copy.rubric, copy.spec, copy.max_new_tokens) == (EDITED, judge.spec, 77)
+    assert Judge.objects.get(pk=judge.pk).rubric == RUBRIC and JudgeVerdict.objects.filter(judge=judge).count() == 4
+    # a copy of a copy gets the next free name
+    assert 'name="name" value="j v3"' in client.get(f"{url}?from={judge.pk}").content.decode()
+    # a from that names no judge of the study: a 400 naming it, the empty form
+    for bad in ("999999", "x", str(10**30)):
+        response = client.get(f"{url}?from={bad}")
+        assert response.status_code == 400 and "from: &#x27;%s&#x27; is not a judge of this study" % bad[:40] in \
+            response.content.decode()
+
+
+def json_spec(spec: dict) -> str:
+    import json
+
+    return json.dumps(spec)
+
+
+def test_only_the_studys_evaluator_edits_a_judge(study, evaluator, manager, annotators, make_user):
+    from django.test import Client
+    from django.urls import reverse
+
+    from tests.conftest import client_for
+
+    judge = judging.judge_create(study=study, name="j", backend="openai", rubric=RUBRIC, spec=SPEC)
+    for user, status in ((manager, 403), (annotators[0], 403), (make_user("outsider"), 404)):
+        assert _edit(client_for(user), judge, rubric=EDITED).status_code == status, user
+    anonymous = _edit(Client(), judge, rubric=EDITED)
+    assert anonymous.status_code == 302 and anonymous["Location"].startswith(reverse("login"))
+    assert client_for(evaluator).get(reverse("arena:judge_edit", args=[study.pk, judge.pk])).status_code == 405
+    # a judge of another study, through this study's URL: not found
+    from tests.conftest import PROMPTS_CSV
+
+    other = services.study_create(name="Other study", created_by=evaluator, prompts_data=PROMPTS_CSV,
+                                  prompts_filename="p.csv")
+    theirs = judging.judge_create(study=other, name="t", backend="openai", rubric=RUBRIC, spec=SPEC)
+    response = client_for(evaluator).post(reverse("arena:judge_edit", args=[study.pk, theirs.pk]),
+                                          {"rubric": EDITED, "max_new_tokens": "64", "spec": json_spec(SPEC)})
+    assert response.status_code == 404
+    assert Judge.objects.get(pk=judge.pk).rubric == RUBRIC and Judge.objects.get(pk=theirs.pk).rubric == RUBRIC
+    # managers see neither the edit forms nor the copy links
+    page = client_for(manager).get(reverse("arena:judges", args=[study.pk])).content.decode()
+    assert "judge-edit-" not in page and "?from=" not in page
+
+
+def test_the_evaluators_judges_page_with_its_forms_takes_constant_queries(study, evaluator):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.urls import reverse
+
+    from tests.conftest import client_for
+
+    first = judging.judge_create(study=study, name="a", backend="openai", rubric=RUBRIC, spec=SPEC)
+    client = client_for(evaluator)
+    url = f"{reverse('arena:judges', args=[study.pk])}?from={first.pk}"
+    client.get(url)
+    counts = []
+    for n in range(2):
+        with CaptureQueriesContext(connection) as ctx:
+            html = client.get(url).content.decode()
+        counts.append(len(ctx.captured_queries))
+        assert 'name="name" value="a v2"' in html
+        for k in range(3):  # more judges, some with verdicts, some editable
+            judge = judging.judge_create(study=study, name=f"j{n}{k}", backend="openai", rubric=RUBRIC, spec=SPEC)
+            if k:
+                JudgeVerdict.objects.bulk_create(JudgeVerdict(judge=judge, unit=u, outcome="a", consistent=True)
+                                                 for u in study.units.filter(kind="pairwise"))
+    # the second page: "a" and j00 editable, j01 and j02 judged; every judge has a copy link
+    assert html.count('class="judge-edit"') == 2 and html.count('class="judge-copy"') == 4
+    assert counts[0] == counts[1], counts

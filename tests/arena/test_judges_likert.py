@@ -286,3 +286,35 @@ def test_annotators_the_ratings_mode_leaves_out_are_left_out_of_the_agreement_to
     by_hand = judging.judge_summary(study)
     assert flagged == zero == by_hand
     assert flagged != everyone  # their points moved the agreement: the test tells the two apart
+
+
+def test_a_likert_judges_rubric_is_edited_against_its_own_placeholders_until_it_has_scores(study, evaluator):
+    from html import unescape
+
+    spec = '{"base_url": "http://127.0.0.1:9/v1", "model": "m"}'
+    judge = judging.judge_create(study=study, name="lj", kind="likert", backend="openai", rubric=RUBRIC,
+                                 spec={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    ev = client_for(evaluator)
+    url = reverse("arena:judge_edit", args=[study.pk, judge.pk])
+    no_scale = RUBRIC.replace("S: {scale}\n", "")
+    for rubric, message in ((no_scale, "rubric: a likert rubric must contain {scale}"),
+                            (judge_math.DEFAULT_RUBRIC, "rubric: a likert rubric must contain {output}, {criterion}, "
+                                                        "{scale}")):
+        refused = ev.post(url, {"rubric": rubric, "max_new_tokens": "64", "spec": spec})
+        assert refused.status_code == 400 and message in unescape(refused.content.decode())
+    assert Judge.objects.get(pk=judge.pk).rubric == RUBRIC
+    edited = "Rate {output} (asked: {prompt}) on {criterion}, {scale}.\nEnd with SCORE: n."
+    assert ev.post(url, {"rubric": edited, "max_new_tokens": "64", "spec": spec}).status_code == 302
+    assert (Judge.objects.get(pk=judge.pk).rubric, Judge.objects.get(pk=judge.pk).kind) == (edited, "likert")
+    # once it has scores, its figures belong to that rubric: a copy is offered instead
+    JudgeScore.objects.bulk_create(JudgeScore(judge=judge, output=o, criterion="style", value=3, reply="SCORE: 3")
+                                   for o in Output.objects.filter(study=study)[:2])
+    refused = ev.post(url, {"rubric": RUBRIC, "max_new_tokens": "64", "spec": spec})
+    text = unescape(" ".join(refused.content.decode().split()))
+    assert refused.status_code == 400 and "judge 'lj' already has 2 score(s) made with its current rubric" in text
+    assert 'use "New judge from this one"' in text
+    assert Judge.objects.get(pk=judge.pk).rubric == edited
+    copy = unescape(ev.get(reverse("arena:judges", args=[study.pk]) + f"?from={judge.pk}").content.decode())
+    form = copy.split('id="judge-add"', 1)[1].split("</form>", 1)[0]
+    assert '<option value="likert" selected>' in form and f"{edited}</textarea>" in form
+    assert 'name="name" value="lj v2"' in form
