@@ -2,6 +2,7 @@
 here from the judgments, who may read it, what it costs, and the worker's skip."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import krippendorff
@@ -572,3 +573,14 @@ def test_honest_likert_raters_one_point_apart_are_not_flagged_but_a_random_one_i
     assert any(1 - mace[a] > MAX_SPAMMING for a in names if a != "random")  # the absolute mark alone misfires
     low, spam, _, _ = competence_flags(rows)
     assert low == {"random"} and spam == {"random"}
+
+
+def test_the_heatmaps_select_offers_every_criterion_with_pairs(likert_study, annotators, evaluator):
+    """The select lists the criteria whose kappas exist (stored in rows of their own), so the
+    evaluator can switch the heatmap without typing ?criterion= (it once listed none)."""
+    study = likert_study(overlap=3, n_prompts=4)
+    _rate_all(study, annotators, _split_rule)
+    _refresh(study)
+    html = client_for(evaluator).get(reverse("metrics:agreement", args=[study.pk])).content.decode()
+    select = html.split('<select name="criterion">', 1)[1].split("</select>", 1)[0]
+    assert re.findall(r'<option value="([^"]+)"', select)[:2] == ["factuality", "style"]
