@@ -158,10 +158,14 @@ def cached_model(kind: str, path: str | Path, device: str, load: Callable[[], An
     if key in _MODELS:
         _MODELS.move_to_end(key)
         return _MODELS[key]
+    # make room before loading, so a worker never holds more than the cache's size at once (a GPU
+    # fits two models, perhaps not three); a copy of older weights at the same path goes first
+    for stale in [k for k in _MODELS if k[:4] == key[:4]]:
+        del _MODELS[stale]
+    while len(_MODELS) >= MODEL_CACHE_SIZE:
+        _MODELS.popitem(last=False)
     value = load()
     _MODELS[key] = value
-    while len(_MODELS) > MODEL_CACHE_SIZE:
-        _MODELS.popitem(last=False)
     return value
 
 

@@ -300,6 +300,8 @@ def test_model_cache_keeps_two_models_and_reloads_changed_weights(tmp_path):
     (folders[1] / "model.safetensors").write_bytes(b"new weights")  # weights replaced at the same path
     get(folders[1])
     assert loads[-1] == ("b", "cpu") and len(loads) == 5
+    assert sum(1 for k in text._MODELS if k[1] == str(folders[1])) == 1  # the old weights' copy is gone
+    assert len(text._MODELS) <= text.MODEL_CACHE_SIZE
     with pytest.raises(RuntimeError):
         text.cached_model("kind", folders[2], "cpu", lambda: (_ for _ in ()).throw(RuntimeError("no")))
     get(folders[2])
