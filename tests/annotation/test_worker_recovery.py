@@ -262,7 +262,10 @@ def test_a_live_worker_queues_a_dead_workers_outputs_and_never_its_own_twice(wor
         assert set(study.outputs.filter(pk__in=held_by_live).values_list("attempts", flat=True)) == {1}
         if settings.CELERY_BROKER_URL.startswith("redis://"):
             asked = server.request_count
-            assert _redeliver_the_dead_workers_messages(survivor, study) == 1
+            # the dead worker's batch is among the unacknowledged messages; so may be a batch it had
+            # reserved but not started, or the survivor's last one between its commit and its late
+            # ack (as in the test above; CI saw 2 here once). Each must find nothing left to do.
+            assert _redeliver_the_dead_workers_messages(survivor, study) >= 1
             assert server.request_count == asked
 
 
