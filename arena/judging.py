@@ -35,6 +35,26 @@ def _settings(judge: Judge) -> generation_base.GenerationSettings:
     return generation_base.GenerationSettings(max_new_tokens=judge.max_new_tokens, temperature=0.0, seed=0)
 
 
+def _checked(name: str, kind: str, backend: str, rubric: str, max_new_tokens, spec: dict) -> tuple[str, dict]:
+    """The rubric (empty: its kind's default) and the spec as stored, or ``ServiceError`` naming the
+    field: what :func:`judge_create` and :func:`judge_update` both check, with the same messages."""
+    rubric = rubric if rubric and rubric.strip() else judge_math.default_rubric(kind)
+    try:
+        judge_math.check_rubric(rubric, kind)
+    except ValueError as exc:
+        raise ServiceError(str(exc)) from None
+    limit = generation_base.GenerationSettings.MAX_NEW_TOKENS
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= limit:
+        raise ServiceError(f"max_new_tokens: a whole number from 1 to {limit}")
+    policy = spec_policy()
+    try:
+        spec = generation_base.validate_spec(backend, spec, policy)
+        generation_base.check_files(backend, spec, policy)
+    except generation_base.BackendError as exc:
+        raise ServiceError(f"judge {name!r}: {exc}") from None
+    return rubric, spec
+
+
 def judge_create(*, study: Study, name: str, backend: str, spec: dict, rubric: str = "", max_new_tokens: int = 512,
                  kind: str = Judge.Kind.PAIRWISE, actor=None) -> Judge:
     """Add a judge; its spec is checked now by the operator's policy, as a candidate's is.
@@ -54,20 +74,7 @@ def judge_create(*, study: Study, name: str, backend: str, spec: dict, rubric: s
     if kind == Judge.Kind.LIKERT and not study.likert_criteria:
         raise ServiceError("kind: a Likert judge rates the study's Likert criteria, and this study has none; "
                            "add criteria in the study's task settings first")
-    rubric = rubric if rubric and rubric.strip() else judge_math.default_rubric(kind)
-    try:
-        judge_math.check_rubric(rubric, kind)
-    except ValueError as exc:
-        raise ServiceError(str(exc)) from None
-    limit = generation_base.GenerationSettings.MAX_NEW_TOKENS
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= limit:
-        raise ServiceError(f"max_new_tokens: a whole number from 1 to {limit}")
-    policy = spec_policy()
-    try:
-        spec = generation_base.validate_spec(backend, spec, policy)
-        generation_base.check_files(backend, spec, policy)
-    except generation_base.BackendError as exc:
-        raise ServiceError(f"judge {name!r}: {exc}") from None
+    rubric, spec = _checked(name, kind, backend, rubric, max_new_tokens, spec)
     if study.judges.filter(name=name).exists():
         raise ServiceError(f"this study already has a judge named {name!r}")
     return Judge.objects.create(study=study, name=name, kind=kind, backend=backend, spec=spec, rubric=rubric,
@@ -115,7 +122,7 @@ def judge_update(*, study: Study, judge: Judge, spec: dict, rubric: str = "", ma
 
     The write is one conditional UPDATE (no answer, not queued or running), so a run started
     meanwhile either finds the new rubric or the edit is refused.  A change is recorded in the
-    study's audit log ("Settings changed", target ``judge <name>``; spec values redacted).
+    study's audit log (``judge_changed``, target ``judge <name>``; spec values redacted).
     """
     from annotation import audit
 
@@ -124,20 +131,7 @@ def judge_update(*, study: Study, judge: Judge, spec: dict, rubric: str = "", ma
     refusal = judge_edit_refusal(judge)
     if refusal:
         raise ServiceError(refusal)
-    rubric = rubric if rubric and rubric.strip() else judge_math.default_rubric(judge.kind)
-    try:
-        judge_math.check_rubric(rubric, judge.kind)
-    except ValueError as exc:
-        raise ServiceError(str(exc)) from None
-    limit = generation_base.GenerationSettings.MAX_NEW_TOKENS
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= limit:
-        raise ServiceError(f"max_new_tokens: a whole number from 1 to {limit}")
-    policy = spec_policy()
-    try:
-        spec = generation_base.validate_spec(judge.backend, spec, policy)
-        generation_base.check_files(judge.backend, spec, policy)
-    except generation_base.BackendError as exc:
-        raise ServiceError(f"judge {judge.name!r}: {exc}") from None
+    rubric, spec = _checked(judge.name, judge.kind, judge.backend, rubric, max_new_tokens, spec)
     old = {"rubric": judge.rubric, "max_new_tokens": judge.max_new_tokens, "spec": audit.redact(judge.spec)}
     new = {"rubric": rubric, "max_new_tokens": max_new_tokens, "spec": audit.redact(spec)}
     if old == new and judge.spec == spec:
